@@ -20,6 +20,7 @@ A schema is a YAML file::
         templates: ["a picture of a character wearing {}."]
         negative_templates: ["a picture of a character without {}."]
         labels: {glasses: [glasses, round_eyewear], hat: [hat]}
+        question: "is the character wearing {}?"   # optional, for question-answering sources (BLIP-2)
 
 Output columns, for an attribute ``a`` (see :meth:`Schema.output_features`):
 ``a`` (ClassLabel, or a list of them when multi-label), ``a_confidence`` (float32, or a list aligned with
@@ -31,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -70,6 +71,8 @@ class Attribute:
     multi_label: bool = False
     description: str = ""
     threshold: float = 0.5
+    #: question for question-answering sources; None = a default question, "" = not asked
+    question: str | None = None
 
     @property
     def label_names(self) -> list[str]:
@@ -174,6 +177,8 @@ class Schema:
             if attr.multi_label:
                 a["multi_label"] = True
                 a["threshold"] = attr.threshold
+            if attr.question is not None:
+                a["question"] = attr.question
             a["labels"] = {}
             for label in attr.labels:
                 lab: dict[str, Any] = {"text": label.text, "prompts": list(label.prompts)}
@@ -202,7 +207,7 @@ class Schema:
             attr = self[attr_name]
             if label_names is not None:
                 labels = tuple(attr.labels[attr.index(n)] for n in label_names)
-                attr = Attribute(attr.name, labels, attr.multi_label, attr.description, attr.threshold)
+                attr = replace(attr, labels=labels)
             attrs.append(attr)
         return Schema(name or f"{self.name}-restricted", tuple(attrs), self.version, self.description)
 
@@ -300,7 +305,19 @@ def _parse_attribute(name, spec, templates, neg_templates, source_path) -> Attri
     threshold = float(spec.get("threshold", 0.5))
     if not 0.0 < threshold < 1.0:
         raise SchemaError(f"{where}: threshold must be in (0, 1)")
-    return Attribute(str(name), tuple(labels), multi, str(spec.get("description", "")).strip(), threshold)
+    question = spec.get("question")
+    if question is False:
+        question = ""
+    elif question is not None and not isinstance(question, str):
+        raise SchemaError(f"{where}: question must be a string (or false to skip the attribute)")
+    return Attribute(
+        str(name),
+        tuple(labels),
+        multi,
+        str(spec.get("description", "")).strip(),
+        threshold,
+        None if question is None else question.strip(),
+    )
 
 
 def normalize_tag(tag: str) -> str:
