@@ -1,0 +1,77 @@
+"""A tiny random BLIP-2 (OPT) checkpoint with its processor, built locally for offline tests.
+
+The tokenizer is a word-level ``tokenizers`` model over the words of the given texts, wrapped in a
+``transformers`` fast tokenizer. Like the OPT tokenizer of the real checkpoints it prepends ``</s>`` as BOS,
+and it keeps ``"\\n"`` as a token (the end-of-answer marker the BLIP-2 source scores). The processor is a
+real :class:`~transformers.Blip2Processor` (BLIP image processor + tokenizer + ``num_query_tokens``), so the
+folder loads with ``AutoProcessor`` / ``Blip2ForConditionalGeneration.from_pretrained`` like a Hub id.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+SPECIALS = ("<pad>", "</s>", "<unk>", "<image>")
+IMAGE_SIZE = 32
+NUM_QUERY_TOKENS = 4
+
+
+def build_tiny_blip2(path: str | Path, texts: Iterable[str], seed: int = 0, init_range: float = 0.3) -> Path:
+    """Write a tiny random BLIP-2 checkpoint + processor to ``path``; returns the path.
+
+    ``texts``: every string the tests will tokenize (prompts and answers); their words form the vocabulary.
+    ``init_range``: weight init std, larger than usual so that random answer scores differ clearly.
+    """
+    import torch
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    path = Path(path)
+    pre = pre_tokenizers.Whitespace()
+    words = sorted({w for t in texts for w, _ in pre.pre_tokenize_str(t)})
+    vocab = {tok: i for i, tok in enumerate([*SPECIALS, "\n", *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
+    tok.add_tokens([AddedToken("\n", normalized=False)])
+    tok.post_processor = processors.TemplateProcessing(single="</s> $A", special_tokens=[("</s>", vocab["</s>"])])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="</s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
+    image_processor = BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    processor = Blip2Processor(image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=NUM_QUERY_TOKENS)
+
+    config = Blip2Config(
+        vision_config=dict(
+            hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+            image_size=IMAGE_SIZE, patch_size=8, initializer_range=init_range,
+        ),
+        qformer_config=dict(
+            vocab_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37,
+            encoder_hidden_size=32, cross_attention_frequency=1, max_position_embeddings=64,
+            initializer_range=init_range,
+        ),
+        text_config=dict(
+            model_type="opt", vocab_size=len(tokenizer), hidden_size=32, ffn_dim=37, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=128, word_embed_proj_dim=32,
+            pad_token_id=vocab["<pad>"], bos_token_id=vocab["</s>"], eos_token_id=vocab["</s>"],
+            init_std=init_range,
+        ),
+        num_query_tokens=NUM_QUERY_TOKENS,
+        image_token_index=vocab["<image>"],
+        initializer_range=init_range,
+    )
+    torch.manual_seed(seed)
+    model = Blip2ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # query tokens start at zero: make them distinct so the Q-Former output varies
+        model.query_tokens.normal_(0.0, 1.0)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
