@@ -1,0 +1,73 @@
+"""Accuracy for attribute labels, counting missing predictions as wrong.
+
+Usable directly (``LabelAccuracy(keep_in_memory=True)``) or offline through ``evaluate.load`` with the path
+of this file (``charattr_hf.metrics.metric_path("label_accuracy")``); it needs no Hub access.
+"""
+
+import datasets
+import evaluate
+
+from charattr_hf.metrics import _core
+
+_DESCRIPTION = """\
+Accuracy of attribute labels.
+
+- ``multiclass`` (default): one label index per row; accuracy = correct rows / rows. A negative prediction
+  (-1) marks a missing prediction (no evidence, failed row) and counts as wrong.
+- ``multilabel``: one 0/1 indicator vector per row; subset (exact-match) accuracy = rows whose predicted set
+  equals the true set / rows. A prediction row containing a negative value is missing and counts as wrong.
+
+Rows without ground truth must be dropped before calling the metric.
+"""
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions: label indices (multiclass, -1 = missing) or 0/1 indicator vectors (multilabel, a row of -1
+        = missing).
+    references: label indices or 0/1 indicator vectors, same shape as the predictions.
+Returns:
+    accuracy (multiclass) or subset_accuracy (multilabel): float in [0, 1], None when there are no rows;
+    n: number of rows; missing: number of missing predictions.
+Examples:
+    >>> from charattr_hf.metrics import LabelAccuracy
+    >>> LabelAccuracy(keep_in_memory=True).compute(predictions=[0, 1, -1], references=[0, 1, 1])
+    {'accuracy': 0.6666666666666666, 'n': 3, 'missing': 1}
+    >>> LabelAccuracy("multilabel", keep_in_memory=True).compute(
+    ...     predictions=[[1, 0], [1, 1]], references=[[1, 0], [1, 0]])
+    {'subset_accuracy': 0.5, 'n': 2, 'missing': 0}
+"""
+
+_CITATION = ""
+
+
+class LabelAccuracy(evaluate.Metric):
+    """Accuracy (multiclass) or exact-match accuracy (multilabel) with missing predictions counted wrong."""
+
+    def _info(self) -> evaluate.MetricInfo:
+        if self.config_name == "multilabel":
+            features = datasets.Features(
+                {
+                    "predictions": datasets.List(datasets.Value("int32")),
+                    "references": datasets.List(datasets.Value("int32")),
+                }
+            )
+            fmt = None
+        elif self.config_name in ("default", "multiclass"):
+            features = datasets.Features(
+                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
+            )
+            fmt = "numpy"
+        else:
+            raise ValueError(f"unknown config {self.config_name!r}; use 'multiclass' or 'multilabel'")
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=features,
+            format=fmt,
+        )
+
+    def _compute(self, predictions, references):
+        if self.config_name == "multilabel":
+            return _core.multilabel_accuracy(predictions, references)
+        return _core.multiclass_accuracy(predictions, references)
