@@ -1,0 +1,109 @@
+"""The Python entry point: ``annotate(dataset, ...) -> Dataset``, the same pipeline the recipe runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, IterableDataset
+
+from .inputs import InputSpec, _normalise, open_dataset
+from .pipeline import PipelineOptions, build_pipeline
+from .runner import RunResult, run
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["annotate", "annotate_to_disk"]
+
+
+def annotate_to_disk(
+    dataset: "str | Dataset | IterableDataset | None" = None,
+    output_dir: str | Path = "outputs/annotated",
+    *,
+    input_spec: InputSpec | None = None,
+    options: PipelineOptions | None = None,
+    chunk_size: int = 1024,
+    num_proc: int | None = None,
+    max_shard_rows: int = 100_000,
+    progress: bool = True,
+    **option_kwargs: Any,
+) -> tuple[RunResult, Any]:
+    """Annotate into ``output_dir`` (resumable) and return the run result and the pipeline used.
+
+    ``dataset`` is a path, a Hub id, None (the synthetic sample) or an already opened ``datasets`` object;
+    ``input_spec`` carries column names, split, streaming and limit; other keyword arguments are
+    :class:`PipelineOptions` fields (``model``, ``schema``, ``fusion``, ``batch_size``...).
+    """
+    spec = input_spec or InputSpec()
+    if isinstance(dataset, (Dataset, IterableDataset)):
+        ds = _normalise(dataset, spec)
+        if spec.limit is not None:
+            ds = ds.take(spec.limit) if isinstance(ds, IterableDataset) else ds.select(range(min(spec.limit, len(ds))))
+        input_id = ds._fingerprint if isinstance(ds, Dataset) else json.dumps(asdict(spec), default=str)
+    else:
+        if dataset is not None:
+            spec.dataset = str(dataset)
+        ds = open_dataset(spec)
+        input_id = ds._fingerprint if isinstance(ds, Dataset) else json.dumps(asdict(spec), default=str)
+    options = options or PipelineOptions(**option_kwargs)
+    from accelerate import PartialState
+    import torch
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    pipeline = build_pipeline(
+        options,
+        input_columns=list(ds.features),
+        keep_columns=[c for c in ds.features if c not in ("image", "tags", "caption", "_source_id")],
+        writer=f"rank-{state.process_index}",
+    )
+    if state.is_main_process:
+        for message in options.messages:
+            logger.warning(message)
+    result = run(
+        ds,
+        pipeline,
+        output_dir,
+        input_id=input_id,
+        chunk_size=chunk_size,
+        num_proc=num_proc,
+        max_shard_rows=max_shard_rows,
+        progress=progress,
+    )
+    return result, pipeline
+
+
+def annotate(
+    dataset: "str | Dataset | IterableDataset | None" = None,
+    output_dir: str | Path | None = None,
+    **kwargs: Any,
+) -> Dataset:
+    """Annotate images and return the annotated ``datasets.Dataset``.
+
+    Example::
+
+        from charattr_hf import annotate
+        ds = annotate(None, limit=32)            # the synthetic sample, with the shipped demo model
+        ds = annotate("path/to/images", model="ViT-B-32", pretrained="laion2b_s34b_b79k")
+
+    With ``output_dir`` the result is also written there (Parquet shards + dataset card) and the run can be
+    resumed; without it, work files go to a temporary folder and the result is loaded into memory.
+    """
+    spec_keys = set(InputSpec.__dataclass_fields__) - {"dataset"}
+    spec = InputSpec(**{k: kwargs.pop(k) for k in list(kwargs) if k in spec_keys})
+    with tempfile.TemporaryDirectory(prefix="charattr-") as tmp:
+        result, _ = annotate_to_disk(dataset, output_dir or tmp, input_spec=spec, **kwargs)
+        if not result.data_files:
+            raise RuntimeError(
+                f"annotation incomplete: chunks {result.failed_chunks or result.missing_chunks} failed; "
+                "see the log, and call again with the same output_dir to retry them"
+            )
+        if result.rows == 0:  # `datasets` cannot read an empty Parquet split; build the typed empty table
+            from .summary import features_of
+
+            features = features_of(result.data_files)
+            return Dataset.from_dict({c: [] for c in features}, features=features)
+        return Dataset.from_parquet([str(f) for f in result.data_files], keep_in_memory=output_dir is None)

@@ -1,0 +1,148 @@
+"""Dataset card and publication on the Hugging Face Hub.
+
+The output folder already has the layout ``push_to_hub`` produces (``data/<split>-XXXXX-of-YYYYY.parquet`` and a
+README.md whose YAML header declares configs, features and splits), so publishing is one folder upload.
+Tokens come from the environment or ``huggingface-cli login`` and are never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from datasets.info import DatasetInfo, DatasetInfosDict
+from datasets.splits import SplitDict, SplitInfo
+from datasets.utils.metadata import MetadataConfigs
+from huggingface_hub import DatasetCard, DatasetCardData
+
+from . import __version__
+from .summary import features_of, format_summary, summarize
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["write_dataset_card", "push_dataset"]
+
+_BODY = """# Character attributes annotated with charattr-hf
+
+This dataset holds per-image character attributes produced by [charattr-hf](https://github.com/charattr-hf/charattr-hf)
+{version}. Each row refers to one input image by `id`, `index` (position in the input) and `path` where there
+is one, with `sha256` of the image bytes; rows whose image could not be read keep their place with a message
+in `error`, so the row count equals the input's.
+
+## Pipeline
+
+| setting | value |
+|---|---|
+{settings}
+
+## Columns
+
+- one column per attribute (a class label, or a list of them for multi-label attributes) and
+  `<attribute>_confidence`;
+- `probs_<source>`: each source's per-attribute probabilities (so fusion can be re-trained without recomputing);
+- `flags`: quality flags from decoding; `quality`: brightness, contrast, saturation, colourfulness, sharpness;
+- `error`: null when the row was annotated.
+
+Attributes and labels:
+
+{attributes}
+
+## Summary
+
+```
+{summary}
+```
+
+## Use
+
+```python
+from datasets import load_dataset
+ds = load_dataset("{repo_hint}", split="{split}")
+```
+
+Annotations are model outputs, not ground truth: check the confidences, and see the model's card for its
+limitations and biases (gender presentation and age group are *apparent* attributes, never identity).
+"""
+
+
+def write_dataset_card(output_dir: Path, split: str, pipeline: "Pipeline", extra: dict | None = None) -> Path:
+    """README.md with the YAML header ``load_dataset`` and the Hub use, and a human summary."""
+    output_dir = Path(output_dir)
+    files = sorted((output_dir / "data").glob(f"{split}-*.parquet"))
+    features = features_of(files)
+    stats = summarize(files)
+    num_examples = stats["rows"]
+
+    card_data = DatasetCardData(tags=["charattr-hf", "image-annotation", "synthetic-labels"])
+    MetadataConfigs({"default": {"data_files": [{"split": split, "path": f"data/{split}-*"}]}}).to_dataset_card_data(
+        card_data
+    )
+    splits = SplitDict()
+    splits.add(SplitInfo(name=split, num_examples=num_examples, num_bytes=sum(f.stat().st_size for f in files)))
+    info = DatasetInfo(features=features, splits=splits)
+    DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
+
+    settings = {**pipeline.description, **(extra or {})}
+    rows = "\n".join(f"| {k} | {_cell(v)} |" for k, v in settings.items())
+    attrs = "\n".join(
+        f"- `{a.name}`{' (multi-label)' if a.multi_label else ''}: {', '.join(a.label_names)}"
+        for a in pipeline.schema
+    )
+    body = _BODY.format(
+        version=__version__,
+        settings=rows,
+        attributes=attrs,
+        summary=format_summary(stats),
+        repo_hint=(extra or {}).get("repo_id", str(output_dir)),
+        split=split,
+    )
+    card = DatasetCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
+    path = output_dir / "README.md"
+    tmp = path.with_name(".README.md.tmp")
+    tmp.write_text(str(card))
+    tmp.replace(path)
+    (output_dir / "summary.json").write_text(json.dumps(stats, indent=2, default=str))
+    return path
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value)) or "-"
+    return str(value).replace("|", "\\|") if value is not None else "-"
+
+
+def push_dataset(
+    output_dir: str | Path,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_message: str = "Upload annotations made with charattr-hf",
+    token: str | None = None,
+    api=None,
+) -> str:
+    """Upload ``data/`` and README.md of ``output_dir`` to the dataset repository ``repo_id``; returns its URL."""
+    from huggingface_hub import HfApi
+
+    output_dir = Path(output_dir)
+    if not (output_dir / "README.md").is_file() or not any((output_dir / "data").glob("*.parquet")):
+        raise FileNotFoundError(f"{output_dir} has no finished annotated dataset (data/*.parquet + README.md)")
+    api = api or HfApi(token=token)
+    repo = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    api.upload_folder(
+        folder_path=str(output_dir),
+        repo_id=repo_id,
+        repo_type="dataset",
+        revision=revision,
+        allow_patterns=["data/*.parquet", "README.md", "summary.json"],
+        delete_patterns=["data/*.parquet"],
+        commit_message=commit_message,
+    )
+    url = getattr(repo, "url", None) or f"https://huggingface.co/datasets/{repo_id}"
+    logger.info("pushed %s to %s", output_dir, url)
+    return str(url)

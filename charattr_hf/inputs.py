@@ -1,0 +1,145 @@
+"""Opening the images to annotate: an image folder, Parquet/Arrow files, a saved dataset, a Hub dataset id,
+or the embedded synthetic sample; streaming or not.
+
+Whatever the source, :func:`open_dataset` returns rows with canonical columns:
+``image`` ({"bytes", "path"}, never decoded here), ``tags`` and ``caption`` (str or None, when the source has
+them), ``id`` (str) and any pass-through columns asked for (``truth`` and ``style`` are kept by default when
+present). The row position becomes ``index`` later, when the runner cuts the input into chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence, Union
+
+import datasets
+from datasets import Dataset, Features, Image, IterableDataset, Value
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["InputSpec", "open_dataset", "AnyDataset"]
+
+AnyDataset = Union[Dataset, IterableDataset]
+
+_IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+_TABLE_EXT = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+_TAG_NAMES = ("tags", "tag_string", "tag_string_general", "general_tags", "danbooru_tags")
+_CAPTION_NAMES = ("caption", "text", "prompt", "description")
+_ID_NAMES = ("id", "image_id", "post_id", "uid", "key", "__key__")
+_KEEP_DEFAULT = ("truth", "style")
+
+
+@dataclass
+class InputSpec:
+    """Where the images come from and which columns mean what."""
+
+    dataset: str | None = None
+    split: str = "train"
+    config: str | None = None
+    revision: str | None = None
+    image_column: str = "image"
+    tags_column: str | None = None
+    caption_column: str | None = None
+    id_column: str | None = None
+    keep_columns: Sequence[str] = field(default_factory=tuple)
+    streaming: bool = False
+    limit: int | None = None
+    sample_size: int = 64
+    sample_image_size: int = 64
+
+
+def open_dataset(spec: InputSpec) -> AnyDataset:
+    """Open ``spec.dataset`` and normalise its columns (see the module docstring)."""
+    ds = _load(spec)
+    ds = _normalise(ds, spec)
+    if spec.limit is not None:
+        if spec.limit < 0:
+            raise ValueError("--limit must be >= 0")
+        ds = ds.take(spec.limit) if isinstance(ds, IterableDataset) else ds.select(range(min(spec.limit, len(ds))))
+    return ds
+
+
+def _load(spec: InputSpec) -> AnyDataset:
+    if not spec.dataset:
+        from .synthetic import sample_dataset
+
+        ds = sample_dataset(n=spec.sample_size, size=spec.sample_image_size)
+        return ds.to_iterable_dataset() if spec.streaming else ds
+    path = Path(spec.dataset).expanduser()
+    kwargs = {"split": spec.split, "streaming": spec.streaming}
+    if path.is_dir():
+        if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[spec.split]
+            return ds.to_iterable_dataset() if spec.streaming else ds
+        files = [p for p in path.rglob("*") if p.is_file()]
+        tables = [p for p in files if p.suffix in (".parquet", ".arrow")]
+        if tables and not any(p.suffix.lower() in _IMAGE_EXT for p in files):
+            try:  # a dataset repository layout (README configs / data/ folder)
+                return datasets.load_dataset(str(path), spec.config, **kwargs)
+            except (ValueError, FileNotFoundError):
+                builder = _TABLE_EXT[tables[0].suffix]
+                return datasets.load_dataset(builder, data_files=[str(p) for p in sorted(tables)], **kwargs)
+        return datasets.load_dataset("imagefolder", data_dir=str(path), **kwargs)
+    if path.is_file() or any(ch in spec.dataset for ch in "*?["):
+        builder = _TABLE_EXT.get(path.suffix)
+        if builder is None:
+            raise ValueError(f"{spec.dataset}: unsupported file type (use Parquet, Arrow, CSV or JSON)")
+        return datasets.load_dataset(builder, data_files=spec.dataset, **kwargs)
+    if spec.dataset.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"dataset path not found: {spec.dataset}")
+    return datasets.load_dataset(spec.dataset, spec.config, revision=spec.revision, **kwargs)
+
+
+def _pick(columns: Sequence[str], given: str | None, candidates: Sequence[str], what: str) -> str | None:
+    if given:
+        if given not in columns:
+            raise ValueError(f"--{what}_column {given!r} is not a column; columns: {list(columns)}")
+        return given
+    for name in candidates:
+        if name in columns:
+            logger.info("using column %r as %s", name, what)
+            return name
+    return None
+
+
+def _normalise(ds: AnyDataset, spec: InputSpec) -> AnyDataset:
+    features = ds.features
+    if features is None:  # some streaming sources: learn the columns from the first row
+        ds = ds._resolve_features()
+        features = ds.features
+    columns = list(features)
+    if spec.image_column not in columns:
+        raise ValueError(f"image column {spec.image_column!r} not found; columns: {columns} (use --image_column)")
+    tags = _pick(columns, spec.tags_column, _TAG_NAMES, "tags")
+    caption = _pick(columns, spec.caption_column, _CAPTION_NAMES, "caption")
+    id_col = _pick(columns, spec.id_column, _ID_NAMES, "id")
+    keep = [c for c in spec.keep_columns if c]
+    missing = [c for c in keep if c not in columns]
+    if missing:
+        raise ValueError(f"--keep_columns {missing} not found; columns: {columns}")
+    keep += [c for c in _KEEP_DEFAULT if c in columns and c not in keep]
+
+    image_feature = features[spec.image_column]
+    if isinstance(image_feature, Image):
+        ds = ds.cast_column(spec.image_column, Image(decode=False))
+    elif not (isinstance(image_feature, Value) and image_feature.dtype in ("string", "large_string", "binary")):
+        raise ValueError(
+            f"column {spec.image_column!r} holds {image_feature}; expected images, file paths or image bytes"
+        )
+
+    renames = {spec.image_column: "image"}
+    if tags:
+        renames[tags] = "tags"
+    if caption:
+        renames[caption] = "caption"
+    if id_col:
+        renames[id_col] = "_source_id"
+    selected = list(renames) + [c for c in keep if c not in renames]
+    ds = ds.select_columns(selected)
+    ds = ds.rename_columns({k: v for k, v in renames.items() if k != v})
+    return ds
+

@@ -1,0 +1,259 @@
+"""Composing the stages: which sources run, in which order, and how one chunk of rows goes through them.
+
+A chunk is a plain ``datasets.Dataset``; every stage is one batched ``map`` over it:
+
+    identify + decode + tags   (CPU, one map with num_proc; no torch in these workers)
+    -> clip [-> blip2]          (accelerator, main process, model loaded once)
+    -> fusion                   (simple rules, or the learned policy)
+
+Each map gets ``new_fingerprint`` = hash(input fingerprint, stage fingerprint), so ``datasets`` never hashes a
+model, and writes its Arrow cache into a scratch folder the runner deletes after the chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from datasets import Dataset, Features, Value
+
+from .schema import Schema, load_schema, probs_column
+from .stages.base import ERROR, TEMP_PREFIX, Compose, Stage, stable_hash
+from .stages.fusion import FusionStage, SimpleFusion
+from .stages.identity import Identify
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Pipeline", "PipelineOptions", "build_pipeline"]
+
+
+@dataclass
+class PipelineOptions:
+    """Library-level options (the recipe maps its command line onto these)."""
+
+    schema: str | None = None
+    model: str | None = "demo"
+    pretrained: str | None = None
+    model_revision: str | None = None
+    tags: bool = True
+    blip2: str | None = None
+    blip2_revision: str | None = None
+    fusion: str | None = None
+    fusion_revision: str | None = None
+    fusion_method: str = "confidence"
+    batch_size: int = 32
+    precision: str = "auto"
+    keep_embedding: bool = False
+    keep_images: bool = False
+    cache_dir: str | None = None
+    use_cache: bool = True
+    device: str | None = None
+    messages: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Pipeline:
+    schema: Schema
+    cpu: list[Stage]
+    device: list[Stage]
+    fusion: FusionStage
+    keep_columns: Sequence[str] = ()
+    keep_embedding: bool = False
+    keep_images: bool = False
+    description: dict = field(default_factory=dict)
+
+    @property
+    def sources(self) -> list[str]:
+        return list(self.fusion.sources)
+
+    def fingerprint(self) -> str:
+        return stable_hash(
+            [s.fingerprint() for s in self.cpu],
+            [s.fingerprint() for s in self.device],
+            self.fusion.fingerprint(),
+            sorted(self.keep_columns),
+            self.keep_embedding,
+            self.keep_images,
+        )
+
+    def output_features(self, input_features: Features) -> Features:
+        emb = None
+        if self.keep_embedding:
+            emb_feat = next((s.features()["embedding"] for s in self.device if "embedding" in s.features()), None)
+            emb = emb_feat.length if emb_feat is not None else None
+        feats = dict(self.schema.output_features(self.sources, embedding_dim=emb))
+        if self.keep_images:
+            feats["image"] = input_features["image"]
+        for col in self.keep_columns:
+            if col in input_features:
+                feats[col] = input_features[col]
+        return Features(feats)
+
+    # -- one chunk ------------------------------------------------------------------------------
+    def process_chunk(self, chunk: Dataset, scratch: Path, num_proc: int | None = None) -> Dataset:
+        """Run every stage over ``chunk`` (which has an ``index`` column) and keep the output columns."""
+        scratch.mkdir(parents=True, exist_ok=True)
+        output_features = self.output_features(chunk.features)
+        cpu = Compose(self.cpu)
+        use_procs = num_proc if num_proc and num_proc > 1 and len(chunk) >= 64 * num_proc else None
+        drop = [] if (self.keep_images or any(s.name == "blip2" for s in self.device)) else ["image"]
+        chunk = self._map(chunk, cpu, scratch, num_proc=use_procs, batch_size=64, remove=drop)
+        for stage in self.device:
+            size = getattr(stage, "batch_size", 32) * 4
+            chunk = self._map(chunk, stage, scratch, batch_size=size)
+        chunk = self._map(chunk, self.fusion, scratch, batch_size=1024)
+        keep = [c for c in output_features if c in chunk.column_names]
+        chunk = chunk.select_columns(keep)
+        missing = {c: f for c, f in output_features.items() if c not in chunk.column_names}
+        for col, feat in missing.items():
+            chunk = chunk.add_column(col, [None] * len(chunk), feature=feat)
+        chunk = chunk.select_columns(list(output_features))
+        if chunk.features != output_features:
+            chunk = chunk.cast(output_features)
+        return chunk
+
+    def _map(self, ds: Dataset, stage: Stage, scratch: Path, *, batch_size: int, num_proc=None, remove=()) -> Dataset:
+        feats = {c: f for c, f in ds.features.items() if c not in remove}
+        feats.update(stage.features())
+        feats[ERROR] = Value("string")
+        fp = stable_hash(ds._fingerprint, stage.fingerprint(), sorted(remove))
+        return ds.map(
+            stage,
+            batched=True,
+            batch_size=batch_size,
+            num_proc=num_proc,
+            features=Features(feats),
+            remove_columns=list(remove) or None,
+            new_fingerprint=fp,
+            cache_file_name=str(scratch / f"{stage.name}-{fp}.arrow"),
+            load_from_cache_file=False,
+            desc=stage.name,
+        )
+
+
+def _resolve_device_default() -> str | None:
+    return os.environ.get("CHARATTR_DEVICE") or None
+
+
+def build_pipeline(
+    options: PipelineOptions,
+    input_columns: Sequence[str],
+    keep_columns: Sequence[str] = (),
+    writer: str = "main",
+) -> Pipeline:
+    """Choose and configure the stages for ``options``; sources that cannot run are skipped with a message."""
+    from .openclip import ClipSpec, demo_model_dir
+
+    messages = options.messages
+    clip_spec = None
+    if options.model:
+        if options.model == "demo" and demo_model_dir() is None:
+            messages.append("CLIP source skipped: no --model given and this installation ships no demo model.")
+        else:
+            clip_spec = ClipSpec.parse(options.model, options.pretrained, options.model_revision)
+    else:
+        messages.append("CLIP source skipped: --model is empty.")
+
+    schema_arg = options.schema
+    if schema_arg is None:
+        schema_arg = _model_schema(clip_spec) or "default"
+    schema = load_schema(schema_arg)
+
+    cpu: list[Stage] = [Identify()]
+    device: list[Stage] = []
+    sources: list[str] = []
+
+    from .stages.decode import DecodeStage
+
+    if clip_spec is not None:
+        from .cache import FeatureCache, default_cache_dir
+        from .stages.clip import ClipZeroShot
+
+        clip = ClipZeroShot(
+            schema,
+            clip_spec,
+            batch_size=options.batch_size,
+            precision=options.precision,
+            embedding=options.keep_embedding or _fusion_wants_embedding(options),
+            device=options.device or _resolve_device_default(),
+        )
+        if options.use_cache:
+            root = Path(options.cache_dir).expanduser() if options.cache_dir else default_cache_dir()
+            clip.cache = FeatureCache(root, clip.cache_namespace(), writer=writer)
+        cpu.append(clip.decode)
+        device.append(clip)
+        sources.append("clip")
+    else:
+        cpu.append(DecodeStage())
+
+    if options.tags:
+        if "tags" in input_columns or "caption" in input_columns:
+            from .stages.tags import TagStage
+
+            cpu.append(TagStage(schema))
+            sources.append("tags")
+        else:
+            messages.append("tag source skipped: the dataset has no tags or caption column (see --tags_column).")
+
+    if options.blip2:
+        from .stages.blip2 import Blip2Source
+
+        device.append(Blip2Source(schema, model_id=options.blip2, revision=options.blip2_revision))
+        sources.append("blip2")
+
+    if not sources:
+        messages.append("no source can run: rows get decode results and quality flags only.")
+
+    if options.fusion:
+        from .stages.policy import PolicyFusion
+
+        fusion: FusionStage = PolicyFusion(schema, sources, options.fusion, revision=options.fusion_revision)
+    else:
+        fusion = SimpleFusion(schema, sources, method=options.fusion_method)
+
+    description = {
+        "schema": schema.name,
+        "schema_fingerprint": schema.fingerprint(),
+        "model": clip_spec.describe() if clip_spec else None,
+        "sources": sources,
+        "fusion": options.fusion or f"simple ({options.fusion_method})",
+    }
+    return Pipeline(
+        schema=schema,
+        cpu=cpu,
+        device=device,
+        fusion=fusion,
+        keep_columns=list(keep_columns),
+        keep_embedding=options.keep_embedding,
+        keep_images=options.keep_images,
+        description=description,
+    )
+
+
+def _model_schema(spec) -> str | None:
+    """A model folder may ship the schema it was trained for (``charattr_schema.yaml``)."""
+    if spec is None:
+        return None
+    folder = spec.local_dir() if spec.model.startswith("local-dir:") else None
+    if folder is not None and (folder / "charattr_schema.yaml").is_file():
+        return str(folder / "charattr_schema.yaml")
+    return None
+
+
+def _fusion_wants_embedding(options: PipelineOptions) -> bool:
+    if not options.fusion:
+        return False
+    from .stages.policy import policy_uses_embedding
+
+    return policy_uses_embedding(options.fusion, options.fusion_revision)
+
+
+def temp_columns(columns: Sequence[str]) -> list[str]:
+    return [c for c in columns if c.startswith(TEMP_PREFIX)]
+
+
+def probs_columns(sources: Sequence[str]) -> list[str]:
+    return [probs_column(s) for s in sources]

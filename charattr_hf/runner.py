@@ -1,0 +1,248 @@
+"""Running a pipeline over a whole dataset, across Accelerate processes, resumably.
+
+The input is cut into fixed chunks of ``chunk_size`` rows (chunk ``k`` = rows ``[k*C, (k+1)*C)``), whatever the
+number of processes. Each process takes a contiguous range of chunks (streaming input: every ``world``-th
+chunk), runs the stages over each chunk and writes it as one Parquet file, atomically (temporary file, then
+rename). A chunk file that exists is finished: a rerun after a crash, even ``kill -9``, skips it, and since
+chunk contents do not depend on the number of processes, a rerun may use a different number.
+
+When every chunk is written, the main process assembles the final dataset in the layout ``push_to_hub`` uses
+(``data/<split>-XXXXX-of-YYYYY.parquet`` and a README.md whose YAML header declares the files and features),
+so ``load_dataset(output_dir)`` and ``load_dataset("parquet", data_files=...)`` both read it.
+
+Work files live in ``<output_dir>/.charattr/<run fingerprint>/``; the fingerprint covers the input, the
+pipeline (models, schema, parameters) and the chunk size, so changing any of them never reuses stale chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Iterator
+
+import datasets
+import pyarrow.parquet as pq
+from datasets import Dataset, IterableDataset, Value
+
+from .pipeline import Pipeline
+from .stages.base import stable_hash
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RunResult", "run", "chunk_path", "finalize"]
+
+WORK_DIR = ".charattr"
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    rows: int
+    rows_processed: int
+    chunks: int
+    chunks_skipped: int
+    seconds: float
+    data_files: list[Path] = field(default_factory=list)
+    failed_chunks: list[int] = field(default_factory=list)
+    missing_chunks: list[int] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed_chunks and not self.missing_chunks
+
+    @property
+    def images_per_second(self) -> float:
+        return self.rows_processed / self.seconds if self.seconds > 0 else float("nan")
+
+
+def chunk_path(run_dir: Path, k: int) -> Path:
+    return run_dir / "chunks" / f"chunk-{k:06d}.parquet"
+
+
+def _state():
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def _map_style_chunks(ds: Dataset, chunk_size: int, rank: int, world: int) -> tuple[int, Iterator]:
+    n_chunks = math.ceil(len(ds) / chunk_size)
+    first, last = rank * n_chunks // world, (rank + 1) * n_chunks // world
+
+    def gen():
+        for k in range(first, last):
+            start = k * chunk_size
+            yield k, start, lambda s=start: ds.select(range(s, min(s + chunk_size, len(ds))))
+
+    return n_chunks, gen()
+
+
+def _streaming_chunks(ds: IterableDataset, chunk_size: int, rank: int, world: int, counter: dict) -> Iterator:
+    features = ds.features
+    it = iter(ds)
+    k = 0
+    while True:
+        rows = list(islice(it, chunk_size))
+        if not rows:
+            break
+        counter["chunks"] = k + 1
+        counter["rows"] = k * chunk_size + len(rows)
+        if k % world == rank:
+            yield k, k * chunk_size, lambda r=rows: Dataset.from_list(r, features=features)
+        k += 1
+
+
+def run(
+    ds: Dataset | IterableDataset,
+    pipeline: Pipeline,
+    output_dir: str | os.PathLike,
+    *,
+    input_id: str,
+    chunk_size: int = 1024,
+    num_proc: int | None = None,
+    split: str = "train",
+    max_shard_rows: int = 100_000,
+    progress: bool = True,
+    card_extra: dict | None = None,
+) -> RunResult:
+    """Annotate ``ds`` into ``output_dir``; every process of the Accelerate launch calls this."""
+    state = _state()
+    output_dir = Path(output_dir)
+    run_fp = stable_hash(input_id, pipeline.fingerprint(), chunk_size, split)
+    run_dir = output_dir / WORK_DIR / run_fp
+    scratch = run_dir / "tmp" / f"rank-{state.process_index}"
+    (run_dir / "chunks").mkdir(parents=True, exist_ok=True)
+    if state.is_main_process:
+        manifest = {"input": input_id, "pipeline": pipeline.description, "chunk_size": chunk_size, "split": split}
+        _write_json_atomic(run_dir / "run.json", manifest)
+
+    streaming = isinstance(ds, IterableDataset)
+    counter: dict = {}
+    if streaming:
+        chunks = _streaming_chunks(ds, chunk_size, state.process_index, state.num_processes, counter)
+        n_chunks, total_rows = None, None
+    else:
+        n_chunks, chunks = _map_style_chunks(ds, chunk_size, state.process_index, state.num_processes)
+        total_rows = len(ds)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=None if streaming else _rank_rows(total_rows, chunk_size, state.process_index, state.num_processes),
+        unit="img",
+        desc=f"annotate [rank {state.process_index}]" if state.num_processes > 1 else "annotate",
+        disable=not progress,
+        position=state.process_index,
+        dynamic_ncols=True,
+    )
+    processed = skipped = 0
+    failed: list[int] = []
+    done_here: list[int] = []
+    start_time = time.perf_counter()
+    was_enabled = datasets.utils.logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        for k, start, make in chunks:
+            target = chunk_path(run_dir, k)
+            if target.exists():
+                skipped += 1
+                bar.update(pq.ParquetFile(target).metadata.num_rows)
+                continue
+            chunk = make()
+            chunk = chunk.add_column("index", list(range(start, start + len(chunk))), feature=Value("int64"))
+            try:
+                out = pipeline.process_chunk(chunk, scratch, num_proc=num_proc)
+                _write_parquet_atomic(out, target)
+            except Exception:  # noqa: BLE001 - one broken chunk must not stop the others
+                logger.exception("chunk %d (rows %d..%d) failed; rerun to retry it", k, start, start + len(chunk))
+                failed.append(k)
+            else:
+                processed += len(chunk)
+                done_here.append(k)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            bar.update(len(chunk))
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+        bar.close()
+    seconds = time.perf_counter() - start_time
+
+    if streaming:
+        n_chunks, total_rows = counter.get("chunks", 0), counter.get("rows", 0)
+    record = {"rank": state.process_index, "world": state.num_processes, "chunks_processed": done_here,
+              "chunks_skipped": skipped, "chunks_failed": failed, "rows_processed": processed, "seconds": seconds}
+    _write_json_atomic(run_dir / f"rank-{state.process_index}.json", record)
+    state.wait_for_everyone()
+    result = RunResult(output_dir, total_rows, processed, n_chunks, skipped, seconds, failed_chunks=failed)
+    if state.is_main_process:
+        result.missing_chunks = [k for k in range(n_chunks) if not chunk_path(run_dir, k).exists()]
+        if not result.missing_chunks:
+            empty = pipeline.output_features(ds.features) if n_chunks == 0 else None
+            result.data_files = finalize(run_dir, output_dir, n_chunks, split, max_shard_rows, empty_features=empty)
+            from .hub import write_dataset_card
+
+            write_dataset_card(output_dir, split, pipeline, extra=card_extra)
+    state.wait_for_everyone()
+    return result
+
+
+def _rank_rows(total: int, chunk_size: int, rank: int, world: int) -> int:
+    n_chunks = math.ceil(total / chunk_size)
+    first, last = rank * n_chunks // world, (rank + 1) * n_chunks // world
+    return max(0, min(total, last * chunk_size) - first * chunk_size)
+
+
+def _write_parquet_atomic(ds: Dataset, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    ds.to_parquet(str(tmp))
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def finalize(
+    run_dir: Path, output_dir: Path, n_chunks: int, split: str, max_shard_rows: int, empty_features=None
+) -> list[Path]:
+    """Merge chunk files, in order, into ``data/<split>-XXXXX-of-YYYYY.parquet`` shards."""
+    files = [chunk_path(run_dir, k) for k in range(n_chunks)]
+    if not files:  # an empty input still gives a readable, typed, empty dataset
+        files = [chunk_path(run_dir, 0)]
+        _write_parquet_atomic(Dataset.from_dict({c: [] for c in empty_features}, features=empty_features), files[0])
+    counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
+    groups: list[list[Path]] = []
+    rows_in_group = 0
+    for f, n in zip(files, counts):
+        if not groups or rows_in_group + n > max_shard_rows:
+            groups.append([])
+            rows_in_group = 0
+        groups[-1].append(f)
+        rows_in_group += n
+    data_dir = output_dir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    names = [data_dir / f"{split}-{j:05d}-of-{len(groups):05d}.parquet" for j in range(len(groups))]
+    schema = pq.read_schema(files[0])
+    for name, group in zip(names, groups):
+        tmp = name.with_name(f".{name.name}.tmp")
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for f in group:
+                writer.write_table(pq.read_table(f, schema=schema))
+        os.replace(tmp, name)
+    for stale in data_dir.glob(f"{split}-*.parquet"):
+        if stale not in names:
+            stale.unlink()
+    return names

@@ -1,0 +1,150 @@
+"""Fusion: per-source probabilities in, one label and confidence per attribute out.
+
+:class:`FusionStage` is the replaceable part: it turns fused probability vectors into the output columns
+(:meth:`FusionStage.decide`), and subclasses decide how the vectors are fused. :class:`SimpleFusion`
+implements the fixed rules used as defaults and baselines (mean, confidence-weighted mean, majority vote);
+the learned policy (:mod:`charattr_hf.stages.policy`) is another subclass.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..schema import Attribute, Schema, load_schema, probs_column
+from .base import Stage
+
+__all__ = ["FusionStage", "SimpleFusion", "decide", "FUSION_METHODS"]
+
+FUSION_METHODS = ("confidence", "mean", "vote")
+
+
+def decide(attr: Attribute, probs: np.ndarray | None) -> tuple[Any, Any]:
+    """Label(s) and confidence(s) from one fused probability vector (None when no source had evidence)."""
+    if probs is None:
+        return (None, None)
+    if attr.multi_label:
+        chosen = [i for i, p in enumerate(probs) if p >= attr.threshold]
+        return chosen, [float(probs[i]) for i in chosen]
+    i = int(np.argmax(probs))
+    return i, float(probs[i])
+
+
+def certainty(attr: Attribute, probs: np.ndarray) -> np.ndarray:
+    """How far from "no idea" a vector is, in [0, 1]: per label for multi-label, a scalar otherwise."""
+    if attr.multi_label:
+        return np.abs(2.0 * probs - 1.0)
+    n = probs.shape[-1]
+    return np.clip((probs.max(-1) - 1.0 / n) / (1.0 - 1.0 / n), 0.0, 1.0)
+
+
+class FusionStage(Stage):
+    """Base of fusion stages: reads ``probs_<source>`` columns, writes ``<attr>`` and ``<attr>_confidence``."""
+
+    name = "fusion"
+
+    def __init__(self, schema: "Schema | str | None" = None, sources: Sequence[str] = ("clip", "tags")):
+        self.schema = load_schema(schema)
+        self.sources = tuple(sources)
+
+    def params(self) -> dict:
+        return {"schema": self.schema.fingerprint(), "sources": list(self.sources)}
+
+    def input_columns(self) -> list[str]:
+        return [probs_column(s) for s in self.sources]
+
+    def features(self) -> dict:
+        feats: dict = {}
+        for attr in self.schema:
+            feats[attr.name] = attr.label_feature()
+            feats[f"{attr.name}_confidence"] = attr.confidence_feature()
+        return feats
+
+    def fuse(self, batch: dict[str, list]) -> dict[str, list[np.ndarray | None]]:
+        """Per attribute, one fused probability vector per row (None where no source has evidence)."""
+        raise NotImplementedError
+
+    def process(self, batch: dict[str, list]) -> dict[str, list]:
+        fused = self.fuse(batch)
+        errors = batch.get("error") or []
+        out: dict[str, list] = {}
+        for attr in self.schema:
+            # a row whose image failed is quarantined: no labels, even where its tags gave evidence
+            rows = [None if i < len(errors) and errors[i] else p for i, p in enumerate(fused[attr.name])]
+            labels, confs = zip(*(decide(attr, p) for p in rows)) if rows else ((), ())
+            out[attr.name] = list(labels)
+            out[f"{attr.name}_confidence"] = list(confs)
+        return out
+
+    def source_probs(self, batch: dict[str, list], attr: Attribute) -> list[list[np.ndarray | None]]:
+        """For each row, the list of available source vectors for ``attr`` (same order as ``self.sources``)."""
+        n = len(next(iter(batch.values())))
+        rows: list[list[np.ndarray | None]] = [[] for _ in range(n)]
+        for source in self.sources:
+            col = batch.get(probs_column(source))
+            for i in range(n):
+                cell = col[i] if col is not None else None
+                vec = cell.get(attr.name) if cell else None
+                rows[i].append(None if vec is None else np.asarray(vec, dtype=np.float64))
+        return rows
+
+
+class SimpleFusion(FusionStage):
+    """Fixed fusion rules over the sources that have evidence for a row.
+
+    - ``confidence``: mean weighted by each source's certainty (0 for a uniform vector, 1 for one-hot),
+      times an optional prior weight per source. The default.
+    - ``mean``: plain mean of the available vectors.
+    - ``vote``: majority vote of the sources' top labels (ties split); for multi-label, per-label vote.
+    """
+
+    def __init__(
+        self,
+        schema: "Schema | str | None" = None,
+        sources: Sequence[str] = ("clip", "tags"),
+        method: str = "confidence",
+        source_weights: dict[str, float] | None = None,
+    ):
+        super().__init__(schema, sources)
+        if method not in FUSION_METHODS:
+            raise ValueError(f"unknown fusion method {method!r}; choose from {FUSION_METHODS}")
+        self.method = method
+        self.source_weights = {s: float((source_weights or {}).get(s, 1.0)) for s in self.sources}
+
+    def params(self) -> dict:
+        return {**super().params(), "method": self.method, "weights": self.source_weights}
+
+    def fuse(self, batch: dict[str, list]) -> dict[str, list[np.ndarray | None]]:
+        prior = np.array([self.source_weights[s] for s in self.sources])
+        out: dict[str, list[np.ndarray | None]] = {}
+        for attr in self.schema:
+            fused_rows: list[np.ndarray | None] = []
+            for vecs in self.source_probs(batch, attr):
+                present = [(v, w) for v, w in zip(vecs, prior) if v is not None and w > 0]
+                if not present:
+                    fused_rows.append(None)
+                    continue
+                fused_rows.append(self._combine(attr, [v for v, _ in present], np.array([w for _, w in present])))
+            out[attr.name] = fused_rows
+        return out
+
+    def _combine(self, attr: Attribute, vecs: list[np.ndarray], prior: np.ndarray) -> np.ndarray:
+        stack = np.stack(vecs)  # (sources, labels)
+        if self.method == "vote":
+            if attr.multi_label:
+                return ((stack >= attr.threshold).astype(float) * prior[:, None]).sum(0) / prior.sum()
+            votes = np.zeros(stack.shape[1])
+            for v, w in zip(stack, prior):
+                top = np.flatnonzero(v == v.max())
+                votes[top] += w / len(top)
+            return votes / votes.sum()
+        if self.method == "mean":
+            weights = prior[:, None] * np.ones_like(stack)
+        else:
+            cert = certainty(attr, stack)
+            weights = prior[:, None] * (cert if attr.multi_label else cert[:, None] * np.ones_like(stack)) + 1e-6
+        fused = (weights * stack).sum(0) / weights.sum(0)
+        if not attr.multi_label:
+            fused = fused / fused.sum()
+        return fused

@@ -1,0 +1,210 @@
+"""The pipeline in-process: stages on small batches, the runner's output layout, resume and caching."""
+
+import io
+import json
+
+import datasets
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from datasets import Dataset, Image as HFImage
+from PIL import Image
+
+from charattr_hf.annotate import annotate, annotate_to_disk
+from charattr_hf.cache import FeatureCache
+from charattr_hf.inputs import InputSpec
+from charattr_hf.openclip import ClipSpec
+from charattr_hf.pipeline import PipelineOptions
+from charattr_hf.runner import chunk_path
+from charattr_hf.schema import load_schema
+from charattr_hf.stages.clip import ClipZeroShot
+from charattr_hf.stages.decode import DecodeStage
+
+TAGS = [
+    "1girl, solo, long_hair, blonde_hair, blue_eyes, glasses, smile",
+    "1boy, short_hair, black_hair, red_eyes, hat",
+    None,
+]
+
+
+def png(seed: int, size=(40, 56)) -> bytes:
+    arr = (np.random.default_rng(seed).random((*size, 3)) * 255).astype("uint8")
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def image_dataset(n: int, bad: tuple[int, ...] = (), duplicate_of: dict | None = None) -> Dataset:
+    images = [{"bytes": png(i), "path": f"img_{i}.png"} for i in range(n)]
+    for i in bad:
+        images[i] = {"bytes": b"this is not an image", "path": f"img_{i}.png"}
+    for i, j in (duplicate_of or {}).items():
+        images[i] = {"bytes": images[j]["bytes"], "path": f"img_{i}.png"}
+    tags = [TAGS[i % len(TAGS)] for i in range(n)]
+    return Dataset.from_dict({"image": images, "tags": tags}).cast_column("image", HFImage())
+
+
+def clip_batch(stage: ClipZeroShot, n: int, bad=()):
+    ds = image_dataset(n, bad=bad)
+    decode = DecodeStage(image_size=stage.preprocess.image_size)
+    batch = ds.cast_column("image", HFImage(decode=False))[:]
+    batch.update(decode(batch))
+    return batch
+
+
+def test_clip_stage_outputs_distributions(tiny_clip_dir):
+    schema = load_schema()
+    stage = ClipZeroShot(schema, ClipSpec.parse(f"local-dir:{tiny_clip_dir}"), batch_size=4)
+    batch = clip_batch(stage, 6, bad=(2,))
+    out = stage(batch)
+    probs = out["probs_clip"]
+    assert probs[2] is None and out["error"][2]
+    for row in (probs[i] for i in (0, 1, 3, 4, 5)):
+        for attr in schema:
+            vec = np.asarray(row[attr.name])
+            assert vec.shape == (attr.num_labels,)
+            if attr.multi_label:
+                assert ((vec > 0) & (vec < 1)).all()
+            else:
+                assert vec.sum() == pytest.approx(1.0, abs=1e-5)
+    # different images, different scores: the images reach the model
+    assert not np.allclose(probs[0]["hair_color"], probs[1]["hair_color"])
+
+
+def test_clip_batching_does_not_change_results(tiny_clip_dir):
+    spec = ClipSpec.parse(f"local-dir:{tiny_clip_dir}")
+    big = ClipZeroShot("default", spec, batch_size=8)
+    small = ClipZeroShot("default", spec, batch_size=3)
+    batch = clip_batch(big, 7)
+    a, b = big(batch)["probs_clip"], small(batch)["probs_clip"]
+    one = [small({k: v[i : i + 1] for k, v in batch.items()})["probs_clip"][0] for i in range(7)]
+    for x, y, z in zip(a, b, one):
+        np.testing.assert_allclose(x["eye_color"], y["eye_color"], atol=1e-5)
+        np.testing.assert_allclose(x["eye_color"], z["eye_color"], atol=1e-5)
+
+
+def test_clip_cache_skips_images_already_seen(tiny_clip_dir, cache_dir, monkeypatch):
+    spec = ClipSpec.parse(f"local-dir:{tiny_clip_dir}")
+    stage = ClipZeroShot("default", spec, batch_size=4, embedding=True)
+    stage.cache = FeatureCache(cache_dir, stage.cache_namespace(), writer="a")
+    batch = clip_batch(stage, 5)
+    first = stage(batch)
+    assert len(stage.cache) == 5
+
+    # a second process (other writer file) reads what the first wrote and computes nothing
+    other = ClipZeroShot("default", spec, batch_size=4, embedding=True)
+    other.cache = FeatureCache(cache_dir, other.cache_namespace(), writer="b")
+    calls = []
+    real_forward = ClipZeroShot._forward
+    monkeypatch.setattr(ClipZeroShot, "_forward", lambda self, blobs: calls.append(len(blobs)) or real_forward(self, blobs))
+    second = other(batch)
+    assert calls == []
+    for x, y in zip(first["probs_clip"], second["probs_clip"]):
+        np.testing.assert_allclose(x["hair_color"], y["hair_color"], rtol=1e-6)
+    np.testing.assert_allclose(first["embedding"][0], second["embedding"][0], atol=1e-2)
+
+    # a different schema is a different namespace: nothing stale is read
+    restricted = load_schema().restrict({"hair_color": None})
+    third = ClipZeroShot(restricted, spec)
+    assert third.cache_namespace() != stage.cache_namespace()
+
+
+def test_annotate_keeps_every_row_and_flags_bad_images(tiny_clip_dir, tmp_path):
+    ds = image_dataset(30, bad=(3, 17))
+    out_dir = tmp_path / "out"
+    result, pipeline = annotate_to_disk(
+        ds, out_dir, options=PipelineOptions(model=f"local-dir:{tiny_clip_dir}", cache_dir=str(tmp_path / "c")),
+        chunk_size=8, num_proc=2, progress=False,
+    )
+    assert pipeline.sources == ["clip", "tags"]
+    assert result.chunks == 4 and result.rows == 30 and result.complete
+    loaded = datasets.load_dataset(str(out_dir), split="train")
+    assert len(loaded) == 30
+    assert loaded["index"] == list(range(30))
+    assert loaded["id"][0] == "img_0.png"
+    errors = loaded["error"]
+    assert [i for i, e in enumerate(errors) if e] == [3, 17]
+    assert "unreadable" in errors[3]
+    assert loaded[3]["hair_color"] is None and loaded[3]["sha256"]
+    assert loaded[0]["hair_color"] is not None
+    assert isinstance(loaded.features["hair_color"], datasets.ClassLabel)
+    # tags evidence reached the fused label where CLIP is random: blonde for row 0's tags
+    assert loaded.features["hair_color"].int2str(loaded[0]["hair_color"]) == "blonde"
+    # the same files through the plain parquet builder
+    files = sorted(str(p) for p in (out_dir / "data").glob("train-*.parquet"))
+    assert files and files[0].endswith("train-00000-of-00001.parquet")
+    plain = datasets.load_dataset("parquet", data_files=files, split="train")
+    assert plain.features == loaded.features and plain["sha256"] == loaded["sha256"]
+    card = (out_dir / "README.md").read_text()
+    assert "configs:" in card and "data/train-*" in card and "hair_color" in card
+
+
+def test_rerun_resumes_from_finished_chunks(tiny_clip_dir, tmp_path):
+    ds = image_dataset(20)
+    opts = dict(model=f"local-dir:{tiny_clip_dir}", cache_dir=str(tmp_path / "c"), use_cache=False)
+    out_dir = tmp_path / "out"
+    first, _ = annotate_to_disk(ds, out_dir, options=PipelineOptions(**opts), chunk_size=6, progress=False)
+    before = pq.read_table(first.data_files[0])
+    run_dir = chunk_path(next((out_dir / ".charattr").iterdir()), 0).parent.parent
+    chunk_path(run_dir, 2).unlink()  # as if the run died while this chunk was in flight
+    second, _ = annotate_to_disk(ds, out_dir, options=PipelineOptions(**opts), chunk_size=6, progress=False)
+    assert second.chunks_skipped == 3 and second.rows_processed == 6
+    after = pq.read_table(second.data_files[0])
+    assert after.equals(before)
+    ranks = json.loads((run_dir / "rank-0.json").read_text())
+    assert ranks["chunks_processed"] == [2]
+
+
+def test_changed_settings_do_not_reuse_chunks(tiny_clip_dir, tmp_path):
+    ds = image_dataset(6)
+    out_dir = tmp_path / "out"
+    base = dict(model=f"local-dir:{tiny_clip_dir}", use_cache=False)
+    annotate_to_disk(ds, out_dir, options=PipelineOptions(**base), chunk_size=4, progress=False)
+    again, _ = annotate_to_disk(
+        ds, out_dir, options=PipelineOptions(**base, fusion_method="vote"), chunk_size=4, progress=False
+    )
+    assert again.chunks_skipped == 0 and again.rows_processed == 6
+
+
+def test_duplicates_share_one_forward(tiny_clip_dir, tmp_path, monkeypatch):
+    ds = image_dataset(8, duplicate_of={5: 1, 6: 1})
+    seen = []
+    real_forward = ClipZeroShot._forward
+    monkeypatch.setattr(ClipZeroShot, "_forward", lambda self, blobs: seen.append(len(blobs)) or real_forward(self, blobs))
+    out = annotate(ds, model=f"local-dir:{tiny_clip_dir}", use_cache=False, progress=False)
+    assert sum(seen) == 6
+    assert out[5]["sha256"] == out[1]["sha256"]
+    assert out[5]["probs_clip"] == out[1]["probs_clip"]
+
+
+def test_no_model_and_no_tags_still_accounts_for_every_row(tmp_path):
+    ds = image_dataset(5, bad=(1,)).remove_columns("tags")
+    opts = PipelineOptions(model=None)
+    result, pipeline = annotate_to_disk(ds, tmp_path / "o", options=opts, progress=False)
+    assert pipeline.sources == []
+    assert any("CLIP source skipped" in m for m in opts.messages)
+    assert any("tag source skipped" in m for m in opts.messages)
+    out = Dataset.from_parquet([str(f) for f in result.data_files])
+    assert len(out) == 5 and out["hair_color"] == [None] * 5
+    assert out["error"][1] and out["sha256"][0]
+
+
+def test_limit_and_streaming_give_the_same_rows(tiny_clip_dir, tmp_path):
+    ds = image_dataset(12)
+    path = tmp_path / "in.parquet"
+    ds.to_parquet(str(path))
+    opts = dict(model=f"local-dir:{tiny_clip_dir}", use_cache=False)
+    plain = annotate(str(path), limit=9, progress=False, **opts)
+    streamed = annotate(str(path), limit=9, streaming=True, chunk_size=4, progress=False, **opts)
+    assert len(plain) == len(streamed) == 9
+    assert plain["sha256"] == streamed["sha256"]
+    assert plain["hair_color"] == streamed["hair_color"]
+    np.testing.assert_allclose(
+        [r["eye_color"] for r in plain["probs_clip"]], [r["eye_color"] for r in streamed["probs_clip"]], atol=1e-6
+    )
+
+
+def test_empty_input_gives_an_empty_typed_dataset(tiny_clip_dir, tmp_path):
+    ds = image_dataset(3).select([])
+    out = annotate(ds, tmp_path / "o", model=f"local-dir:{tiny_clip_dir}", use_cache=False, progress=False)
+    assert len(out) == 0 and isinstance(out.features["hair_color"], datasets.ClassLabel)

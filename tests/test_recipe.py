@@ -1,0 +1,139 @@
+"""The annotate recipe as users run it: a subprocess, under `accelerate launch`, with 1 and 2 processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+
+from tests.test_pipeline import image_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "annotate.py"
+
+
+def accelerate(*args: str, processes: int = 1) -> list[str]:
+    launch = [sys.executable, "-m", "accelerate.commands.launch"]
+    if processes > 1:
+        launch += ["--multi_gpu", "--num_processes", str(processes)]
+    else:
+        launch += ["--num_processes", "1"]
+    return [*launch, "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(RECIPE), *args]
+
+
+def run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert proc.returncode == 0, f"{cmd}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def input_parquet(tmp_path_factory):
+    path = tmp_path_factory.mktemp("input") / "images.parquet"
+    image_dataset(40, bad=(7,)).to_parquet(str(path))
+    return path
+
+
+def common(input_parquet, tiny_clip_dir, out, *extra):
+    return ["--dataset", str(input_parquet), "--model", f"local-dir:{tiny_clip_dir}", "--output_dir", str(out),
+            "--chunk_size", "5", "--no_cache", "--quiet", *extra]
+
+
+def load(out: Path):
+    return datasets.load_dataset(str(out), split="train")
+
+
+def run_dir(out: Path) -> Path:
+    (folder,) = (out / ".charattr").iterdir()
+    return folder
+
+
+def test_help_explains_every_option():
+    proc = run([sys.executable, str(RECIPE), "--help"])
+    for option in ["--dataset", "--output_dir", "--model", "--schema", "--batch_size", "--num_proc", "--streaming",
+                   "--limit", "--config", "--fusion", "--tags_column"]:
+        assert option in proc.stdout
+    assert "first N rows" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def single_run(input_parquet, tiny_clip_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one")
+    proc = run(accelerate(*common(input_parquet, tiny_clip_dir, out)))
+    return out, proc
+
+
+def test_single_process_run_prints_summary_and_writes_dataset(single_run):
+    out, proc = single_run
+    assert "annotated dataset:" in proc.stdout and "images/s" in proc.stdout
+    assert "hair_color" in proc.stdout and "errors: 1" in proc.stdout
+    ds = load(out)
+    assert len(ds) == 40 and sum(e is not None for e in ds["error"]) == 1
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["processes"] == 1
+    # a plain `accelerate launch` (OMP_NUM_THREADS=1) still uses every core
+    assert info["torch_threads"] == len(os.sched_getaffinity(0))
+
+
+def test_two_processes_split_the_work_and_agree(single_run, input_parquet, tiny_clip_dir, tmp_path):
+    out = tmp_path / "two"
+    run(accelerate(*common(input_parquet, tiny_clip_dir, out), processes=2))
+    ranks = [json.loads((run_dir(out) / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world"] == 2 for r in ranks)
+    done = [set(r["chunks_processed"]) for r in ranks]
+    assert done[0] and done[1] and not (done[0] & done[1])
+    assert done[0] | done[1] == set(range(8))
+    one, two = load(single_run[0]), load(out)
+    assert one["id"] == two["id"] and one["sha256"] == two["sha256"] and one["error"] == two["error"]
+    for column in ("hair_color", "eye_color", "accessories", "art_style"):
+        assert one[column] == two[column]
+    a = np.array([r["hair_color"] for r in one["probs_clip"] if r], dtype=float)
+    b = np.array([r["hair_color"] for r in two["probs_clip"] if r], dtype=float)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_killed_run_resumes_to_the_same_output(single_run, input_parquet, tiny_clip_dir, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, str(RECIPE), *common(input_parquet, tiny_clip_dir, out, "--num_proc", "1")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            chunks = list((out / ".charattr").glob("*/chunks/chunk-*.parquet")) if (out / ".charattr").exists() else []
+            if len(chunks) >= 2 or proc.poll() is not None:
+                break
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished_before = len(list(run_dir(out).glob("chunks/chunk-*.parquet")))
+    assert 0 < finished_before < 8, "the kill should land mid-run"
+    assert not (out / "data").exists()
+
+    run([sys.executable, str(RECIPE), *common(input_parquet, tiny_clip_dir, out)])
+    record = json.loads((run_dir(out) / "rank-0.json").read_text())
+    assert record["chunks_skipped"] == finished_before
+    resumed, reference = load(out), load(single_run[0])
+    assert len(resumed) == 40 and resumed["index"] == list(range(40))
+    for column in ("id", "sha256", "error", "hair_color", "accessories", "flags"):
+        assert resumed[column] == reference[column]
+
+
+def test_config_file_with_flag_override(input_parquet, tiny_clip_dir, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"dataset: {input_parquet}\nmodel: local-dir:{tiny_clip_dir}\nlimit: 30\nno_cache: true\n"
+                      f"output_dir: {tmp_path / 'from-config'}\nchunk_size: 8\n")
+    run([sys.executable, str(RECIPE), "--config", str(config), "--limit", "12", "--quiet"])
+    assert len(load(tmp_path / "from-config")) == 12
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("no_such_option: 1\n")
+    proc = subprocess.run([sys.executable, str(RECIPE), "--config", str(bad)], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert proc.returncode != 0 and "no_such_option" in proc.stderr

@@ -1,0 +1,39 @@
+from datasets import ClassLabel, Dataset, Features, List, Value
+
+from charattr_hf.summary import format_summary, summarize
+
+
+def test_summary_counts_and_compares_truth_by_label_name(tmp_path):
+    # truth typed with another label order than the predictions: must be compared by name
+    feats = Features(
+        {
+            "error": Value("string"),
+            "flags": List(Value("string")),
+            "hair": ClassLabel(names=["black", "red", "blue"]),
+            "hair_confidence": Value("float32"),
+            "acc": List(ClassLabel(names=["glasses", "hat"])),
+            "acc_confidence": List(Value("float32")),
+            "truth": {"hair": ClassLabel(names=["blue", "black", "red"]), "acc": List(ClassLabel(names=["hat", "glasses"]))},
+        }
+    )
+    rows = [
+        # prediction red (1) vs truth red (2): right; glasses (0) vs truth glasses (1): right
+        dict(error=None, flags=["dark"], hair=1, hair_confidence=0.9, acc=[0], acc_confidence=[0.8],
+             truth={"hair": 2, "acc": [1]}),
+        # black vs truth blue: wrong; [] vs [hat]: wrong
+        dict(error=None, flags=[], hair=0, hair_confidence=0.5, acc=[], acc_confidence=[], truth={"hair": 0, "acc": [0]}),
+        # errored row: no prediction counts as wrong
+        dict(error="unreadable image", flags=[], hair=None, hair_confidence=None, acc=None, acc_confidence=None,
+             truth={"hair": 1, "acc": []}),
+    ]
+    path = tmp_path / "d.parquet"
+    Dataset.from_list(rows, features=feats).to_parquet(str(path))
+    stats = summarize([path])
+    assert stats["rows"] == 3 and stats["errors"] == 1 and stats["flagged_rows"] == 1
+    assert stats["flags"] == {"dark": 1}
+    hair = stats["attributes"]["hair"]
+    assert hair["accuracy"] == 1 / 3 and hair["annotated"] == 2 and hair["evaluated"] == 3
+    assert abs(hair["mean_confidence"] - 0.7) < 1e-6
+    assert stats["attributes"]["acc"]["accuracy"] == 1 / 3
+    text = format_summary(stats, images_per_second=12.5)
+    assert "12.5 images/s" in text and "hair" in text and "33.3%" in text
