@@ -191,9 +191,12 @@ def label_embeddings(model, tokenizer, prompts_per_label: list[tuple[str, ...]],
     import torch
 
     flat = [p for prompts in prompts_per_label for p in prompts]
+    parts = []
     with torch.inference_mode():
-        tokens = tokenizer(flat).to(device)
-        emb = model.encode_text(tokens, normalize=True).float()
+        for start in range(0, len(flat), 64):
+            tokens = tokenizer(flat[start : start + 64]).to(device)
+            parts.append(model.encode_text(tokens, normalize=True).float())
+    emb = torch.cat(parts)
     out, start = [], 0
     for prompts in prompts_per_label:
         mean = emb[start : start + len(prompts)].mean(0)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -122,16 +123,16 @@ class ClipZeroShot(Stage):
             device = str(PartialState(cpu=not torch.cuda.is_available()).device)
         model, tokenizer = load_model(self.spec, device, self._precision_name())
         dtype = next(model.parameters()).dtype
-        blocks, slices, start = [], {}, 0
+        prompt_sets, slices, start = [], {}, 0
         for attr in self.schema:
-            prompts = [lab.prompts for lab in attr.labels]
+            sets = [lab.prompts for lab in attr.labels]
             if attr.multi_label:
-                prompts += [lab.negative_prompts for lab in attr.labels]
-            emb = label_embeddings(model, tokenizer, prompts, device)
-            blocks.append(emb)
-            slices[attr.name] = (start, start + emb.shape[0])
-            start += emb.shape[0]
-        text = torch.cat(blocks).to(dtype)
+                sets += [lab.negative_prompts for lab in attr.labels]
+            prompt_sets += sets
+            slices[attr.name] = (start, start + len(sets))
+            start += len(sets)
+        text = self._cached_label_embeddings(model, tokenizer, prompt_sets, device)
+        text = text.to(device=device, dtype=dtype)
         scale = model.logit_scale.exp().float().item()
         mean = torch.tensor(self.preprocess.mean, device=device, dtype=dtype).view(1, 3, 1, 1) * 255
         std = torch.tensor(self.preprocess.std, device=device, dtype=dtype).view(1, 3, 1, 1) * 255
@@ -146,6 +147,31 @@ class ClipZeroShot(Stage):
             "dtype": dtype,
         }
         logger.info("loaded %s on %s (%s)", self.spec.describe(), device, dtype)
+
+    def _cached_label_embeddings(self, model, tokenizer, prompt_sets, device):
+        """Label embeddings, read from the feature cache folder when an earlier run computed them.
+
+        Encoding every prompt of a schema costs seconds to a minute on CPU for a ViT-B text tower, once per
+        process; the file (keyed like the feature cache: model, schema, precision) makes later runs and
+        other ranks start at once.
+        """
+        from safetensors.torch import load_file, save_file
+
+        path = self.cache.directory / "label_embeddings.safetensors" if self.cache is not None else None
+        if path is not None and path.is_file():
+            try:
+                emb = load_file(str(path))["embeddings"]
+                if emb.shape[0] == len(prompt_sets):
+                    return emb
+            except Exception as exc:  # noqa: BLE001 - a damaged file is recomputed
+                logger.warning("ignoring unreadable %s: %s", path, exc)
+        emb = label_embeddings(model, tokenizer, prompt_sets, device).float().cpu()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            save_file({"embeddings": emb.contiguous()}, str(tmp))
+            os.replace(tmp, path)
+        return emb
 
     # -- processing -----------------------------------------------------------------------------
     def _num_probs(self) -> int:
