@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
-from dataclasses import asdict
+import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, IterableDataset
 
-from .inputs import InputSpec, _normalise, open_dataset
+from .distributed import get_state
+from .inputs import InputSpec, _normalise, input_identity, open_dataset
 from .pipeline import PipelineOptions, build_pipeline
 from .runner import RunResult, run
 
@@ -26,6 +27,7 @@ def annotate_to_disk(
     *,
     input_spec: InputSpec | None = None,
     options: PipelineOptions | None = None,
+    input_id: str | None = None,
     chunk_size: int = 1024,
     num_proc: int | None = None,
     max_shard_rows: int = 100_000,
@@ -36,24 +38,33 @@ def annotate_to_disk(
 
     ``dataset`` is a path, a Hub id, None (the synthetic sample) or an already opened ``datasets`` object;
     ``input_spec`` carries column names, split, streaming and limit; other keyword arguments are
-    :class:`PipelineOptions` fields (``model``, ``schema``, ``fusion``, ``batch_size``...).
+    :class:`PipelineOptions` fields (``model``, ``schema``, ``fusion``, ``batch_size``...). ``input_id``
+    names the input for resuming; it is required for an ``IterableDataset`` object, which has no fingerprint.
     """
-    spec = input_spec or InputSpec()
+    if options is not None and option_kwargs:
+        raise TypeError(f"pass either options= or option keywords, not both (got {sorted(option_kwargs)})")
+    spec = replace(input_spec) if input_spec is not None else InputSpec()
     if isinstance(dataset, (Dataset, IterableDataset)):
         ds = _normalise(dataset, spec)
         if spec.limit is not None:
+            if spec.limit < 0:
+                raise ValueError("limit must be >= 0")
             ds = ds.take(spec.limit) if isinstance(ds, IterableDataset) else ds.select(range(min(spec.limit, len(ds))))
-        input_id = ds._fingerprint if isinstance(ds, Dataset) else json.dumps(asdict(spec), default=str)
+        if input_id is None:
+            if isinstance(ds, IterableDataset):
+                raise ValueError(
+                    "an IterableDataset has no fingerprint: pass input_id='...' naming this stream, so that a rerun "
+                    "resumes the same input and never reuses chunks of another one"
+                )
+            input_id = ds._fingerprint
     else:
         if dataset is not None:
             spec.dataset = str(dataset)
         ds = open_dataset(spec)
-        input_id = ds._fingerprint if isinstance(ds, Dataset) else json.dumps(asdict(spec), default=str)
+        if input_id is None:
+            input_id = ds._fingerprint if isinstance(ds, Dataset) else input_identity(spec)
     options = options or PipelineOptions(**option_kwargs)
-    from accelerate import PartialState
-    import torch
-
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = get_state()
     pipeline = build_pipeline(
         options,
         input_columns=list(ds.features),
@@ -61,7 +72,7 @@ def annotate_to_disk(
         writer=f"rank-{state.process_index}",
     )
     if state.is_main_process:
-        for message in options.messages:
+        for message in pipeline.messages:
             logger.warning(message)
     result = run(
         ds,
@@ -70,6 +81,7 @@ def annotate_to_disk(
         input_id=input_id,
         chunk_size=chunk_size,
         num_proc=num_proc,
+        split=spec.split,
         max_shard_rows=max_shard_rows,
         progress=progress,
     )
@@ -94,6 +106,8 @@ def annotate(
     """
     spec_keys = set(InputSpec.__dataclass_fields__) - {"dataset"}
     spec = InputSpec(**{k: kwargs.pop(k) for k in list(kwargs) if k in spec_keys})
+    if output_dir is None and isinstance(dataset, IterableDataset):
+        kwargs.setdefault("input_id", f"stream-{uuid.uuid4().hex}")  # a throw-away folder: nothing to resume
     with tempfile.TemporaryDirectory(prefix="charattr-") as tmp:
         result, _ = annotate_to_disk(dataset, output_dir or tmp, input_spec=spec, **kwargs)
         if not result.data_files:

@@ -9,6 +9,7 @@ every writer's file of the namespace, so work done by any rank, in any earlier r
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 __all__ = ["FeatureCache", "default_cache_dir"]
+
+logger = logging.getLogger(__name__)
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS features (key TEXT PRIMARY KEY, value BLOB NOT NULL)"
 
@@ -78,7 +81,27 @@ class FeatureCache:
         return [self._writer_conn(), *readers.values()]
 
     # -- API ---------------------------------------------------------------------------------
+    # The cache is an accelerator, never a point of failure: a disk that is full, read-only or locked makes
+    # lookups miss and writes no-ops, with one warning, and the run goes on computing.
+    def _warn(self, what: str, exc: Exception) -> None:
+        if not getattr(self._local, "warned", False):
+            logger.warning("feature cache %s failed (%s: %s); continuing without it", what, type(exc).__name__, exc)
+            self._local.warned = True
+
     def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        try:
+            return self._get_many(keys)
+        except (sqlite3.Error, OSError) as exc:
+            self._warn("read", exc)
+            return {}
+
+    def put_many(self, items: Mapping[str, bytes]) -> None:
+        try:
+            self._put_many(items)
+        except (sqlite3.Error, OSError) as exc:
+            self._warn("write", exc)
+
+    def _get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
         wanted = list(dict.fromkeys(k for k in keys if k))
         found: dict[str, bytes] = {}
         if not wanted:
@@ -97,7 +120,7 @@ class FeatureCache:
                 found.update((k, bytes(v)) for k, v in rows)
         return found
 
-    def put_many(self, items: Mapping[str, bytes]) -> None:
+    def _put_many(self, items: Mapping[str, bytes]) -> None:
         if not items:
             return
         conn = self._writer_conn()

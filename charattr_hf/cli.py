@@ -33,6 +33,10 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
         unknown = sorted(set(values) - fields)
         if unknown:
             parser.error(f"{known.config}: unknown option(s) {unknown}")
+        for dc in dataclass_types:  # a scalar given for a list option means a list of one
+            for f in dataclasses.fields(dc):
+                if f.name in values and "list" in str(f.type).lower() and isinstance(values[f.name], (str, int, float)):
+                    values[f.name] = [values[f.name]]
         parser.set_defaults(**values)
     *instances, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if rest:

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow.parquet as pq
 from datasets.info import DatasetInfo, DatasetInfosDict
 from datasets.splits import SplitDict, SplitInfo
 from datasets.utils.metadata import MetadataConfigs
@@ -79,11 +80,17 @@ def write_dataset_card(output_dir: Path, split: str, pipeline: "Pipeline", extra
     num_examples = stats["rows"]
 
     card_data = DatasetCardData(tags=["charattr-hf", "image-annotation", "synthetic-labels"])
-    MetadataConfigs({"default": {"data_files": [{"split": split, "path": f"data/{split}-*"}]}}).to_dataset_card_data(
-        card_data
-    )
+    # every split present in data/ (an output folder can hold several, written by several runs)
+    present = {}
+    for f in sorted((output_dir / "data").glob("*-*-of-*.parquet")):
+        present.setdefault(f.name.rsplit("-", 3)[0], []).append(f)
+    MetadataConfigs(
+        {"default": {"data_files": [{"split": name, "path": f"data/{name}-*"} for name in present]}}
+    ).to_dataset_card_data(card_data)
     splits = SplitDict()
-    splits.add(SplitInfo(name=split, num_examples=num_examples, num_bytes=sum(f.stat().st_size for f in files)))
+    for name, shard_files in present.items():
+        rows = num_examples if name == split else sum(pq.ParquetFile(f).metadata.num_rows for f in shard_files)
+        splits.add(SplitInfo(name=name, num_examples=rows, num_bytes=sum(f.stat().st_size for f in shard_files)))
     info = DatasetInfo(features=features, splits=splits)
     DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
 
@@ -134,13 +141,15 @@ def push_dataset(
         raise FileNotFoundError(f"{output_dir} has no finished annotated dataset (data/*.parquet + README.md)")
     api = api or HfApi(token=token)
     repo = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    # replace the shards of the splits uploaded now (their count may have changed), keep other splits
+    splits = sorted({f.name.rsplit("-", 3)[0] for f in (output_dir / "data").glob("*-*-of-*.parquet")})
     api.upload_folder(
         folder_path=str(output_dir),
         repo_id=repo_id,
         repo_type="dataset",
         revision=revision,
         allow_patterns=["data/*.parquet", "README.md", "summary.json"],
-        delete_patterns=["data/*.parquet"],
+        delete_patterns=[f"data/{name}-*.parquet" for name in splits],
         commit_message=commit_message,
     )
     url = getattr(repo, "url", None) or f"https://huggingface.co/datasets/{repo_id}"

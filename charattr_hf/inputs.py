@@ -117,7 +117,7 @@ def _normalise(ds: AnyDataset, spec: InputSpec) -> AnyDataset:
     tags = _pick(columns, spec.tags_column, _TAG_NAMES, "tags")
     caption = _pick(columns, spec.caption_column, _CAPTION_NAMES, "caption")
     id_col = _pick(columns, spec.id_column, _ID_NAMES, "id")
-    keep = [c for c in spec.keep_columns if c]
+    keep = [spec.keep_columns] if isinstance(spec.keep_columns, str) else [c for c in spec.keep_columns if c]
     missing = [c for c in keep if c not in columns]
     if missing:
         raise ValueError(f"--keep_columns {missing} not found; columns: {columns}")
@@ -143,3 +143,31 @@ def _normalise(ds: AnyDataset, spec: InputSpec) -> AnyDataset:
     ds = ds.rename_columns({k: v for k, v in renames.items() if k != v})
     return ds
 
+
+
+def input_identity(spec: InputSpec) -> str:
+    """What identifies a streamed input across runs (its rows cannot be fingerprinted without reading them).
+
+    Local files: their paths, sizes and modification times. Hub datasets: the commit the revision points to
+    when the Hub answers, else the revision as given. Plus everything in ``spec`` that selects rows.
+    """
+    from dataclasses import asdict
+
+    from .stages.base import stable_hash
+
+    parts: dict = {k: v for k, v in asdict(spec).items()}
+    if not spec.dataset:
+        return stable_hash(parts)
+    path = Path(spec.dataset).expanduser()
+    if path.exists():
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        parts["files"] = [(str(p.relative_to(path) if path.is_dir() else p.name), p.stat().st_size,
+                           p.stat().st_mtime_ns) for p in files]
+    else:
+        try:
+            from huggingface_hub import HfApi
+
+            parts["commit"] = HfApi().dataset_info(spec.dataset, revision=spec.revision, timeout=10).sha
+        except Exception as exc:  # noqa: BLE001 - offline or private: the revision as given will do
+            logger.info("could not resolve the commit of %s (%s); using the revision as given", spec.dataset, exc)
+    return stable_hash(parts)

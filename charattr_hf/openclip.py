@@ -72,6 +72,8 @@ class ClipSpec:
                 f"unknown open_clip model {model!r}: use a built-in name (see open_clip.list_models()), "
                 "'hf-hub:org/repo' or 'local-dir:/path'"
             )
+        if revision:
+            raise ValueError("--model_revision applies to hf-hub: models only (built-in tags are fixed)")
         tag = None if pretrained in (None, "", "none", "random") else pretrained
         if tag is not None and not open_clip.get_pretrained_cfg(model, tag) and not Path(tag).is_file():
             raise ValueError(
@@ -93,11 +95,17 @@ class ClipSpec:
         return None
 
     def fingerprint(self) -> str:
-        """Identifies the weights: content hash for local folders, commit for Hub repos, tag for built-ins."""
+        """Identifies the weights: content hash for local folders and files, commit for Hub repos, tag for
+        built-ins (open_clip pins each tag to one file)."""
+        if self.model.startswith(_HUB):
+            return f"hub-{self.model[len(_HUB):]}@{self.local_dir().name}"
         folder = self.local_dir()
         if folder is not None:
             return "dir-" + _folder_digest(str(folder))
-        return json.dumps({"name": self.model, "pretrained": self.pretrained or "random"}, sort_keys=True)
+        pretrained = self.pretrained or "random"
+        if self.pretrained and Path(self.pretrained).is_file():
+            pretrained = "file-" + _file_digest(str(Path(self.pretrained).resolve()))
+        return json.dumps({"name": self.model, "pretrained": pretrained}, sort_keys=True)
 
     def describe(self) -> str:
         if self.model.startswith(_LOCAL):
@@ -108,28 +116,51 @@ class ClipSpec:
         return f"{self.model} ({self.pretrained or 'random weights'})"
 
 
+@lru_cache(maxsize=None)
 def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
-    from huggingface_hub import snapshot_download
+    """Config, tokenizer and schema files of the repo, plus the one weights file open_clip would load.
 
-    path = snapshot_download(
-        repo_id, revision=revision, allow_patterns=["*.json", "*.txt", "*.model", "*.safetensors"]
+    Repositories often hold the same weights in several formats (several GB each); only one is fetched, and
+    safetensors is preferred. The folder is ``.../snapshots/<commit>``, which pins what was loaded.
+    """
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    folder = Path(
+        snapshot_download(
+            repo_id,
+            revision=revision,
+            allow_patterns=["open_clip_config.json", "*.txt", "*.yaml", "tokenizer*", "vocab*", "merges*",
+                            "special_tokens_map.json", "*.model"],
+        )
     )
-    folder = Path(path)
-    if not any((folder / name).is_file() for name in _WEIGHT_FILES):
-        path = snapshot_download(repo_id, revision=revision, allow_patterns=["open_clip_pytorch_model.bin"])
-    return Path(path)
+    for name in (*_WEIGHT_FILES, "open_clip_pytorch_model.bin"):
+        try:
+            hf_hub_download(repo_id, name, revision=folder.name)
+            break
+        except Exception:  # noqa: BLE001 - try the next format
+            continue
+    else:
+        raise FileNotFoundError(f"hf-hub:{repo_id}: no open_clip weights file ({', '.join(_WEIGHT_FILES)}, .bin)")
+    return folder
 
 
 @lru_cache(maxsize=None)
 def _folder_digest(folder: str) -> str:
     digest = hashlib.sha256()
     for path in sorted(Path(folder).iterdir()):
-        if path.is_file() and path.suffix in (".json", ".safetensors", ".bin", ".txt"):
+        if path.is_file() and path.suffix in (".json", ".safetensors", ".bin", ".txt", ".yaml"):
             digest.update(path.name.encode())
-            with open(path, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
+            digest.update(_file_digest(str(path)).encode())
     return digest.hexdigest()[:16]
+
+
+@lru_cache(maxsize=None)
+def _file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,13 @@ model, and writes its Arrow cache into a scratch folder the runner deletes after
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from datasets import Dataset, Features, Value
+from datasets import Dataset, Features, Image, Value
 
-from .schema import Schema, load_schema, probs_column
+from .schema import Schema, load_schema
 from .stages.base import ERROR, TEMP_PREFIX, Compose, Stage, stable_hash
 from .stages.fusion import FusionStage, SimpleFusion
 from .stages.identity import Identify
@@ -51,7 +50,6 @@ class PipelineOptions:
     cache_dir: str | None = None
     use_cache: bool = True
     device: str | None = None
-    messages: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -64,6 +62,7 @@ class Pipeline:
     keep_embedding: bool = False
     keep_images: bool = False
     description: dict = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
 
     @property
     def sources(self) -> list[str]:
@@ -85,8 +84,11 @@ class Pipeline:
             emb_feat = next((s.features()["embedding"] for s in self.device if "embedding" in s.features()), None)
             emb = emb_feat.length if emb_feat is not None else None
         feats = dict(self.schema.output_features(self.sources, embedding_dim=emb))
+        clash = sorted(c for c in self.keep_columns if c in feats or c == "image")
+        if clash:
+            raise ValueError(f"input column(s) {clash} would overwrite output columns of the same name; rename them")
         if self.keep_images:
-            feats["image"] = input_features["image"]
+            feats["image"] = Image()
         for col in self.keep_columns:
             if col in input_features:
                 feats[col] = input_features[col]
@@ -98,26 +100,35 @@ class Pipeline:
         scratch.mkdir(parents=True, exist_ok=True)
         output_features = self.output_features(chunk.features)
         cpu = Compose(self.cpu)
-        use_procs = num_proc if num_proc and num_proc > 1 and len(chunk) >= 64 * num_proc else None
-        drop = [] if (self.keep_images or any(s.name == "blip2" for s in self.device)) else ["image"]
-        chunk = self._map(chunk, cpu, scratch, num_proc=use_procs, batch_size=64, remove=drop)
-        for stage in self.device:
-            size = getattr(stage, "batch_size", 32) * 4
-            chunk = self._map(chunk, stage, scratch, batch_size=size)
-        chunk = self._map(chunk, self.fusion, scratch, batch_size=1024)
-        keep = [c for c in output_features if c in chunk.column_names]
-        chunk = chunk.select_columns(keep)
+        parallel = cpu.cpu_bound and num_proc and num_proc > 1 and len(chunk) >= 64 * num_proc
+        steps: list[tuple[Stage, int, int | None]] = [(cpu, 64, num_proc if parallel else None)]
+        steps += [(stage, getattr(stage, "batch_size", 32) * 4, None) for stage in self.device]
+        steps.append((self.fusion, 1024, None))
+        for i, (stage, batch_size, procs) in enumerate(steps):
+            # working columns (and the image bytes) are dropped by the last stage that reads them, so they are
+            # not copied into every later stage's Arrow file
+            later = {c for s, _, _ in steps[i + 1 :] for c in s.input_columns()} | set(output_features)
+            present = set(chunk.column_names) | set(stage.features())
+            drop = sorted(c for c in present if (c.startswith(TEMP_PREFIX) or c == "image") and c not in later)
+            chunk = self._map(chunk, stage, scratch, batch_size=batch_size, num_proc=procs, remove=drop)
         missing = {c: f for c, f in output_features.items() if c not in chunk.column_names}
         for col, feat in missing.items():
             chunk = chunk.add_column(col, [None] * len(chunk), feature=feat)
         chunk = chunk.select_columns(list(output_features))
+        if self.keep_images:  # path-only images: read the files in, so the output stands on its own
+            from datasets.table import embed_table_storage
+
+            chunk = chunk.cast_column("image", Image()).with_format("arrow").map(
+                embed_table_storage, batched=True, keep_in_memory=True
+            ).with_format(None)
         if chunk.features != output_features:
             chunk = chunk.cast(output_features)
         return chunk
 
     def _map(self, ds: Dataset, stage: Stage, scratch: Path, *, batch_size: int, num_proc=None, remove=()) -> Dataset:
-        feats = {c: f for c, f in ds.features.items() if c not in remove}
+        feats = {c: f for c, f in ds.features.items()}
         feats.update(stage.features())
+        feats = {c: f for c, f in feats.items() if c not in remove}
         feats[ERROR] = Value("string")
         fp = stable_hash(ds._fingerprint, stage.fingerprint(), sorted(remove))
         return ds.map(
@@ -126,16 +137,12 @@ class Pipeline:
             batch_size=batch_size,
             num_proc=num_proc,
             features=Features(feats),
-            remove_columns=list(remove) or None,
+            remove_columns=[c for c in remove if c in ds.column_names] or None,
             new_fingerprint=fp,
             cache_file_name=str(scratch / f"{stage.name}-{fp}.arrow"),
             load_from_cache_file=False,
             desc=stage.name,
         )
-
-
-def _resolve_device_default() -> str | None:
-    return os.environ.get("CHARATTR_DEVICE") or None
 
 
 def build_pipeline(
@@ -147,7 +154,7 @@ def build_pipeline(
     """Choose and configure the stages for ``options``; sources that cannot run are skipped with a message."""
     from .openclip import ClipSpec, demo_model_dir
 
-    messages = options.messages
+    messages: list[str] = []
     clip_spec = None
     if options.model:
         if options.model == "demo" and demo_model_dir() is None:
@@ -178,7 +185,7 @@ def build_pipeline(
             batch_size=options.batch_size,
             precision=options.precision,
             embedding=options.keep_embedding or _fusion_wants_embedding(options),
-            device=options.device or _resolve_device_default(),
+            device=options.device,
         )
         if options.use_cache:
             root = Path(options.cache_dir).expanduser() if options.cache_dir else default_cache_dir()
@@ -230,6 +237,7 @@ def build_pipeline(
         keep_embedding=options.keep_embedding,
         keep_images=options.keep_images,
         description=description,
+        messages=messages,
     )
 
 
@@ -237,7 +245,7 @@ def _model_schema(spec) -> str | None:
     """A model folder may ship the schema it was trained for (``charattr_schema.yaml``)."""
     if spec is None:
         return None
-    folder = spec.local_dir() if spec.model.startswith("local-dir:") else None
+    folder = spec.local_dir()
     if folder is not None and (folder / "charattr_schema.yaml").is_file():
         return str(folder / "charattr_schema.yaml")
     return None
@@ -249,11 +257,3 @@ def _fusion_wants_embedding(options: PipelineOptions) -> bool:
     from .stages.policy import policy_uses_embedding
 
     return policy_uses_embedding(options.fusion, options.fusion_revision)
-
-
-def temp_columns(columns: Sequence[str]) -> list[str]:
-    return [c for c in columns if c.startswith(TEMP_PREFIX)]
-
-
-def probs_columns(sources: Sequence[str]) -> list[str]:
-    return [probs_column(s) for s in sources]

@@ -1,10 +1,15 @@
 """Running a pipeline over a whole dataset, across Accelerate processes, resumably.
 
 The input is cut into fixed chunks of ``chunk_size`` rows (chunk ``k`` = rows ``[k*C, (k+1)*C)``), whatever the
-number of processes. Each process takes a contiguous range of chunks (streaming input: every ``world``-th
-chunk), runs the stages over each chunk and writes it as one Parquet file, atomically (temporary file, then
-rename). A chunk file that exists is finished: a rerun after a crash, even ``kill -9``, skips it, and since
-chunk contents do not depend on the number of processes, a rerun may use a different number.
+number of processes. The main process lists the chunks not yet finished and each process takes a contiguous
+share of that list, runs the stages over each chunk and writes it as one Parquet file, atomically (temporary
+file, then rename). A chunk file that exists and holds the rows it should is finished: a rerun after a crash,
+even ``kill -9``, skips it, and since chunk contents do not depend on the number of processes, a rerun may
+use a different number.
+
+Streaming input has no length to share out: every process reads the stream and takes every ``world``-th
+chunk, so N processes read the data N times (decoding only their own rows). The stream must give the same
+rows in the same order to every process (no unseeded shuffle).
 
 When every chunk is written, the main process assembles the final dataset in the layout ``push_to_hub`` uses
 (``data/<split>-XXXXX-of-YYYYY.parquet`` and a README.md whose YAML header declares the files and features),
@@ -28,9 +33,11 @@ from pathlib import Path
 from typing import Iterator
 
 import datasets
+import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import Dataset, IterableDataset, Value
 
+from .distributed import broadcast, get_state
 from .pipeline import Pipeline
 from .stages.base import stable_hash
 
@@ -66,26 +73,34 @@ def chunk_path(run_dir: Path, k: int) -> Path:
     return run_dir / "chunks" / f"chunk-{k:06d}.parquet"
 
 
-def _state():
-    import torch
-    from accelerate import PartialState
+def _expected_rows(k: int, chunk_size: int, total_rows: int | None) -> int | None:
+    if total_rows is None:
+        return None
+    return max(0, min(chunk_size, total_rows - k * chunk_size))
 
-    return PartialState(cpu=not torch.cuda.is_available())
+
+def chunk_is_valid(path: Path, k: int, chunk_size: int, expected_rows: int | None) -> bool:
+    """A chunk file is finished work only if it holds the rows it should: its count, and its first index."""
+    try:
+        meta = pq.ParquetFile(path).metadata
+        if expected_rows is not None and meta.num_rows != expected_rows:
+            return False
+        if meta.num_rows:
+            first = pq.read_table(path, columns=["index"]).column("index")[0].as_py()
+            return first == k * chunk_size
+        return True
+    except (OSError, ValueError, KeyError, IndexError, pa.ArrowException):
+        return False
 
 
-def _map_style_chunks(ds: Dataset, chunk_size: int, rank: int, world: int) -> tuple[int, Iterator]:
-    n_chunks = math.ceil(len(ds) / chunk_size)
-    first, last = rank * n_chunks // world, (rank + 1) * n_chunks // world
-
-    def gen():
-        for k in range(first, last):
-            start = k * chunk_size
-            yield k, start, lambda s=start: ds.select(range(s, min(s + chunk_size, len(ds))))
-
-    return n_chunks, gen()
+def _map_style_chunks(ds: Dataset, chunk_size: int, mine: list[int]) -> Iterator:
+    for k in mine:
+        start = k * chunk_size
+        yield k, start, lambda s=start: ds.select(range(s, min(s + chunk_size, len(ds))))
 
 
 def _streaming_chunks(ds: IterableDataset, chunk_size: int, rank: int, world: int, counter: dict) -> Iterator:
+    """Every rank reads the stream and takes every ``world``-th chunk (see the module docstring)."""
     features = ds.features
     it = iter(ds)
     k = 0
@@ -96,7 +111,7 @@ def _streaming_chunks(ds: IterableDataset, chunk_size: int, rank: int, world: in
         counter["chunks"] = k + 1
         counter["rows"] = k * chunk_size + len(rows)
         if k % world == rank:
-            yield k, k * chunk_size, lambda r=rows: Dataset.from_list(r, features=features)
+            yield k, k * chunk_size, (lambda r=rows: Dataset.from_list(r, features=features)), len(rows)
         k += 1
 
 
@@ -114,11 +129,17 @@ def run(
     card_extra: dict | None = None,
 ) -> RunResult:
     """Annotate ``ds`` into ``output_dir``; every process of the Accelerate launch calls this."""
-    state = _state()
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be >= 1")
+    pipeline.output_features(ds.features)  # a column clash is a clear error now, not a failure per chunk
+    state = get_state()
+    rank, world = state.process_index, state.num_processes
     output_dir = Path(output_dir)
-    run_fp = stable_hash(input_id, pipeline.fingerprint(), chunk_size, split)
+    # the main process's identity of the run wins: a rank whose input fingerprint differs (an unhashable
+    # transform upstream gives random fingerprints) must still write into the same run folder
+    run_fp = broadcast(stable_hash(input_id, pipeline.fingerprint(), chunk_size, split))
     run_dir = output_dir / WORK_DIR / run_fp
-    scratch = run_dir / "tmp" / f"rank-{state.process_index}"
+    scratch = run_dir / "tmp" / f"rank-{rank}"
     (run_dir / "chunks").mkdir(parents=True, exist_ok=True)
     if state.is_main_process:
         manifest = {"input": input_id, "pipeline": pipeline.description, "chunk_size": chunk_size, "split": split}
@@ -127,49 +148,64 @@ def run(
     streaming = isinstance(ds, IterableDataset)
     counter: dict = {}
     if streaming:
-        chunks = _streaming_chunks(ds, chunk_size, state.process_index, state.num_processes, counter)
-        n_chunks, total_rows = None, None
+        n_chunks, total_rows, skipped = None, None, 0
+        chunks: Iterator = _streaming_chunks(ds, chunk_size, rank, world, counter)
+        my_rows = None
     else:
-        n_chunks, chunks = _map_style_chunks(ds, chunk_size, state.process_index, state.num_processes)
         total_rows = len(ds)
+        n_chunks = math.ceil(total_rows / chunk_size)
+        pending = None
+        if state.is_main_process:  # finished chunks are kept; the pending ones are shared out evenly
+            pending = []
+            for k in range(n_chunks):
+                path = chunk_path(run_dir, k)
+                if not chunk_is_valid(path, k, chunk_size, _expected_rows(k, chunk_size, total_rows)):
+                    path.unlink(missing_ok=True)
+                    pending.append(k)
+        pending = broadcast(pending)
+        skipped = n_chunks - len(pending)
+        mine = pending[rank * len(pending) // world : (rank + 1) * len(pending) // world]
+        chunks = ((k, start, make, _expected_rows(k, chunk_size, total_rows))
+                  for k, start, make in _map_style_chunks(ds, chunk_size, mine))
+        my_rows = sum(_expected_rows(k, chunk_size, total_rows) for k in mine)
 
     from tqdm.auto import tqdm
 
     bar = tqdm(
-        total=None if streaming else _rank_rows(total_rows, chunk_size, state.process_index, state.num_processes),
+        total=my_rows,
         unit="img",
-        desc=f"annotate [rank {state.process_index}]" if state.num_processes > 1 else "annotate",
+        desc=f"annotate [rank {rank}]" if world > 1 else "annotate",
         disable=not progress,
-        position=state.process_index,
+        position=rank,
         dynamic_ncols=True,
     )
-    processed = skipped = 0
+    processed = 0
     failed: list[int] = []
     done_here: list[int] = []
     start_time = time.perf_counter()
     was_enabled = datasets.utils.logging.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
-        for k, start, make in chunks:
+        for k, start, make, rows in chunks:
             target = chunk_path(run_dir, k)
-            if target.exists():
+            if streaming and chunk_is_valid(target, k, chunk_size, rows):
                 skipped += 1
-                bar.update(pq.ParquetFile(target).metadata.num_rows)
+                bar.update(rows)
                 continue
-            chunk = make()
-            chunk = chunk.add_column("index", list(range(start, start + len(chunk))), feature=Value("int64"))
             try:
+                chunk = make()
+                chunk = chunk.add_column("index", list(range(start, start + len(chunk))), feature=Value("int64"))
                 out = pipeline.process_chunk(chunk, scratch, num_proc=num_proc)
                 _write_parquet_atomic(out, target)
             except Exception:  # noqa: BLE001 - one broken chunk must not stop the others
-                logger.exception("chunk %d (rows %d..%d) failed; rerun to retry it", k, start, start + len(chunk))
+                logger.exception("chunk %d (rows %d..%d) failed; rerun to retry it", k, start, start + rows)
                 failed.append(k)
             else:
-                processed += len(chunk)
+                processed += rows
                 done_here.append(k)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
-            bar.update(len(chunk))
+            bar.update(rows)
     finally:
         if was_enabled:
             datasets.enable_progress_bars()
@@ -178,13 +214,16 @@ def run(
 
     if streaming:
         n_chunks, total_rows = counter.get("chunks", 0), counter.get("rows", 0)
-    record = {"rank": state.process_index, "world": state.num_processes, "chunks_processed": done_here,
-              "chunks_skipped": skipped, "chunks_failed": failed, "rows_processed": processed, "seconds": seconds}
-    _write_json_atomic(run_dir / f"rank-{state.process_index}.json", record)
+    record = {"rank": rank, "world": world, "chunks_processed": done_here, "chunks_skipped": skipped,
+              "chunks_failed": failed, "rows_processed": processed, "seconds": seconds}
+    _write_json_atomic(run_dir / f"rank-{rank}.json", record)
     state.wait_for_everyone()
     result = RunResult(output_dir, total_rows, processed, n_chunks, skipped, seconds, failed_chunks=failed)
     if state.is_main_process:
-        result.missing_chunks = [k for k in range(n_chunks) if not chunk_path(run_dir, k).exists()]
+        result.missing_chunks = [
+            k for k in range(n_chunks)
+            if not chunk_is_valid(chunk_path(run_dir, k), k, chunk_size, _expected_rows(k, chunk_size, total_rows))
+        ]
         if not result.missing_chunks:
             empty = pipeline.output_features(ds.features) if n_chunks == 0 else None
             result.data_files = finalize(run_dir, output_dir, n_chunks, split, max_shard_rows, empty_features=empty)
@@ -193,12 +232,6 @@ def run(
             write_dataset_card(output_dir, split, pipeline, extra=card_extra)
     state.wait_for_everyone()
     return result
-
-
-def _rank_rows(total: int, chunk_size: int, rank: int, world: int) -> int:
-    n_chunks = math.ceil(total / chunk_size)
-    first, last = rank * n_chunks // world, (rank + 1) * n_chunks // world
-    return max(0, min(total, last * chunk_size) - first * chunk_size)
 
 
 def _write_parquet_atomic(ds: Dataset, target: Path) -> None:
@@ -218,9 +251,13 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 def finalize(
     run_dir: Path, output_dir: Path, n_chunks: int, split: str, max_shard_rows: int, empty_features=None
 ) -> list[Path]:
-    """Merge chunk files, in order, into ``data/<split>-XXXXX-of-YYYYY.parquet`` shards."""
+    """Merge chunk files, in order, into ``data/<split>-XXXXX-of-YYYYY.parquet`` shards.
+
+    The card (README.md) is removed first and written last by the caller, so an interrupted finalize leaves
+    an output that is visibly unfinished (no card) rather than one that mixes old and new shards.
+    """
     files = [chunk_path(run_dir, k) for k in range(n_chunks)]
-    if not files:  # an empty input still gives a readable, typed, empty dataset
+    if not files:  # an empty input still gives a typed, empty Parquet file
         files = [chunk_path(run_dir, 0)]
         _write_parquet_atomic(Dataset.from_dict({c: [] for c in empty_features}, features=empty_features), files[0])
     counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
@@ -234,15 +271,18 @@ def finalize(
         rows_in_group += n
     data_dir = output_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "README.md").unlink(missing_ok=True)
+    for old in data_dir.glob(f"{split}-*.parquet"):
+        old.unlink()
     names = [data_dir / f"{split}-{j:05d}-of-{len(groups):05d}.parquet" for j in range(len(groups))]
     schema = pq.read_schema(files[0])
     for name, group in zip(names, groups):
-        tmp = name.with_name(f".{name.name}.tmp")
+        tmp = name.with_name(f".{name.name}.{os.getpid()}.tmp")
         with pq.ParquetWriter(tmp, schema) as writer:
             for f in group:
                 writer.write_table(pq.read_table(f, schema=schema))
         os.replace(tmp, name)
-    for stale in data_dir.glob(f"{split}-*.parquet"):
-        if stale not in names:
-            stale.unlink()
+    for leftover in (run_dir / "chunks").glob(".*.tmp"):  # from processes killed mid-write
+        leftover.unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "tmp", ignore_errors=True)
     return names

@@ -7,8 +7,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import ClassLabel, Features, List
 
@@ -27,8 +25,8 @@ def _label_info(feature) -> tuple[list[str], bool] | None:
     return None
 
 
-def summarize(files: Sequence[Path], top: int = 3) -> dict[str, Any]:
-    """Statistics of the annotated Parquet ``files`` (one dataset split)."""
+def summarize(files: Sequence[Path], top: int = 3, batch_rows: int = 65_536) -> dict[str, Any]:
+    """Statistics of the annotated Parquet ``files`` (one dataset split), read in bounded batches."""
     files = [Path(f) for f in files]
     features = features_of(files)
     attrs = {
@@ -36,63 +34,78 @@ def summarize(files: Sequence[Path], top: int = 3) -> dict[str, Any]:
         for name, feat in features.items()
         if f"{name}_confidence" in features and (info := _label_info(feat)) is not None
     }
-    cols = ["error", "flags"] + list(attrs) + [f"{a}_confidence" for a in attrs]
+    truth_labels = {}
     if "truth" in features:
+        truth_labels = {n: i[0] for n, f in features["truth"].items() if (i := _label_info(f)) and n in attrs}
+    cols = ["error", "flags"] + list(attrs) + [f"{a}_confidence" for a in attrs]
+    if truth_labels:
         cols.append("truth")
-    table = pa.concat_tables([pq.read_table(f, columns=cols) for f in files]) if files else None
-    n = table.num_rows if table is not None else 0
-    out: dict[str, Any] = {"rows": n, "attributes": {}, "flags": {}, "errors": 0, "error_examples": {}}
-    if not n:
-        return out
-    errors = [e for e in table.column("error").to_pylist() if e]
-    out["errors"] = len(errors)
-    out["error_examples"] = dict(Counter(e.split(":")[0] if len(e) > 80 else e for e in errors).most_common(5))
+
+    n = errors = flagged = 0
+    error_kinds: Counter = Counter()
     flag_counts: Counter = Counter()
-    flagged = 0
-    for row in table.column("flags").to_pylist():
-        if row:
-            flagged += 1
-            flag_counts.update(row)
-    out["flagged_rows"] = flagged
-    out["flags"] = dict(flag_counts.most_common())
-    truth = table.column("truth").to_pylist() if "truth" in cols else None
-    truth_labels = {
-        name: info[0] for name, feat in (features["truth"].items() if truth is not None else []) if (info := _label_info(feat))
+    acc = {a: {"counts": Counter(), "conf_sum": 0.0, "conf_n": 0, "annotated": 0, "hits": 0, "evaluated": 0}
+           for a in attrs}
+    for path in files:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=cols):
+            n += batch.num_rows
+            for e in batch.column("error").to_pylist():
+                if e:
+                    errors += 1
+                    error_kinds[e.split(":")[0] if len(e) > 80 else e] += 1
+            for row in batch.column("flags").to_pylist():
+                if row:
+                    flagged += 1
+                    flag_counts.update(row)
+            truth = batch.column("truth").to_pylist() if truth_labels else None
+            for name, (labels, multi) in attrs.items():
+                a = acc[name]
+                values = batch.column(name).to_pylist()
+                confs = batch.column(f"{name}_confidence").to_pylist()
+                for v, c in zip(values, confs):
+                    if v is None:
+                        continue
+                    a["annotated"] += 1
+                    if multi:
+                        a["counts"].update(labels[i] for i in v)
+                        a["conf_sum"] += float(sum(c or []))
+                        a["conf_n"] += len(c or [])
+                    else:
+                        a["counts"][labels[v]] += 1
+                        a["conf_sum"] += float(c)
+                        a["conf_n"] += 1
+                if name in truth_labels:
+                    # truth may be typed by another schema (another label order): compare label names
+                    tnames = truth_labels[name]
+                    for v, t in zip(values, truth):
+                        t = (t or {}).get(name)
+                        if t is None:
+                            continue
+                        a["evaluated"] += 1
+                        if multi:
+                            a["hits"] += v is not None and {labels[i] for i in v} == {tnames[i] for i in t}
+                        else:
+                            a["hits"] += v is not None and labels[v] == tnames[t]
+
+    out: dict[str, Any] = {
+        "rows": n,
+        "errors": errors,
+        "error_examples": dict(error_kinds.most_common(5)),
+        "flagged_rows": flagged,
+        "flags": dict(flag_counts.most_common()),
+        "attributes": {},
     }
     for name, (labels, multi) in attrs.items():
-        values = table.column(name).to_pylist()
-        confs = table.column(f"{name}_confidence").to_pylist()
-        counts: Counter = Counter()
-        conf_vals: list[float] = []
-        annotated = 0
-        for v, c in zip(values, confs):
-            if v is None:
-                continue
-            annotated += 1
-            if multi:
-                counts.update(labels[i] for i in v)
-                conf_vals.extend(c or [])
-            else:
-                counts[labels[v]] += 1
-                conf_vals.append(c)
+        a = acc[name]
         info: dict[str, Any] = {
-            "annotated": annotated,
+            "annotated": a["annotated"],
             "multi_label": multi,
-            "top": [(lab, cnt, cnt / max(annotated, 1)) for lab, cnt in counts.most_common(top)],
-            "mean_confidence": float(np.mean(conf_vals)) if conf_vals else None,
+            "top": [(lab, cnt, cnt / max(a["annotated"], 1)) for lab, cnt in a["counts"].most_common(top)],
+            "mean_confidence": a["conf_sum"] / a["conf_n"] if a["conf_n"] else None,
         }
-        if name in truth_labels:
-            # truth may be typed by another schema (other label order): compare label names
-            tnames = truth_labels[name]
-            pairs = [(v, (t or {}).get(name)) for v, t in zip(values, truth)]
-            pairs = [(v, t) for v, t in pairs if t is not None]
-            if pairs:
-                if multi:
-                    hits = [v is not None and {labels[i] for i in v} == {tnames[i] for i in t} for v, t in pairs]
-                else:
-                    hits = [v is not None and labels[v] == tnames[t] for v, t in pairs]
-                info["accuracy"] = float(np.mean(hits))
-                info["evaluated"] = len(pairs)
+        if a["evaluated"]:
+            info["accuracy"] = a["hits"] / a["evaluated"]
+            info["evaluated"] = a["evaluated"]
         out["attributes"][name] = info
     return out
 

@@ -121,15 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("datasets", "httpx", "huggingface_hub", "open_clip", "root"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    import torch
-    from accelerate import PartialState
-
     from charattr_hf.annotate import annotate_to_disk
+    from charattr_hf.distributed import get_state
     from charattr_hf.inputs import InputSpec
     from charattr_hf.pipeline import PipelineOptions
-    from charattr_hf.summary import format_summary, summarize
+    from charattr_hf.summary import format_summary
 
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = get_state()
     threads = configure_torch_threads(run_args.torch_threads)
     num_proc = run_args.num_proc or max(1, threads)
     spec = InputSpec(
@@ -182,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"annotation incomplete: {len(bad)} chunk(s) not finished {bad[:10]}; rerun the same command "
               "to retry them (finished chunks are kept)", file=sys.stderr)
         return 1
-    stats = summarize(result.data_files)
+    stats = json.loads((Path(run_args.output_dir) / "summary.json").read_text())
     print()
     print(f"annotated dataset: {Path(run_args.output_dir).resolve()}")
     print(f"  load it with: datasets.load_dataset({str(run_args.output_dir)!r}, split={data_args.split!r})")

@@ -182,8 +182,8 @@ def test_no_model_and_no_tags_still_accounts_for_every_row(tmp_path):
     opts = PipelineOptions(model=None)
     result, pipeline = annotate_to_disk(ds, tmp_path / "o", options=opts, progress=False)
     assert pipeline.sources == []
-    assert any("CLIP source skipped" in m for m in opts.messages)
-    assert any("tag source skipped" in m for m in opts.messages)
+    assert any("CLIP source skipped" in m for m in pipeline.messages)
+    assert any("tag source skipped" in m for m in pipeline.messages)
     out = Dataset.from_parquet([str(f) for f in result.data_files])
     assert len(out) == 5 and out["hair_color"] == [None] * 5
     assert out["error"][1] and out["sha256"][0]
@@ -208,3 +208,89 @@ def test_empty_input_gives_an_empty_typed_dataset(tiny_clip_dir, tmp_path):
     ds = image_dataset(3).select([])
     out = annotate(ds, tmp_path / "o", model=f"local-dir:{tiny_clip_dir}", use_cache=False, progress=False)
     assert len(out) == 0 and isinstance(out.features["hair_color"], datasets.ClassLabel)
+
+
+# --- failures: whose fault they are decides what happens --------------------------------------------------
+
+
+def test_a_row_that_breaks_a_source_is_flagged_and_keeps_its_other_results(tiny_clip_dir, tmp_path, monkeypatch):
+    from charattr_hf.stages.tags import TagStage
+
+    real = TagStage.process
+
+    def process(self, batch):
+        if any(t == "POISON" for t in batch.get("tags") or []):
+            raise RuntimeError("parser bug")
+        return real(self, batch)
+
+    monkeypatch.setattr(TagStage, "process", process)
+    ds = image_dataset(65)
+    tags = list(ds["tags"])
+    tags[64] = "POISON"  # alone in the last CPU batch (batch size 64): a batch of one must not fail the chunk
+    tags[10] = "POISON"
+    ds = ds.remove_columns("tags").add_column("tags", tags)
+    out = annotate(ds, model=f"local-dir:{tiny_clip_dir}", use_cache=False, progress=False, chunk_size=100)
+    assert len(out) == 65
+    for i in (10, 64):
+        assert out[i]["error"] is None and "tags_failed" in out[i]["flags"]
+        assert out[i]["probs_tags"] is None
+        assert out[i]["probs_clip"] is not None and out[i]["hair_color"] is not None
+    assert "tags_failed" not in out[0]["flags"] and out[0]["probs_tags"] is not None
+
+
+def test_a_broken_model_fails_the_chunk_instead_of_writing_error_rows(tiny_clip_dir, tmp_path):
+    broken = tmp_path / "broken-clip"
+    broken.mkdir()
+    (broken / "open_clip_config.json").write_bytes((tiny_clip_dir / "open_clip_config.json").read_bytes())
+    (broken / "open_clip_model.safetensors").write_bytes(b"not weights")
+    ds = image_dataset(6)
+    result, _ = annotate_to_disk(ds, tmp_path / "out", options=PipelineOptions(model=f"local-dir:{broken}", use_cache=False),
+                                 chunk_size=3, progress=False)
+    assert not result.complete and result.failed_chunks == [0, 1] and not result.data_files
+    assert not list((tmp_path / "out").glob(".charattr/*/chunks/chunk-*.parquet"))
+
+
+def test_an_unusable_cache_does_not_stop_the_run(tiny_clip_dir, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache folder should be")
+    ds = image_dataset(4)
+    out = annotate(ds, model=f"local-dir:{tiny_clip_dir}", cache_dir=str(blocker), progress=False)
+    assert len(out) == 4 and all(r is not None for r in out["probs_clip"])
+
+
+def test_a_chunk_file_with_the_wrong_rows_is_recomputed(tiny_clip_dir, tmp_path):
+    ds = image_dataset(10)
+    opts = dict(model=f"local-dir:{tiny_clip_dir}", use_cache=False)
+    first, _ = annotate_to_disk(ds, tmp_path / "o", options=PipelineOptions(**opts), chunk_size=4, progress=False)
+    run = next((tmp_path / "o" / ".charattr").iterdir())
+    # chunk 1 replaced by chunk 0's content: right size, wrong rows
+    chunk_path(run, 1).write_bytes(chunk_path(run, 0).read_bytes())
+    again, _ = annotate_to_disk(ds, tmp_path / "o", options=PipelineOptions(**opts), chunk_size=4, progress=False)
+    assert again.chunks_skipped == 2 and again.rows_processed == 4
+    assert datasets.load_dataset(str(tmp_path / "o"), split="train")["index"] == list(range(10))
+
+
+def test_a_stream_object_needs_a_name_to_be_resumable(tiny_clip_dir, tmp_path):
+    stream = image_dataset(4).to_iterable_dataset()
+    with pytest.raises(ValueError, match="input_id"):
+        annotate_to_disk(stream, tmp_path / "o", options=PipelineOptions(model=None), progress=False)
+    result, _ = annotate_to_disk(stream, tmp_path / "o", input_id="my-stream-v1",
+                                 options=PipelineOptions(model=None), progress=False)
+    assert result.rows == 4 and result.complete
+
+
+def test_split_name_and_images_are_kept(tiny_clip_dir, tmp_path):
+    ds = image_dataset(5)
+    result, _ = annotate_to_disk(ds, tmp_path / "o", input_spec=InputSpec(split="validation"),
+                                 options=PipelineOptions(model=None, keep_images=True), progress=False)
+    assert result.data_files[0].name == "validation-00000-of-00001.parquet"
+    loaded = datasets.load_dataset(str(tmp_path / "o"), split="validation")
+    assert isinstance(loaded.features["image"], datasets.Image)
+    assert loaded[0]["image"].size == (56, 40)
+
+
+def test_input_columns_may_not_overwrite_outputs(tmp_path):
+    ds = image_dataset(2).add_column("width", [1, 2])
+    with pytest.raises(ValueError, match="width"):
+        annotate_to_disk(ds, tmp_path / "o", input_spec=InputSpec(keep_columns=["width"]),
+                         options=PipelineOptions(model=None), progress=False)

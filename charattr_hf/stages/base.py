@@ -5,8 +5,16 @@ A stage is a top-level, picklable callable: ``stage(batch) -> dict of new column
 ``dataset.map(stage, batched=True, new_fingerprint=...)``; ``num_proc`` is used for stages that declare
 ``cpu_bound = True`` (they must not touch torch, so that forked workers are safe).
 
-Fault isolation: if ``process`` raises on a batch, the batch is retried row by row; rows that still
-fail get a message in the ``error`` column and null outputs. A bad row never stops a run.
+Failures are sorted by whose fault they are:
+
+- ``setup()`` failing (weights that do not load, a device that is gone) is systemic: it propagates and fails
+  the chunk, which a rerun retries. So does any failure of a stage with ``isolate_rows = False`` (model
+  stages: their inputs are uniform tensors, a failure there is never one image's fault), and a batch in which
+  every row fails with the same exception type.
+- Otherwise the batch is retried row by row. A row that still fails gets null outputs for this stage and
+  keeps everything else: ``flags`` gains ``"<stage>_failed"``; for stages with ``quarantine = True``
+  (decoding: the image itself is bad) the row gets a message in ``error`` and later stages leave it alone.
+A bad row never stops a run, and a broken set-up never silently turns into millions of error rows.
 """
 
 from __future__ import annotations
@@ -14,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import traceback
 from typing import Any, ClassVar
 
 logger = logging.getLogger(__name__)
@@ -22,6 +29,11 @@ logger = logging.getLogger(__name__)
 #: Columns whose name starts with this prefix are working columns, dropped before writing.
 TEMP_PREFIX = "_"
 ERROR = "error"
+FLAGS = "flags"
+
+#: Bumped when a change of this package changes annotations for the same inputs and settings; part of every
+#: stage fingerprint, so a rerun after an upgrade never reuses stale chunks or cached model outputs.
+CODE_VERSION = 1
 
 
 def stable_hash(*parts: Any) -> str:
@@ -36,6 +48,10 @@ class Stage:
     name: ClassVar[str] = "stage"
     #: CPU-bound stages run with ``num_proc`` and must not use torch.
     cpu_bound: ClassVar[bool] = False
+    #: whether one row can make the stage fail (parsing, decoding); False for model stages
+    isolate_rows: ClassVar[bool] = True
+    #: whether a row this stage cannot handle is quarantined (``error`` set) rather than flagged
+    quarantine: ClassVar[bool] = False
 
     # -- description ------------------------------------------------------------------------
     def params(self) -> dict:
@@ -43,14 +59,14 @@ class Stage:
         return {}
 
     def fingerprint(self) -> str:
-        return stable_hash(self.name, type(self).__qualname__, self.params())
+        return stable_hash(self.name, type(self).__qualname__, CODE_VERSION, self.params())
 
     def features(self) -> dict:
         """The columns this stage adds, as ``datasets`` feature types."""
         raise NotImplementedError
 
     def input_columns(self) -> list[str]:
-        """Columns the stage reads (the runner passes only these, plus ``error``)."""
+        """Columns the stage reads; the runner drops working columns after their last reader."""
         return []
 
     # -- execution --------------------------------------------------------------------------
@@ -67,14 +83,15 @@ class Stage:
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         n = len(next(iter(batch.values()))) if batch else 0
         errors = list(batch.get(ERROR) or [None] * n)
-        try:
-            self.setup()
+        self.setup()  # outside the isolation: a set-up failure is systemic
+        if not self.isolate_rows:
             out = self.process(batch)
-        except Exception as exc:  # noqa: BLE001 - isolate the failure to the rows that cause it
-            if n <= 1:
-                raise
-            logger.warning("%s failed on a batch of %d rows (%s); retrying row by row", self.name, n, exc)
-            out = self._row_by_row(batch, n, errors)
+        else:
+            try:
+                out = self.process(batch)
+            except Exception as exc:  # noqa: BLE001 - isolate the failure to the rows that cause it
+                logger.warning("%s failed on a batch of %d rows (%s); retrying row by row", self.name, n, exc)
+                out = self._row_by_row(batch, n, errors)
         if ERROR not in out:
             out[ERROR] = errors
         return out
@@ -83,6 +100,8 @@ class Stage:
         cols = list(self.features())
         out: dict[str, list] = {c: [] for c in cols}
         out[ERROR] = []
+        flags = [list(f or []) for f in batch[FLAGS]] if FLAGS in batch and FLAGS not in cols else None
+        failures: list[Exception] = []
         for i in range(n):
             row = {k: v[i : i + 1] for k, v in batch.items()}
             try:
@@ -91,12 +110,21 @@ class Stage:
                     out[c].append(res[c][0])
                 out[ERROR].append(res.get(ERROR, [errors[i]])[0])
             except Exception as exc:  # noqa: BLE001
-                logger.warning("%s failed on row %d: %s", self.name, i, exc)
-                logger.debug("%s", traceback.format_exc())
+                failures.append(exc)
+                logger.warning("%s failed on row %d: %s: %s", self.name, i, type(exc).__name__, exc)
                 null = self.null_row()
                 for c in cols:
                     out[c].append(null[c])
-                out[ERROR].append(errors[i] or f"{self.name}: {type(exc).__name__}: {exc}")
+                message = f"{self.name}: {type(exc).__name__}: {exc}"
+                if self.quarantine or flags is None:
+                    out[ERROR].append(errors[i] or message)
+                else:
+                    out[ERROR].append(errors[i])
+                    flags[i].append(f"{self.name}_failed")
+        if n >= 2 and len(failures) == n and len({type(e) for e in failures}) == 1:
+            raise failures[0]  # every row, the same way: not the rows' fault
+        if flags is not None:
+            out[FLAGS] = flags
         return out
 
     def __repr__(self) -> str:

@@ -134,6 +134,7 @@ class Blip2Source(Stage):
     """
 
     name = "blip2"
+    isolate_rows = False  # image read failures are handled per row inside; anything else is systemic
     cpu_bound = False
 
     def __init__(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import cached_property
 from typing import Any, Sequence
 
 import numpy as np
@@ -34,6 +35,7 @@ _REGISTRY: dict[str, Any] = {}
 class ClipZeroShot(Stage):
     name = "clip"
     cpu_bound = False
+    isolate_rows = False  # uniform tensors in: a failure is never one image's fault
 
     def __init__(
         self,
@@ -80,7 +82,7 @@ class ClipZeroShot(Stage):
     def input_columns(self) -> list[str]:
         return ["_pixels", "sha256"]
 
-    @property
+    @cached_property
     def embed_dim(self) -> int:
         folder = self.spec.local_dir()
         if folder is not None:
@@ -167,10 +169,13 @@ class ClipZeroShot(Stage):
                 logger.warning("ignoring unreadable %s: %s", path, exc)
         emb = label_embeddings(model, tokenizer, prompt_sets, device).float().cpu()
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            save_file({"embeddings": emb.contiguous()}, str(tmp))
-            os.replace(tmp, path)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                save_file({"embeddings": emb.contiguous()}, str(tmp))
+                os.replace(tmp, path)
+            except OSError as exc:  # the cache is an accelerator, never a point of failure
+                logger.warning("could not store label embeddings in %s: %s", path, exc)
         return emb
 
     # -- processing -----------------------------------------------------------------------------

@@ -254,6 +254,7 @@ class DecodeStage(Stage):
     """
 
     name = "decode"
+    quarantine = True  # a row decoding cannot handle is a bad image
     cpu_bound: ClassVar[bool] = True
     #: Bumped when the stage's output for the same parameters changes (part of the fingerprint).
     VERSION: ClassVar[int] = 1
