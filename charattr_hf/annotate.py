@@ -32,6 +32,7 @@ def annotate_to_disk(
     num_proc: int | None = None,
     max_shard_rows: int = 100_000,
     progress: bool = True,
+    prefetch: bool | None = None,
     **option_kwargs: Any,
 ) -> tuple[RunResult, Any]:
     """Annotate into ``output_dir`` (resumable) and return the run result and the pipeline used.
@@ -40,6 +41,8 @@ def annotate_to_disk(
     ``input_spec`` carries column names, split, streaming and limit; other keyword arguments are
     :class:`PipelineOptions` fields (``model``, ``schema``, ``fusion``, ``batch_size``...). ``input_id``
     names the input for resuming; it is required for an ``IterableDataset`` object, which has no fingerprint.
+    ``prefetch`` runs the CPU stages of the next chunk while the models work on the current one (default:
+    on when a GPU is used).
     """
     if options is not None and option_kwargs:
         raise TypeError(f"pass either options= or option keywords, not both (got {sorted(option_kwargs)})")
@@ -84,6 +87,7 @@ def annotate_to_disk(
         split=spec.split,
         max_shard_rows=max_shard_rows,
         progress=progress,
+        prefetch=prefetch,
     )
     return result, pipeline
 

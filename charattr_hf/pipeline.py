@@ -95,22 +95,35 @@ class Pipeline:
         return Features(feats)
 
     # -- one chunk ------------------------------------------------------------------------------
-    def process_chunk(self, chunk: Dataset, scratch: Path, num_proc: int | None = None) -> Dataset:
-        """Run every stage over ``chunk`` (which has an ``index`` column) and keep the output columns."""
-        scratch.mkdir(parents=True, exist_ok=True)
-        output_features = self.output_features(chunk.features)
+    def _steps(self, rows: int, num_proc: int | None) -> list[tuple[Stage, int, int | None]]:
         cpu = Compose(self.cpu)
-        parallel = cpu.cpu_bound and num_proc and num_proc > 1 and len(chunk) >= 64 * num_proc
+        parallel = cpu.cpu_bound and num_proc and num_proc > 1 and rows >= 64 * num_proc
         steps: list[tuple[Stage, int, int | None]] = [(cpu, 64, num_proc if parallel else None)]
         steps += [(stage, getattr(stage, "batch_size", 32) * 4, None) for stage in self.device]
         steps.append((self.fusion, 1024, None))
-        for i, (stage, batch_size, procs) in enumerate(steps):
+        return steps
+
+    def _run_steps(self, chunk: Dataset, scratch: Path, steps, first: int, last: int, output_features) -> Dataset:
+        scratch.mkdir(parents=True, exist_ok=True)
+        for i in range(first, last):
+            stage, batch_size, procs = steps[i]
             # working columns (and the image bytes) are dropped by the last stage that reads them, so they are
             # not copied into every later stage's Arrow file
             later = {c for s, _, _ in steps[i + 1 :] for c in s.input_columns()} | set(output_features)
             present = set(chunk.column_names) | set(stage.features())
             drop = sorted(c for c in present if (c.startswith(TEMP_PREFIX) or c == "image") and c not in later)
             chunk = self._map(chunk, stage, scratch, batch_size=batch_size, num_proc=procs, remove=drop)
+        return chunk
+
+    def cpu_part(self, chunk: Dataset, scratch: Path, num_proc: int | None = None) -> Dataset:
+        """The CPU stages (decode, tags) over ``chunk``; may run ahead of the device part of another chunk."""
+        steps = self._steps(len(chunk), num_proc)
+        return self._run_steps(chunk, scratch, steps, 0, 1, self.output_features(chunk.features))
+
+    def device_part(self, chunk: Dataset, scratch: Path, output_features: Features) -> Dataset:
+        """The model stages and fusion over the output of :meth:`cpu_part`, then the output columns."""
+        steps = self._steps(len(chunk), None)
+        chunk = self._run_steps(chunk, scratch, steps, 1, len(steps), output_features)
         missing = {c: f for c, f in output_features.items() if c not in chunk.column_names}
         for col, feat in missing.items():
             chunk = chunk.add_column(col, [None] * len(chunk), feature=feat)
@@ -124,6 +137,11 @@ class Pipeline:
         if chunk.features != output_features:
             chunk = chunk.cast(output_features)
         return chunk
+
+    def process_chunk(self, chunk: Dataset, scratch: Path, num_proc: int | None = None) -> Dataset:
+        """Run every stage over ``chunk`` (which has an ``index`` column) and keep the output columns."""
+        output_features = self.output_features(chunk.features)
+        return self.device_part(self.cpu_part(chunk, scratch, num_proc), scratch, output_features)
 
     def _map(self, ds: Dataset, stage: Stage, scratch: Path, *, batch_size: int, num_proc=None, remove=()) -> Dataset:
         feats = {c: f for c, f in ds.features.items()}

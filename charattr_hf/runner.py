@@ -28,6 +28,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
 from typing import Iterator
@@ -71,6 +72,16 @@ class RunResult:
 
 def chunk_path(run_dir: Path, k: int) -> Path:
     return run_dir / "chunks" / f"chunk-{k:06d}.parquet"
+
+
+class _Deferred:
+    """A future that runs its function when asked for the result (the no-prefetch path)."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def result(self):
+        return self.fn(*self.args)
 
 
 def _expected_rows(k: int, chunk_size: int, total_rows: int | None) -> int | None:
@@ -127,8 +138,13 @@ def run(
     max_shard_rows: int = 100_000,
     progress: bool = True,
     card_extra: dict | None = None,
+    prefetch: bool | None = None,
 ) -> RunResult:
-    """Annotate ``ds`` into ``output_dir``; every process of the Accelerate launch calls this."""
+    """Annotate ``ds`` into ``output_dir``; every process of the Accelerate launch calls this.
+
+    ``prefetch`` overlaps the CPU stages of the next chunk with the model stages of the current one; the
+    default (None) turns it on when a GPU does the model work (on CPU the two would compete for the same cores).
+    """
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
     pipeline.output_features(ds.features)  # a column clash is a clear error now, not a failure per chunk
@@ -182,21 +198,45 @@ def run(
     processed = 0
     failed: list[int] = []
     done_here: list[int] = []
+    if prefetch is None:
+        import torch
+
+        prefetch = torch.cuda.is_available()
+    input_features = ds.features
+    output_features = pipeline.output_features(input_features)
+
+    def todo():
+        nonlocal skipped
+        for k, start, make, rows in chunks:
+            if streaming and chunk_is_valid(chunk_path(run_dir, k), k, chunk_size, rows):
+                skipped += 1
+                bar.update(rows)
+                continue
+            yield k, start, make, rows
+
+    def prepare(k: int, start: int, make) -> Dataset:
+        chunk = make()
+        chunk = chunk.add_column("index", list(range(start, start + len(chunk))), feature=Value("int64"))
+        return pipeline.cpu_part(chunk, scratch / f"chunk-{k:06d}", num_proc=num_proc)
+
+    # With prefetch, the CPU stages of the next chunk run in a background thread (its decode workers are
+    # forked processes that never touch torch) while this thread drives the accelerator on the current one.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="charattr-prefetch") if prefetch else None
+    submit = (lambda *a: pool.submit(prepare, *a)) if pool else (lambda *a: _Deferred(prepare, *a))
     start_time = time.perf_counter()
     was_enabled = datasets.utils.logging.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
-        for k, start, make, rows in chunks:
-            target = chunk_path(run_dir, k)
-            if streaming and chunk_is_valid(target, k, chunk_size, rows):
-                skipped += 1
-                bar.update(rows)
-                continue
+        work = todo()
+        item = next(work, None)
+        pending = submit(*item[:3]) if item else None
+        while item is not None:
+            k, start, make, rows = item
+            following = next(work, None)
+            upcoming = submit(*following[:3]) if following is not None and pool else None
             try:
-                chunk = make()
-                chunk = chunk.add_column("index", list(range(start, start + len(chunk))), feature=Value("int64"))
-                out = pipeline.process_chunk(chunk, scratch, num_proc=num_proc)
-                _write_parquet_atomic(out, target)
+                out = pipeline.device_part(pending.result(), scratch / f"chunk-{k:06d}", output_features)
+                _write_parquet_atomic(out, chunk_path(run_dir, k))
             except Exception:  # noqa: BLE001 - one broken chunk must not stop the others
                 logger.exception("chunk %d (rows %d..%d) failed; rerun to retry it", k, start, start + rows)
                 failed.append(k)
@@ -204,9 +244,13 @@ def run(
                 processed += rows
                 done_here.append(k)
             finally:
-                shutil.rmtree(scratch, ignore_errors=True)
+                shutil.rmtree(scratch / f"chunk-{k:06d}", ignore_errors=True)
             bar.update(rows)
+            item = following
+            pending = upcoming if upcoming is not None else (submit(*item[:3]) if item is not None else None)
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         if was_enabled:
             datasets.enable_progress_bars()
         bar.close()

@@ -107,6 +107,10 @@ class RunArguments:
         default=None, metadata={"help": "Model-output cache keyed by image sha256 (default: $HF_HOME/charattr_hf)."}
     )
     no_cache: bool = field(default=False, metadata={"help": "Do not read or write the model-output cache."})
+    prefetch: str = field(
+        default="auto",
+        metadata={"help": "Decode the next chunk while the model works on this one: auto (on with a GPU), on, off."},
+    )
     torch_threads: int = field(default=0, metadata={"help": "torch threads per process on CPU; 0 = cores / local processes."})
     push_to_hub: Optional[str] = field(default=None, metadata={"help": "Publish the result to this Hub dataset repo id."})
     hub_private: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
@@ -172,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         num_proc=num_proc,
         max_shard_rows=run_args.max_shard_rows,
         progress=not run_args.quiet,
+        prefetch={"auto": None, "on": True, "off": False}[run_args.prefetch],
     )
     if not state.is_main_process:
         return 1 if result.failed_chunks else 0

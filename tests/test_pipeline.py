@@ -294,3 +294,16 @@ def test_input_columns_may_not_overwrite_outputs(tmp_path):
     with pytest.raises(ValueError, match="width"):
         annotate_to_disk(ds, tmp_path / "o", input_spec=InputSpec(keep_columns=["width"]),
                          options=PipelineOptions(model=None), progress=False)
+
+
+def test_prefetching_the_next_chunk_gives_the_same_output(tiny_clip_dir, tmp_path):
+    ds = image_dataset(40, bad=(5,))
+    opts = dict(model=f"local-dir:{tiny_clip_dir}", use_cache=False)
+    a, _ = annotate_to_disk(ds, tmp_path / "a", options=PipelineOptions(**opts), chunk_size=8, num_proc=2,
+                            prefetch=False, progress=False)
+    b, _ = annotate_to_disk(ds, tmp_path / "b", options=PipelineOptions(**opts), chunk_size=8, num_proc=2,
+                            prefetch=True, progress=False)
+    assert a.complete and b.complete
+    ta, tb = pq.read_table(a.data_files[0]), pq.read_table(b.data_files[0])
+    assert ta.column("sha256").equals(tb.column("sha256")) and ta.column("hair_color").equals(tb.column("hair_color"))
+    assert ta.column("error").equals(tb.column("error"))
