@@ -107,7 +107,7 @@ def main() -> int:
     import torch
 
     from charattr_hf import synthetic
-    from charattr_hf.annotate import annotate_to_disk
+    from charattr_hf.api import annotate_to_disk
     from charattr_hf.cli import configure_torch_threads
     from charattr_hf.openclip import ClipSpec
     from charattr_hf.pipeline import PipelineOptions

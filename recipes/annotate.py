@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("datasets", "httpx", "huggingface_hub", "open_clip", "root"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from charattr_hf.annotate import annotate_to_disk
+    from charattr_hf.api import annotate_to_disk
     from charattr_hf.distributed import get_state
     from charattr_hf.inputs import InputSpec
     from charattr_hf.pipeline import PipelineOptions

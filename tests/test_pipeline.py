@@ -10,7 +10,7 @@ import pytest
 from datasets import Dataset, Image as HFImage
 from PIL import Image
 
-from charattr_hf.annotate import annotate, annotate_to_disk
+from charattr_hf.api import annotate, annotate_to_disk
 from charattr_hf.cache import FeatureCache
 from charattr_hf.inputs import InputSpec
 from charattr_hf.openclip import ClipSpec

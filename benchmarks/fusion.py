@@ -1,0 +1,241 @@
+"""Fusion benchmark: the learned policy (supervised and from feedback) against the fixed rules and the sources.
+
+Given an annotated dataset with per-source probabilities (``probs_<source>``), a ``truth`` column and a
+``style`` column (the kind of image, for the per-style breakdown), the script splits the images by id into
+train and test, trains
+
+- a **supervised** policy on the train labels, and
+- a **feedback** policy on simulated reviewer events for the same train images (one event per image and
+  attribute, logged by the confidence-weighted rule with epsilon-uniform exploration: reward only, no labels),
+
+and prints (and with ``--output`` writes) Markdown tables of accuracy and ECE on the test images, per
+attribute, per style and per method: each source alone, ``mean``, ``confidence`` (confidence-weighted),
+``vote`` (majority vote; all three from ``SimpleFusion``), ``supervised`` and ``feedback``. A summary checks
+the targets: supervised >= best baseline + 10 points (mean over attributes), never > 1 point below the best
+single source on any style, feedback >= 80 % of the supervised gain over mean fusion, ECE <= 0.05. It also
+times the fusion stage itself (rows/s of ``PolicyFusion`` vs ``SimpleFusion``, same batches, same process).
+
+    python benchmarks/fusion.py --simulate                          # offline test bed, about a minute
+    python benchmarks/fusion.py --dataset runs/annotated-with-truth --output benchmarks/results/fusion.md
+
+Counting follows ``charattr_hf.evaluation`` (the shared ``charattr_hf.metrics`` modules): accuracy is exact
+match for multi-label attributes, and a row where a method has no answer (e.g. no tags) counts as wrong; ECE
+uses 15 bins (top-label confidence for single-label, per-label presence probability for multi-label) over
+the rows with an answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from charattr_hf import fusion_training as ft
+from charattr_hf.schema import load_schema
+from charattr_hf.stages.fusion import SimpleFusion
+from charattr_hf.stages.policy import PolicyFusion
+
+TARGETS = {"gain_over_best_baseline": 0.10, "max_style_deficit": 0.01, "feedback_gain_ratio": 0.80, "ece": 0.05}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="annotated dataset with truth and style columns (folder, Parquet or Hub id)")
+    src.add_argument("--simulate", action="store_true", help="use the simulated test bed")
+    p.add_argument("--split", default="train", help="split of --dataset to read (Hub ids)")
+    p.add_argument("--schema", default="default", help="attribute schema (name or YAML path)")
+    p.add_argument("--style-column", default="style")
+    p.add_argument("--rows", type=int, default=5000, help="simulated rows (train + test)")
+    p.add_argument("--test-fraction", type=float, default=0.4, help="share of images held out for testing")
+    p.add_argument("--epsilon", type=float, default=0.1, help="exploration of the feedback logging policy")
+    p.add_argument("--reviewer-noise", type=float, default=0.0, help="simulated reviewer error rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-epochs", type=int, default=200)
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--output", help="write the Markdown report here")
+    p.add_argument("--json", help="write all records and the summary as JSON here")
+    return p.parse_args(argv)
+
+
+def _num(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def table(records: list[dict], methods: list[str], attributes: list[str], style: str | None) -> str:
+    rows = {(r["attribute"], r["method"]): r for r in records if r.get("style") == style}
+    head = "| attribute | " + " | ".join(methods) + " |"
+    lines = [head, "|---|" + "---:|" * len(methods)]
+    for a in attributes + ["**mean**"]:
+        cells = []
+        for m in methods:
+            if a == "**mean**":
+                sel = [rows[(x, m)] for x in attributes if (x, m) in rows]
+                acc = np.nanmean([_num(r["accuracy"]) for r in sel]) if sel else float("nan")
+                ece = np.nanmean([_num(r["ece"]) for r in sel]) if sel else float("nan")
+            else:
+                r = rows.get((a, m))
+                acc, ece = (_num(r["accuracy"]), _num(r["ece"])) if r else (float("nan"), float("nan"))
+            cells.append(f"{100 * acc:.1f} / {ece:.3f}")
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def throughput(columns: dict, policy, config, repeats: int = 3) -> dict:
+    """Rows/s of the two fusion stages on the same batch (fuse + decide, as in a run)."""
+    stages = {"SimpleFusion(confidence)": SimpleFusion(config.to_schema(), config.sources, "confidence"),
+              "PolicyFusion": PolicyFusion(config.to_schema(), config.sources, policy)}
+    n = len(columns["id"])
+    out = {}
+    for name, stage in stages.items():
+        stage(columns)  # warm-up (lazy set-up)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            stage(columns)
+            best = min(best, time.perf_counter() - t0)
+        out[name] = n / best
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)  # one thread: stable timings on a shared machine, like a CPU map worker
+    torch.manual_seed(args.seed)
+    schema = load_schema(args.schema)
+    t0 = time.perf_counter()
+    if args.simulate:
+        data = ft.simulate_annotated(schema, args.rows, seed=args.seed)
+        name = f"simulated test bed ({args.rows} rows, seed {args.seed})"
+    else:
+        data = ft.load_table(args.dataset, args.split)
+        name = args.dataset
+    for col in ("truth", args.style_column, "id"):
+        if col not in data.column_names:
+            sys.exit(f"the benchmark dataset needs a {col!r} column")
+    train_idx, test_idx = ft.split_by_id(data["id"], args.test_fraction, args.seed, salt="test")
+    train_ds, test_ds = data.select(train_idx), data.select(test_idx)
+    config = ft.build_config(schema, train_ds)
+    train = ft.build_features(train_ds, config, group_column=args.style_column)
+    test = ft.build_features(test_ds, config, group_column=args.style_column)
+    targs = ft.FusionTrainingConfig(seed=args.seed, max_epochs=args.max_epochs)
+    print(f"{name}: {len(train)} train / {len(test)} test images; sources {config.sources}", flush=True)
+
+    supervised = ft.build_model(config, seed=args.seed)
+    t = time.perf_counter()
+    res = ft.train_supervised(supervised, train, args=targs, data_name=name)
+    t_sup = time.perf_counter() - t
+    print(f"supervised: best epoch {res.best_epoch}, {t_sup:.1f} s", flush=True)
+
+    feedback_log = ft.simulate_feedback(
+        train_ds, config, "confidence", epsilon=args.epsilon, noise_rate=args.reviewer_noise, seed=args.seed
+    )
+    learner = ft.build_model(config, seed=args.seed)
+    targs_fb = ft.FusionTrainingConfig(seed=args.seed, max_epochs=args.max_epochs, reviewer_noise=args.reviewer_noise)
+    t = time.perf_counter()
+    res_fb = ft.train_from_feedback(learner, train, feedback_log, args=targs_fb, data_name=name)
+    t_fb = time.perf_counter() - t
+    print(f"feedback: {len(feedback_log)} events (accept rate {np.mean(feedback_log['reward']):.2f}), "
+          f"best epoch {res_fb.best_epoch}, {t_fb:.1f} s", flush=True)
+
+    test_columns = test_ds.to_dict()
+    records = ft.compare_methods(test_columns, test, config, policies={"supervised": supervised, "feedback": learner})
+    speed = throughput(test_columns, supervised, config)
+
+    # ------------------------------------------------------------------ summary against the targets
+    sources = list(config.sources)
+    baselines = sources + ["mean", "confidence", "vote"]
+    styles = sorted({str(g) for g in test.groups})
+    acc = {m: ft.summarize(records, m) for m in baselines + ["supervised", "feedback"]}
+    best_baseline = max(baselines, key=lambda m: acc[m])
+    deficits = {
+        s: max(ft.summarize(records, src, s) for src in sources) - ft.summarize(records, "supervised", s)
+        for s in styles
+    }
+    gain_sup = acc["supervised"] - acc["mean"]
+    ratio = (acc["feedback"] - acc["mean"]) / gain_sup if gain_sup > 0 else float("nan")
+    ece = {m: float(np.nanmean([_num(r["ece"]) for r in records if r["method"] == m and r["style"] is None]))
+           for m in ("supervised", "feedback")}
+    ece_max = {m: float(np.nanmax([_num(r["ece"]) for r in records if r["method"] == m and r["style"] is None]))
+               for m in ("supervised", "feedback")}
+    summary = {
+        "data": name,
+        "train_images": len(train),
+        "test_images": len(test),
+        "feedback_events": len(feedback_log),
+        "accuracy": acc,
+        "best_baseline": best_baseline,
+        "gain_over_best_baseline": acc["supervised"] - acc[best_baseline],
+        "max_style_deficit": max(deficits.values()),
+        "style_deficits": deficits,
+        "feedback_gain_ratio": ratio,
+        "ece": ece,
+        "ece_max_attribute": ece_max,
+        "train_seconds": {"supervised": t_sup, "feedback": t_fb},
+        "rows_per_second": speed,
+        "total_seconds": time.perf_counter() - t0,
+    }
+    checks = {
+        "gain_over_best_baseline": summary["gain_over_best_baseline"] >= TARGETS["gain_over_best_baseline"],
+        "max_style_deficit": summary["max_style_deficit"] <= TARGETS["max_style_deficit"],
+        "feedback_gain_ratio": ratio >= TARGETS["feedback_gain_ratio"],
+        "ece": max(ece.values()) <= TARGETS["ece"],
+    }
+    summary["targets_met"] = checks
+
+    methods = baselines + ["supervised", "feedback"]
+    attributes = config.attribute_names
+    parts = [
+        f"# Fusion benchmark: {name}",
+        "",
+        f"`python benchmarks/fusion.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
+        "",
+        f"{len(train)} train / {len(test)} test images; feedback: {len(feedback_log)} simulated reviewer events "
+        f"on the train images (epsilon {args.epsilon}, reviewer noise {args.reviewer_noise}). "
+        "Cells: accuracy % / ECE.",
+        "",
+        "## Summary",
+        "",
+        "| check | value | target | met |",
+        "|---|---:|---:|:---:|",
+        f"| supervised - best baseline ({best_baseline}), points | {100 * summary['gain_over_best_baseline']:.1f} | "
+        f">= {100 * TARGETS['gain_over_best_baseline']:.0f} | {'yes' if checks['gain_over_best_baseline'] else 'no'} |",
+        "| worst style: best single source - supervised, points (< 0: policy better) | "
+        f"{100 * summary['max_style_deficit']:.1f} | "
+        f"<= {100 * TARGETS['max_style_deficit']:.0f} | {'yes' if checks['max_style_deficit'] else 'no'} |",
+        f"| feedback gain / supervised gain over mean fusion | {ratio:.2f} | >= {TARGETS['feedback_gain_ratio']:.2f} | "
+        f"{'yes' if checks['feedback_gain_ratio'] else 'no'} |",
+        f"| ECE supervised / feedback (mean over attributes) | {ece['supervised']:.3f} / {ece['feedback']:.3f} | "
+        f"<= {TARGETS['ece']:.2f} | {'yes' if checks['ece'] else 'no'} |",
+        f"| ECE supervised / feedback, worst attribute | {ece_max['supervised']:.3f} / {ece_max['feedback']:.3f} | "
+        "(for information) | |",
+        "",
+        "Fusion stage throughput (same batch, same process): "
+        + ", ".join(f"{k} {v:,.0f} rows/s" for k, v in speed.items())
+        + f". Training time: supervised {t_sup:.1f} s, feedback {t_fb:.1f} s.",
+        "",
+        "## All test images",
+        "",
+        table(records, methods, attributes, None),
+    ]
+    for s in styles:
+        parts += ["", f"## Style: {s}", "", table(records, methods, attributes, s)]
+    report = "\n".join(parts) + "\n"
+    print(report)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"summary": summary, "records": records}, indent=1, default=float))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""The learned fusion policy as the pipeline's fusion stage.
+
+``PolicyFusion(schema, sources, "org/charattr-fusion", revision="<commit>")`` reads the ``probs_<source>``
+columns and the context columns (``quality``, ``flags``, and ``embedding`` when the policy uses it), runs the
+policy, and writes ``<attr>`` / ``<attr>_confidence`` through :meth:`FusionStage.process` (``decide``), exactly
+like the fixed rules, so the two are interchangeable in a run.
+
+Loading: only the small ``config.json`` is read when the stage is built (it defines the output columns); the
+weights are loaded lazily by :meth:`setup`, once per process (a module-level cache shared by every copy of the
+stage in that process). A pickled stage never carries weights loaded from a path or hub id, so ``datasets``
+hashing and worker start-up stay cheap.
+
+Attributes of the schema the policy does not know are fused with the ``confidence`` rule (logged once), so a
+schema can grow before the policy is retrained. An attribute the policy knows with different labels is an
+error: its probabilities would be misread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..schema import Schema, load_schema, probs_column
+from .fusion import FusionStage, SimpleFusion
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PolicyFusion", "load_policy_config", "policy_uses_embedding"]
+
+_CACHE: dict[tuple, Any] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_policy_config(model: "str | os.PathLike", revision: str | None = None):
+    """The policy's config only (``config.json``: small, no weights), from a folder or a Hub id."""
+    from ..models.fusion import CharattrFusionConfig
+
+    return CharattrFusionConfig.from_pretrained(str(model), revision=revision)
+
+
+def policy_uses_embedding(model: "str | os.PathLike", revision: str | None = None) -> bool:
+    """Whether the policy reads the ``embedding`` column (the pipeline must then keep it for fusion)."""
+    return load_policy_config(model, revision).embedding_dim > 0
+
+
+def _resolve_commit(repo_id: str, revision: str | None) -> str | None:
+    """The commit a Hub revision points to (the snapshot folder of the cached ``config.json``), or None."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(repo_id, "config.json", revision=revision))
+    except Exception as exc:  # noqa: BLE001 - unresolvable here: the load itself will report the real error
+        logger.debug("could not resolve the commit of %s@%s: %s", repo_id, revision, exc)
+        return None
+    return path.parent.name if path.parent.parent.name == "snapshots" else None
+
+
+class PolicyFusion(FusionStage):
+    """Fusion by a learned :class:`~charattr_hf.models.fusion.CharattrFusionModel`.
+
+    Args:
+        schema: the run's attribute schema; default: the policy's own attributes.
+        sources: the sources this run produces; default: the policy's. Policy sources the run lacks are simply
+            absent (masked, weight 0); run sources the policy was not trained with are ignored by it (and
+            used by the fallback rule only).
+        model: a local directory or Hub id of a saved policy, or a model instance (kept as is).
+        revision: Hub revision (branch, tag or commit); pin a commit for reproducible runs and stable caching.
+        device: ``"cpu"`` (default: the policy is tiny and CPU avoids transfers), ``"cuda"``, or ``"auto"``.
+        batch_size: rows per forward pass inside one ``map`` batch.
+        fallback_method: fixed rule for schema attributes the policy does not fuse.
+    """
+
+    name = "policy_fusion"
+
+    def __init__(
+        self,
+        schema: "Schema | str | None" = None,
+        sources: Sequence[str] | None = None,
+        model: "str | os.PathLike | Any" = None,
+        revision: str | None = None,
+        device: str = "cpu",
+        batch_size: int = 8192,
+        fallback_method: str = "confidence",
+    ):
+        from ..models.fusion import CharattrFusionModel
+
+        if model is None:
+            raise ValueError("PolicyFusion needs model=: a saved policy folder, a Hub id or a CharattrFusionModel")
+        if isinstance(model, CharattrFusionModel):
+            self._model = model.eval()
+            self.model_ref = None
+            config = model.config
+        elif isinstance(model, (str, os.PathLike)):
+            self._model = None
+            self.model_ref = str(model)
+            if not Path(self.model_ref).is_dir():
+                # pin the commit now: every process loads the same weights even if the branch moves mid-run,
+                # and the fingerprint names the weights that ran
+                revision = _resolve_commit(self.model_ref, revision) or revision
+            config = load_policy_config(self.model_ref, revision)
+        else:
+            raise TypeError(f"model must be a path, a hub id or a CharattrFusionModel, got {type(model).__name__}")
+        self.revision = revision
+        self.config = config
+        run_schema = config.to_schema() if schema is None else load_schema(schema)
+        config.check_schema(run_schema)
+        run_sources = tuple(config.sources if sources is None else sources)
+        ignored = [s for s in run_sources if s not in config.sources]
+        if ignored:
+            logger.info("the fusion policy was not trained with source(s) %s: it ignores them", ignored)
+        super().__init__(run_schema, sources=[s for s in config.sources if s in run_sources])
+        self.run_sources = run_sources
+        self.device = device
+        self.batch_size = int(batch_size)
+        self.fallback_method = fallback_method
+        self.fallback_attributes = [a.name for a in self.schema if a.name not in config.attribute_names]
+        self._fallback = None
+        if self.fallback_attributes:
+            logger.info("the fusion policy does not fuse %s: the %r rule does", self.fallback_attributes,
+                        fallback_method)
+            keep = {a: None for a in self.fallback_attributes}
+            self._fallback = SimpleFusion(self.schema.restrict(keep), run_sources, fallback_method)
+        self._weights_id: str | None = None
+
+    # ------------------------------------------------------------------ description
+    def params(self) -> dict:
+        return {
+            **super().params(),
+            "run_sources": list(self.run_sources),
+            "model": self.model_ref or "<in-memory>",
+            "revision": self.revision,
+            "weights": self.weights_id(),
+            "fallback": {"method": self.fallback_method, "attributes": self.fallback_attributes},
+        }
+
+    def weights_id(self) -> str:
+        """What identifies the weights in the fingerprint: a content hash for local files and in-memory models,
+        the resolved commit for a Hub id."""
+        if self._weights_id is None:
+            if self.model_ref is None:
+                self._weights_id = self._model.weights_fingerprint()
+            elif Path(self.model_ref).is_dir():
+                digest = hashlib.sha256()
+                for path in sorted(Path(self.model_ref).glob("*.safetensors")) + [Path(self.model_ref, "config.json")]:
+                    if path.is_file():
+                        digest.update(path.name.encode())
+                        digest.update(path.read_bytes())
+                self._weights_id = digest.hexdigest()[:16]
+            else:
+                self._weights_id = f"hub:{self.revision or 'main'}"  # a commit sha once resolved
+        return self._weights_id
+
+    def input_columns(self) -> list[str]:
+        cols = [probs_column(s) for s in self.run_sources] + ["quality", "flags"]
+        if self.config.embedding_dim:
+            cols.append("embedding")
+        return cols
+
+    # ------------------------------------------------------------------ execution
+    def _device(self) -> str:
+        if self.device == "auto":
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+    def setup(self) -> None:
+        if self._model is not None:
+            return
+        from ..models.fusion import CharattrFusionModel
+
+        key = (self.model_ref, self.revision, self._device(), os.getpid())
+        with _CACHE_LOCK:
+            model = _CACHE.get(key)
+            if model is None:
+                logger.info("loading fusion policy %s (revision %s)", self.model_ref, self.revision or "default")
+                model = CharattrFusionModel.from_pretrained(self.model_ref, revision=self.revision)
+                model = model.to(self._device()).eval()
+                _CACHE[key] = model
+        if model.config.to_diff_dict().get("attributes") != self.config.to_diff_dict().get("attributes"):
+            raise RuntimeError(f"the policy at {self.model_ref} changed since the stage was built; rebuild the stage")
+        self._model = model
+
+    def fuse(self, batch: dict[str, list]) -> dict[str, list[np.ndarray | None]]:
+        self.setup()
+        # only the run's sources: a stale probs_<source> column from an earlier run must not leak in
+        visible = {k: v for k, v in batch.items() if not k.startswith("probs_") or k[6:] in self.sources}
+        fused = self._model.fuse_columns(visible, batch_size=self.batch_size)
+        out = {a.name: fused[a.name] for a in self.schema if a.name in fused}
+        if self._fallback is not None:
+            out.update(self._fallback.fuse(batch))
+        return out
+
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if self.model_ref is not None:
+            state["_model"] = None  # reloaded lazily (once per process) from the path / hub id
+        return state
+
+    def __repr__(self) -> str:
+        return f"PolicyFusion(model={self.model_ref or '<in-memory>'!r}, revision={self.revision!r})"
