@@ -137,3 +137,32 @@ def test_config_file_with_flag_override(input_parquet, tiny_clip_dir, tmp_path):
     proc = subprocess.run([sys.executable, str(RECIPE), "--config", str(bad)], capture_output=True, text=True,
                           cwd=ROOT)
     assert proc.returncode != 0 and "no_such_option" in proc.stderr
+
+
+def test_annotate_recipe_runs_a_learned_fusion_policy(tiny_clip_dir, tmp_path):
+    """--fusion: the policy (trained here on a first annotation) replaces the simple rule as the fusion stage."""
+    from charattr_hf import fusion_training as ft
+    from charattr_hf import synthetic
+    from charattr_hf.api import annotate
+
+    sample = synthetic.generate(96, seed=5, noise="mixed")
+    parquet = tmp_path / "sample.parquet"
+    sample.to_parquet(str(parquet))
+    first = annotate(str(parquet), model=f"local-dir:{tiny_clip_dir}", schema="synthetic", use_cache=False,
+                     progress=False)
+    config = ft.build_config("synthetic", first, hidden_size=16)
+    policy = ft.build_model(config, seed=0)
+    ft.train_supervised(policy, ft.build_features(first, config), args=ft.FusionTrainingConfig(max_epochs=5, seed=0))
+    policy.save_pretrained(tmp_path / "policy")
+
+    out = tmp_path / "with-policy"
+    proc = run([sys.executable, str(RECIPE), "--dataset", str(parquet), "--model", f"local-dir:{tiny_clip_dir}",
+                "--schema", "synthetic", "--fusion", str(tmp_path / "policy"), "--output_dir", str(out),
+                "--no_cache", "--quiet"])
+    assert f"fusion: {tmp_path / 'policy'}" in proc.stdout
+    ds = load(out)
+    assert len(ds) == 96
+    # the policy's confidences are its own, not the simple rule's
+    simple = first["hair_color_confidence"]
+    assert any(abs(a - b) > 1e-3 for a, b in zip(ds["hair_color_confidence"], simple) if a is not None and b is not None)
+    assert all(c is None or 0.0 <= c <= 1.0 for c in ds["hair_color_confidence"])
