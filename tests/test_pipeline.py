@@ -2,6 +2,7 @@
 
 import io
 import json
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -307,3 +308,25 @@ def test_prefetching_the_next_chunk_gives_the_same_output(tiny_clip_dir, tmp_pat
     ta, tb = pq.read_table(a.data_files[0]), pq.read_table(b.data_files[0])
     assert ta.column("sha256").equals(tb.column("sha256")) and ta.column("hair_color").equals(tb.column("hair_color"))
     assert ta.column("error").equals(tb.column("error"))
+
+
+def test_image_folder_with_metadata_and_embeddings(tiny_clip_dir, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    lines = []
+    for i in range(5):
+        (folder / f"char_{i}.png").write_bytes(png(i))
+        lines.append(json.dumps({"file_name": f"char_{i}.png", "tags": TAGS[0] if i % 2 else TAGS[1]}))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    lines.append(json.dumps({"file_name": "broken.png", "tags": TAGS[0]}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    out = annotate(str(folder), tmp_path / "o", model=f"local-dir:{tiny_clip_dir}", keep_embedding=True,
+                   use_cache=False, progress=False)
+    assert len(out) == 6
+    by_name = {Path(p).name: row for p, row in zip(out["path"], out)}
+    assert set(by_name) == {f"char_{i}.png" for i in range(5)} | {"broken.png"}
+    assert by_name["broken.png"]["error"] and by_name["broken.png"]["embedding"] is None
+    good = by_name["char_1.png"]
+    assert good["error"] is None and len(good["embedding"]) == 16
+    assert out.features["hair_color"].int2str(good["hair_color"]) == "blonde"  # its tags say blonde_hair
+    assert good["probs_tags"]["hair_color"] is not None
