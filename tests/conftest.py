@@ -15,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-from tests.tiny_models import build_tiny_clip  # noqa: E402
+from charattr_hf.testing import build_tiny_clip  # noqa: E402
 
 
 @pytest.fixture(scope="session")

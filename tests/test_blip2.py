@@ -17,10 +17,8 @@ from PIL import Image
 from charattr_hf.schema import Schema, load_schema
 from charattr_hf.stages.blip2 import Blip2Source, default_question
 
-try:  # tests/ as a package or as a plain folder on sys.path
-    from .tiny_blip2 import IMAGE_SIZE, build_tiny_blip2
-except ImportError:
-    from tiny_blip2 import IMAGE_SIZE, build_tiny_blip2
+from charattr_hf.testing import BLIP2_IMAGE_SIZE as IMAGE_SIZE
+from charattr_hf.testing import build_tiny_blip2
 
 COL = "probs_blip2"
 

@@ -1,27 +1,69 @@
-"""A tiny random BLIP-2 (OPT) checkpoint with its processor, built locally for offline tests.
+"""Tiny models built locally, for tests and offline benchmarks: the same code paths as real checkpoints
+(open_clip ``local-dir:`` folders, ``transformers`` ``from_pretrained`` folders), random weights, seconds to build.
 
-The tokenizer is a word-level ``tokenizers`` model over the words of the given texts, wrapped in a
-``transformers`` fast tokenizer. Like the OPT tokenizer of the real checkpoints it prepends ``</s>`` as BOS,
-and it keeps ``"\\n"`` as a token (the end-of-answer marker the BLIP-2 source scores). The processor is a
-real :class:`~transformers.Blip2Processor` (BLIP image processor + tokenizer + ``num_query_tokens``), so the
-folder loads with ``AutoProcessor`` / ``Blip2ForConditionalGeneration.from_pretrained`` like a Hub id.
+- :func:`build_tiny_clip`: an open_clip CLIP with a 32 px ViT and a one-layer text tower.
+- :func:`build_tiny_blip2`: a BLIP-2 (OPT) checkpoint with a real ``Blip2Processor`` whose tokenizer is a
+  word-level ``tokenizers`` model over the words of the given texts. Like the OPT tokenizer of the real
+  checkpoints it prepends ``</s>`` as BOS and keeps ``"\\n"`` as a token (the end-of-answer marker the BLIP-2
+  source scores). With random weights it is a real source that knows nothing: a pure-noise source.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterable
 
+__all__ = ["TINY_CLIP_CFG", "BLIP2_IMAGE_SIZE", "build_tiny_clip", "build_tiny_blip2"]
+
+TINY_CLIP_CFG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def build_tiny_clip(folder: Path, seed: int = 0, image_size: int = 32) -> Path:
+    """Write ``open_clip_config.json`` + ``open_clip_model.safetensors`` for a random tiny CLIP."""
+    import open_clip
+    import torch
+    from open_clip.model import CLIP
+    from safetensors.torch import save_file
+
+    cfg = json.loads(json.dumps(TINY_CLIP_CFG))
+    cfg["vision_cfg"]["image_size"] = image_size
+    torch.manual_seed(seed)
+    model = CLIP(**cfg)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "model_cfg": cfg,
+        "preprocess_cfg": {
+            "mean": list(open_clip.OPENAI_DATASET_MEAN),
+            "std": list(open_clip.OPENAI_DATASET_STD),
+            "interpolation": "bicubic",
+            "resize_mode": "shortest",
+        },
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "open_clip_model.safetensors"))
+    return folder
+
+
 SPECIALS = ("<pad>", "</s>", "<unk>", "<image>")
-IMAGE_SIZE = 32
+BLIP2_IMAGE_SIZE = 32
 NUM_QUERY_TOKENS = 4
 
 
-def build_tiny_blip2(path: str | Path, texts: Iterable[str], seed: int = 0, init_range: float = 0.3) -> Path:
+def build_tiny_blip2(
+    path: str | Path, texts: Iterable[str], seed: int = 0, init_range: float = 0.3, max_positions: int = 128
+) -> Path:
     """Write a tiny random BLIP-2 checkpoint + processor to ``path``; returns the path.
 
     ``texts``: every string the tests will tokenize (prompts and answers); their words form the vocabulary.
     ``init_range``: weight init std, larger than usual so that random answer scores differ clearly.
+    ``max_positions``: the language model's context (query tokens + packed questions and answers).
     """
     import torch
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
@@ -45,13 +87,13 @@ def build_tiny_blip2(path: str | Path, texts: Iterable[str], seed: int = 0, init
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="</s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
     )
-    image_processor = BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    image_processor = BlipImageProcessor(size={"height": BLIP2_IMAGE_SIZE, "width": BLIP2_IMAGE_SIZE})
     processor = Blip2Processor(image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=NUM_QUERY_TOKENS)
 
     config = Blip2Config(
         vision_config=dict(
             hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-            image_size=IMAGE_SIZE, patch_size=8, initializer_range=init_range,
+            image_size=BLIP2_IMAGE_SIZE, patch_size=8, initializer_range=init_range,
         ),
         qformer_config=dict(
             vocab_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37,
@@ -60,7 +102,7 @@ def build_tiny_blip2(path: str | Path, texts: Iterable[str], seed: int = 0, init
         ),
         text_config=dict(
             model_type="opt", vocab_size=len(tokenizer), hidden_size=32, ffn_dim=37, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=128, word_embed_proj_dim=32,
+            num_attention_heads=4, max_position_embeddings=max_positions, word_embed_proj_dim=32,
             pad_token_id=vocab["<pad>"], bos_token_id=vocab["</s>"], eos_token_id=vocab["</s>"],
             init_std=init_range,
         ),
