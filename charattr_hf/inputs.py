@@ -46,7 +46,7 @@ class InputSpec:
     keep_columns: Sequence[str] = field(default_factory=tuple)
     streaming: bool = False
     limit: int | None = None
-    sample_size: int = 64
+    sample_size: int = 256
     sample_image_size: int = 64
 
 

@@ -56,7 +56,7 @@ class DataArguments:
     )
     streaming: bool = field(default=False, metadata={"help": "Stream the input instead of downloading/preparing it first."})
     limit: Optional[int] = field(default=None, metadata={"help": "Annotate only the first N rows."})
-    sample_size: int = field(default=64, metadata={"help": "Rows of the synthetic sample when no --dataset is given."})
+    sample_size: int = field(default=256, metadata={"help": "Rows of the synthetic sample when no --dataset is given."})
 
 
 @dataclass
