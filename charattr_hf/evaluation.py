@@ -490,6 +490,7 @@ def _single_cell(
         "weighted_f1": cls["weighted_f1"],
         "ece": cal["ece"],
         "mce": cal["mce"],
+        "mean_confidence": cal["mean_confidence"],
         "calibration_n": cal["n"],
         "reliability": cal["bins"],
         "coverage": sel["coverage"],
@@ -812,13 +813,13 @@ def to_markdown(report: Mapping[str, Any]) -> str:
                     )
                 else:
                     single_rows.append(
-                        [name, g, s, c["n"], c["missing"], c["accuracy"], c["macro_f1"], c["ece"],
-                         c["coverage"], c["selective_accuracy"]]
+                        [name, g, s, c["n"], c["missing"], c["accuracy"], c["macro_f1"], c["mean_confidence"],
+                         c["ece"], c["coverage"], c["selective_accuracy"]]
                     )
     if single_rows:
         lines += ["", "## Single-label attributes", ""]
         lines += _md_table(
-            ["attribute", "group", "source", "n", "missing", "accuracy", "macro-F1", "ECE",
+            ["attribute", "group", "source", "n", "missing", "accuracy", "macro-F1", "mean conf.", "ECE",
              f"coverage@{t:g}", f"accuracy@{t:g}"],
             single_rows,
         )

@@ -70,9 +70,11 @@ def _load(spec: InputSpec) -> AnyDataset:
     path = Path(spec.dataset).expanduser()
     kwargs = {"split": spec.split, "streaming": spec.streaming}
     if path.is_dir():
-        if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
-            ds = datasets.load_from_disk(str(path))
+        if any((path / name).is_file() for name in ("dataset_dict.json", "dataset_info.json", "state.json")):
+            ds = datasets.load_from_disk(str(path))  # a save_to_disk folder (one Dataset or a DatasetDict)
             if isinstance(ds, datasets.DatasetDict):
+                if spec.split not in ds:
+                    raise ValueError(f"{spec.dataset}: no split {spec.split!r}; splits: {list(ds)} (use --split)")
                 ds = ds[spec.split]
             return ds.to_iterable_dataset() if spec.streaming else ds
         files = [p for p in path.rglob("*") if p.is_file()]
@@ -80,7 +82,9 @@ def _load(spec: InputSpec) -> AnyDataset:
         if tables and not any(p.suffix.lower() in _IMAGE_EXT for p in files):
             try:  # a dataset repository layout (README configs / data/ folder)
                 return datasets.load_dataset(str(path), spec.config, **kwargs)
-            except (ValueError, FileNotFoundError):
+            except (ValueError, FileNotFoundError) as exc:
+                if "split" in str(exc).lower():  # a layout with named splits, none of them the one asked for
+                    raise ValueError(f"{spec.dataset}: {exc} (use --split)") from exc
                 builder = _TABLE_EXT[tables[0].suffix]
                 return datasets.load_dataset(builder, data_files=[str(p) for p in sorted(tables)], **kwargs)
         return datasets.load_dataset("imagefolder", data_dir=str(path), **kwargs)

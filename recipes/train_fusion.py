@@ -33,16 +33,15 @@ process; ``--push_to_hub`` publishes it. Deterministic for a given ``--seed``.
 import json
 import shlex
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from transformers import HfArgumentParser
 
+from charattr_hf import cli
 from charattr_hf import fusion_training as ft
 from charattr_hf.models.fusion import CharattrFusionModel, render_metrics_table
 from charattr_hf.schema import load_schema
@@ -109,21 +108,7 @@ PARSER_CLASSES = (DataArguments, ModelArguments, RunArguments, ft.FusionTraining
 
 def parse_args(argv: Optional[list[str]] = None):
     """Dataclasses from ``--config file.yaml`` (values) and the command line (overrides)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(PARSER_CLASSES)
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            parser.error("--config needs a YAML file")
-        path = argv[i + 1]
-        argv = argv[:i] + argv[i + 2 :]
-        values = yaml.safe_load(Path(path).read_text()) or {}
-        known = {f.name for cls in PARSER_CLASSES for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            parser.error(f"{path}: unknown keys {unknown}")
-        parser.set_defaults(**values)
-    return parser.parse_args_into_dataclasses(args=argv)
+    return cli.parse_args(PARSER_CLASSES, argv, description=__doc__.split("\n\n")[0])
 
 
 def main(argv: Optional[list[str]] = None) -> Path:

@@ -135,6 +135,7 @@ def test_metric_modules_by_hand():
     # two rows share bin 13 (0.9 and 0.92): mean confidence 0.91, accuracy 0.5 -> ECE 0.41
     ece = CalibrationError(keep_in_memory=True).compute(predictions=[1, 1], references=[1, 0], confidences=[0.9, 0.92])
     assert ece["ece"] == pytest.approx(0.41)
+    assert ece["mean_confidence"] == pytest.approx(0.91)
     assert [b["count"] for b in ece["bins"]] == [2]
     # a missing prediction has no confidence: left out of ECE
     ece2 = CalibrationError(keep_in_memory=True).compute(
@@ -247,7 +248,7 @@ def test_report_fused_single_label(report):
     assert c["accuracy"] == pytest.approx(4 / 6)
     assert c["macro_f1"] == pytest.approx(2.3 / 3)
     assert c["ece"] == pytest.approx(0.37, abs=1e-6)  # confidences are stored as float32
-    assert c["calibration_n"] == 5
+    assert c["calibration_n"] == 5 and c["mean_confidence"] == pytest.approx((0.45 + 0.65 + 0.7 + 0.85 + 0.9) / 5)
     assert c["coverage"] == pytest.approx(4 / 6) and c["selective_accuracy"] == pytest.approx(3 / 4)
     assert report["attributes"]["hair_color"]["rows_with_truth"] == 6
 
@@ -371,7 +372,7 @@ def test_restrict_sources_and_attributes():
 
 def test_markdown_and_json(report, tmp_path):
     md = to_markdown(report)
-    assert "| hair_color | all | fused | 6 | 1 | 0.667 | 0.767 | 0.370 | 0.667 | 0.750 |" in md
+    assert "| hair_color | all | fused | 6 | 1 | 0.667 | 0.767 | 0.710 | 0.370 | 0.667 | 0.750 |" in md
     assert "| accessories | all | fused | 6 | 1 | 0.500 | 0.727 | 0.722 | - | - | - |" in md
     md_path, js_path = write_report(report, tmp_path / "out")
     assert md_path.read_text() == md
@@ -399,7 +400,7 @@ def test_recipe_writes_eval_files(tmp_path):
     # the flag overrides the YAML's 0.9
     proc = _run_recipe("--config", str(config), "--abstain_threshold", "0.5", "--output_dir", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "| hair_color | all | fused | 6 | 1 | 0.667 | 0.767 | 0.370 | 0.667 | 0.750 |" in proc.stdout
+    assert "| hair_color | all | fused | 6 | 1 | 0.667 | 0.767 | 0.710 | 0.370 | 0.667 | 0.750 |" in proc.stdout
     report = json.loads((out / "eval.json").read_text())
     assert report["settings"]["abstain_threshold"] == 0.5
     c = report["attributes"]["hair_color"]["results"]["fused"]["all"]

@@ -290,6 +290,20 @@ def test_split_name_and_images_are_kept(tiny_clip_dir, tmp_path):
     assert loaded[0]["image"].size == (56, 40)
 
 
+def test_a_split_of_saved_and_parquet_dataset_dicts_is_read_alone(tmp_path):
+    from charattr_hf.inputs import open_dataset
+
+    dd = datasets.DatasetDict({"test": image_dataset(3), "test_sketch": image_dataset(5)})
+    dd.save_to_disk(str(tmp_path / "saved"))
+    for name in ("test", "test_sketch"):
+        dd[name].to_parquet(str(tmp_path / "repo" / "data" / f"{name}-00000-of-00001.parquet"))
+    for folder in ("saved", "repo"):
+        ds = open_dataset(InputSpec(dataset=str(tmp_path / folder), split="test_sketch"))
+        assert ds.num_rows == 5, folder  # that split only, not every table under the folder
+        with pytest.raises(ValueError, match="split"):
+            open_dataset(InputSpec(dataset=str(tmp_path / folder), split="validation"))
+
+
 def test_input_columns_may_not_overwrite_outputs(tmp_path):
     ds = image_dataset(2).add_column("width", [1, 2])
     with pytest.raises(ValueError, match="width"):

@@ -356,6 +356,8 @@ def test_sample_dataset():
     ds = S.sample_dataset(n=12)
     assert ds.num_rows == 12 and ds.features == S.features()
     assert ds[0]["image"].size == (64, 64)
+    test = S.build_benchmark(n_train=0, n_validation=0, n_test=12, n_test_per_style=0)["test"]
+    assert ds["id"] == test["id"] and ds["tags"] == test["tags"]  # held out from the training indices
 
 
 def test_invalid_arguments():

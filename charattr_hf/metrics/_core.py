@@ -167,7 +167,7 @@ def _calibration(conf: np.ndarray, outcome: np.ndarray, num_bins: int) -> dict:
         raise ValueError(f"num_bins must be >= 1, got {num_bins}")
     n = int(conf.size)
     if n == 0:
-        return {"ece": None, "mce": None, "n": 0, "bins": []}
+        return {"ece": None, "mce": None, "mean_confidence": None, "n": 0, "bins": []}
     conf = np.clip(conf, 0.0, 1.0)
     idx = np.clip(np.ceil(conf * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
     count = np.bincount(idx, minlength=num_bins)
@@ -188,7 +188,13 @@ def _calibration(conf: np.ndarray, outcome: np.ndarray, num_bins: int) -> dict:
         for b in range(num_bins)
         if nonempty[b]
     ]
-    return {"ece": float((count * gap).sum() / n), "mce": float(gap[nonempty].max()), "n": n, "bins": bins}
+    return {
+        "ece": float((count * gap).sum() / n),
+        "mce": float(gap[nonempty].max()),
+        "mean_confidence": float(conf.mean()),
+        "n": n,
+        "bins": bins,
+    }
 
 
 def multiclass_calibration(

@@ -31,7 +31,8 @@ Args:
     probabilities (multilabel): presence probability of each label.
     num_bins (int, default 15): number of equal-width confidence bins.
 Returns:
-    ece, mce: floats (None when no item has a confidence); n: items used;
+    ece, mce: floats (None when no item has a confidence); mean_confidence: mean of the confidences used;
+    n: items used;
     bins: non-empty bins as {lower, upper, count, confidence, accuracy}.
 Examples:
     >>> from charattr_hf.metrics import CalibrationError

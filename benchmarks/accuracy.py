@@ -1,0 +1,114 @@
+"""Accuracy of the shipped demo CLIP (and of the tags and the fused result) on the synthetic benchmark's test
+splits, measured the way a user would: ``recipes/annotate.py`` then ``recipes/evaluate.py`` on each split.
+
+    python benchmarks/accuracy.py --output_dir runs/accuracy
+
+Steps (each skipped when its output is already there, so an interrupted run resumes):
+
+1. ``synthetic.build_benchmark(seed=0, n_train=0, n_validation=0, n_test=..., n_test_per_style=...)`` saved
+   with ``save_to_disk``: the mixed ``test`` split and one ``test_<style>`` split per style, index ranges
+   disjoint from the ``train`` indices the demo model was trained on;
+2. ``python recipes/annotate.py --dataset <benchmark> --split <split> --output_dir <annotated>/<split>``
+   (defaults otherwise: the demo model, the tag parser, confidence-weighted fusion);
+3. ``python recipes/evaluate.py --dataset <annotated>/<split> --split <split> --output_dir <eval>/<split>``;
+4. one table over the splits, per attribute and source, written to ``accuracy.md`` and ``accuracy.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ("clip", "tags", "fused")
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--output_dir", default="runs/accuracy")
+    p.add_argument("--n_test", type=int, default=2000)
+    p.add_argument("--n_test_per_style", type=int, default=500)
+    p.add_argument("--num_proc", type=int, default=2)
+    p.add_argument("--abstain_threshold", type=float, default=0.5)
+    return p.parse_args(argv)
+
+
+def run(cmd: list[str]) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def fmt(x: float | None, pct: bool = True) -> str:
+    if x is None:
+        return "-"
+    return f"{100 * x:.1f}" if pct else f"{x:.2f}"
+
+
+def table(reports: dict[str, dict]) -> tuple[str, dict]:
+    """Accuracy (%) per split and source (rows) and attribute (columns), multi-label attributes as micro-F1 (%),
+    then the mean over single-label attributes; and mean confidence, ECE and coverage of the colour attributes."""
+    splits = list(reports)
+    attrs = list(next(iter(reports.values()))["attributes"])
+    multi = {a: reports[splits[0]]["attributes"][a]["multi_label"] for a in attrs}
+    header = ["split", "source"] + [f"{a} (F1)" if multi[a] else a for a in attrs] + ["mean single-label"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    summary: dict = {}
+    for sp in splits:
+        for src in SOURCES:
+            row = [sp, src]
+            for a in attrs:
+                cell = reports[sp]["attributes"][a]["results"].get(src, {}).get("all")
+                value = cell["micro_f1" if multi[a] else "accuracy"] if cell else None
+                summary.setdefault(sp, {}).setdefault(src, {})[a] = value
+                row.append(fmt(value))
+            mean = reports[sp]["summary"].get(src, {}).get("all", {}).get("mean_accuracy")
+            summary[sp][src]["mean_single_label"] = mean
+            row.append(fmt(mean))
+            lines.append("| " + " | ".join(row) + " |")
+
+    colour = [a for a in ("hair_color", "eye_color", "top_color") if a in attrs]
+    conf = ["| split | source | " + " | ".join(f"{a}: acc % / mean conf. / ECE / coverage %" for a in colour) + " |",
+            "|---|---|" + "---|" * len(colour)]
+    for sp in splits:
+        for src in ("clip", "fused"):
+            cells = [reports[sp]["attributes"][a]["results"].get(src, {}).get("all") for a in colour]
+            conf.append(f"| {sp} | {src} | " + " | ".join(
+                "-" if c is None else f"{fmt(c['accuracy'])} / {fmt(c['mean_confidence'], False)} / "
+                f"{fmt(c['ece'], False)} / {fmt(c['coverage'])}" for c in cells) + " |")
+    return "\n".join(lines) + "\n\n" + "\n".join(conf) + "\n", summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    out = Path(args.output_dir).resolve()
+    bench = out / "benchmark"
+    if not (bench / "dataset_dict.json").is_file():
+        from charattr_hf import synthetic
+
+        dd = synthetic.build_benchmark(seed=0, n_train=0, n_validation=0, n_test=args.n_test,
+                                       n_test_per_style=args.n_test_per_style, num_proc=args.num_proc)
+        dd.save_to_disk(str(bench))
+    splits = json.loads((bench / "dataset_dict.json").read_text())["splits"]
+    reports = {}
+    for split in splits:
+        annotated, evaluated = out / "annotated" / split, out / "eval" / split
+        if not (annotated / "README.md").is_file():
+            run([sys.executable, "recipes/annotate.py", "--dataset", str(bench), "--split", split,
+                 "--output_dir", str(annotated), "--num_proc", str(args.num_proc), "--quiet"])
+        run([sys.executable, "recipes/evaluate.py", "--dataset", str(annotated), "--split", split,
+             "--output_dir", str(evaluated), "--abstain_threshold", str(args.abstain_threshold)])
+        reports[split] = json.loads((evaluated / "eval.json").read_text())
+    md, summary = table(reports)
+    (out / "accuracy.md").write_text(md)
+    (out / "accuracy.json").write_text(json.dumps(summary, indent=1))
+    print(md)
+    print(f"wrote {out / 'accuracy.md'} and {out / 'accuracy.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
