@@ -33,6 +33,14 @@ Styles (``style`` column) and their ``art_style`` label:
 * ``pixel`` -> ``pixel_art``: drawn on a coarse grid (``max(32, size // 4)`` cells across) without
   anti-aliasing or inner outlines, scaled up with nearest neighbour.
 
+An extra style, drawn only when named (``styles=[..., "lit"]``; not in :data:`STYLES`, the default mix, so not
+in the demo model's training data):
+
+* ``lit`` -> ``anime``: a ``flat`` drawing under coloured light, a blue night or an orange sunset cast
+  (per-channel gain and offset, 85-100% strength) over the whole picture. Every colour in the pixels changes
+  while tags and captions still name the character's own colours: a colour read from the pixels is wrong,
+  often confidently.
+
 Tags are danbooru-style strings (``"solo, long_hair, blonde_hair, blue_eyes, glasses, smile, ..."``):
 a tag of each truth label (sometimes an alias that is true of the drawing: ``blond_hair``,
 ``round_eyewear``, ``:d``), plus filler tags that are true but carry no attribute (``looking_at_viewer``,
@@ -48,7 +56,7 @@ contradicts the truth. Noise is a :class:`TagNoise`; named presets (:data:`TAG_N
   ``sketch`` tags are reliable (5% dropped, 2% wrong: the artist knows the colours the pixels hide);
   ``flat`` and ``chibi`` moderately reliable (15% dropped, 10% wrong, 2% without tags); ``watercolor``
   very noisy (35% dropped, 40% wrong, 15% spurious, 5% without tags); ``pixel`` images have no tags at
-  all (``None``).
+  all (``None``); ``lit`` (an extra style, see :data:`EXTRA_STYLE_LABELS`) as ``flat``.
 
 Captions are free text mentioning a random subset (1-5) of the attributes in varied phrasings
 (``"a pencil sketch of a girl with long hair, wearing glasses"``, ``"blonde hair, blue eyes, smiling"``),
@@ -104,6 +112,8 @@ from .schema import Schema, load_schema, normalize_tag
 __all__ = [
     "STYLES",
     "STYLE_LABELS",
+    "EXTRA_STYLE_LABELS",
+    "ALL_STYLES",
     "HAIR_COLORS",
     "HAIR_LENGTHS",
     "EYE_COLORS",
@@ -194,6 +204,17 @@ STYLE_LABELS: dict[str, str] = {
 }
 STYLES: tuple[str, ...] = tuple(STYLE_LABELS)
 
+#: Styles drawn only when asked for by name (not in the default mix, nor in the demo model's training data),
+#: and the ``art_style`` label each one is. ``lit``: a flat drawing under coloured light (a blue night or an
+#: orange sunset cast) that changes every colour in the pixels; the tags and captions still give the
+#: character's own colours, as an artist's tags would. A model that reads colours from pixels is confidently
+#: wrong there: the case a fusion policy must learn to recognise.
+EXTRA_STYLE_LABELS: dict[str, str] = {"lit": "anime"}
+ALL_STYLES: tuple[str, ...] = STYLES + tuple(EXTRA_STYLE_LABELS)
+_ALL_STYLE_LABELS: dict[str, str] = {**STYLE_LABELS, **EXTRA_STYLE_LABELS}
+#: Light casts of the ``lit`` style: per-channel gain and offset.
+_LIGHT_CASTS = (((0.30, 0.38, 0.70), (5.0, 8.0, 25.0)), ((1.0, 0.62, 0.35), (40.0, 10.0, 0.0)))
+
 _SKIN_TONES = np.array(
     [(255, 228, 208), (244, 204, 174), (226, 176, 136), (186, 132, 94), (130, 88, 60)], dtype=np.float64
 )
@@ -260,7 +281,7 @@ class Character:
             "top_color": self.top_color,
             "accessories": list(self.accessories),
             "expression": self.expression,
-            "art_style": STYLE_LABELS[style],
+            "art_style": _ALL_STYLE_LABELS[style],
         }
 
     def truth(self, style: str, schema: Schema | None = None) -> dict[str, Any]:
@@ -276,8 +297,8 @@ class Character:
 
 
 def _check_style(style: str) -> None:
-    if style not in STYLE_LABELS:
-        raise ValueError(f"unknown style {style!r}; styles: {list(STYLES)}")
+    if style not in _ALL_STYLE_LABELS:
+        raise ValueError(f"unknown style {style!r}; styles: {list(ALL_STYLES)}")
 
 
 @lru_cache(maxsize=1)
@@ -652,6 +673,12 @@ def render_with_geometry(
         img = ImageChops.multiply(img, Image.merge("RGB", (tex, tex, tex)))
     if style == "sketch":
         img = img.convert("L").convert("RGB")  # exactly gray: no chroma can leak
+    if style == "lit":
+        gain, offset = _LIGHT_CASTS[int(u[19] * len(_LIGHT_CASTS))]
+        strength = 0.85 + 0.15 * u[3]
+        gain = [1.0 + (k - 1.0) * strength for k in gain]
+        arr = np.asarray(img, dtype=np.float32) * np.array(gain, dtype=np.float32) + np.array(offset, dtype=np.float32)
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
     return img, g
 
 
@@ -710,6 +737,7 @@ TAG_NOISE_PRESETS: dict[str, TagNoise] = {
             "sketch": TagNoise(dropout=0.05, wrong=0.02, spurious=0.01),
             "watercolor": TagNoise(dropout=0.35, wrong=0.40, spurious=0.15, missing=0.05, spaces=0.2),
             "pixel": TagNoise(missing=1.0),
+            "lit": _FLAT_MIXED,
         },
     ),
 }
@@ -833,9 +861,10 @@ _STYLE_PHRASES = {
     "watercolor": ("a watercolor painting of {}", "a soft watercolor of {}", "watercolor art of {}"),
     "pixel": ("pixel art of {}", "a pixel art sprite of {}", "8-bit pixel art of {}"),
     "chibi": ("a chibi drawing of {}", "a cute chibi of {}", "chibi art of {}"),
+    "lit": ("an anime illustration of {}", "anime art of {}", "a cel-shaded drawing of {}"),
 }
 _STYLE_SHORT = {"flat": "anime illustration", "sketch": "pencil sketch", "watercolor": "watercolor painting",
-                "pixel": "pixel art", "chibi": "chibi drawing"}
+                "pixel": "pixel art", "chibi": "chibi drawing", "lit": "anime illustration"}
 _LENGTH_WORDS = {"short": ("short",), "medium": ("medium-length", "shoulder-length"), "long": ("long", "very long")}
 _COLOR_WORDS = {"blonde": ("blonde", "blond")}
 _ACCESSORY_WORDS = {
@@ -924,7 +953,7 @@ def describe(character: Character, style: str, rng: np.random.Generator) -> Capt
         facts.append(("expression", character.expression, True))
     if "art_style" in chosen:
         shorts.append(_STYLE_SHORT[style])
-        facts.append(("art_style", STYLE_LABELS[style], True))
+        facts.append(("art_style", _ALL_STYLE_LABELS[style], True))
 
     if rng.random() < 0.3 and shorts:
         order = rng.permutation(len(shorts))
@@ -1122,7 +1151,7 @@ def build_benchmark(
             splits[name] = generate(n, seed, size, styles, noise, num_proc, start=SPLIT_OFFSETS[name])
     if n_test_per_style:
         for style in styles:
-            start = SPLIT_OFFSETS["test_style"] + _SPLIT_CAPACITY * STYLES.index(style)
+            start = SPLIT_OFFSETS["test_style"] + _SPLIT_CAPACITY * ALL_STYLES.index(style)
             splits[f"test_{style}"] = generate(n_test_per_style, seed, size, [style], noise, num_proc, start=start)
     return DatasetDict(splits)
 

@@ -185,6 +185,32 @@ def test_sketch_colours_are_invisible():
     assert not np.array_equal(short, long)
 
 
+def test_lit_style_is_a_flat_drawing_under_coloured_light():
+    misread = []
+    for ch, rng in _characters(60):
+        seed = int(rng.integers(1 << 30))
+        flat, geo = S.render_with_geometry(ch, "flat", seed, 64)
+        lit, lit_geo = S.render_with_geometry(ch, "lit", seed, 64)
+        assert lit_geo == geo  # same drawing, same place
+        a, b = np.asarray(flat).astype(int), np.asarray(lit).astype(int)
+        assert np.abs(a - b).mean() > 20  # the light changes the whole picture
+        misread.append(_nearest(_patch(np.asarray(lit), geo.hair_probe()), S.HAIR_COLORS) != ch.hair_color)
+    assert np.mean(misread) >= 0.5  # pixel colours no longer give the character's colours
+    ds = S.generate(40, seed=2, styles=["lit"], noise="clean")
+    assert set(ds["style"]) == {"lit"}
+    assert {S.labels_from_truth(t)["art_style"] for t in ds["truth"]} == {"anime"}
+    meaning = S.tags_of(load_schema("default"))
+    for row in ds:  # tags still name the character's own colours
+        labels = S.labels_from_truth(row["truth"])
+        said = {meaning[t] for t in row["tags"].split(", ") if t in meaning}
+        assert ("hair_color", labels["hair_color"]) in said and ("top_color", labels["top_color"]) in said
+    # an extra style: never drawn unless asked for, and its benchmark split has its own index range
+    assert "lit" not in S.STYLES and "lit" in S.ALL_STYLES
+    assert "lit" not in set(S.generate(60, seed=2)["style"])
+    bench = S.build_benchmark(n_train=0, n_validation=0, n_test=0, n_test_per_style=2, styles=["flat", "lit"])
+    assert set(bench) == {"test_flat", "test_lit"} and not set(bench["test_flat"]["id"]) & set(bench["test_lit"]["id"])
+
+
 def _changed_fraction(a: S.Character, b: S.Character, style: str = "flat", seed: int = 4) -> float:
     x = np.asarray(S.render(a, style, S.item_rng(seed, 0, 1), 64)).astype(int)
     y = np.asarray(S.render(b, style, S.item_rng(seed, 0, 1), 64)).astype(int)
