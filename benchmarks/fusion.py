@@ -88,6 +88,15 @@ def table(records: list[dict], methods: list[str], attributes: list[str], style:
     return "\n".join(lines)
 
 
+def style_table(records: list[dict], methods: list[str], styles: list[str]) -> str:
+    """Mean accuracy (%) over attributes per style (rows) and method (columns)."""
+    lines = ["| style | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    for s in [None, *styles]:
+        cells = [f"{100 * ft.summarize(records, m, s):.1f}" for m in methods]
+        lines.append(f"| {'**all**' if s is None else s} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def throughput(columns: dict, policy, config, repeats: int = 3) -> dict:
     """Rows/s of the two fusion stages on the same batch (fuse + decide, as in a run)."""
     stages = {"SimpleFusion(confidence)": SimpleFusion(config.to_schema(), config.sources, "confidence"),
@@ -220,6 +229,10 @@ def main(argv: list[str] | None = None) -> dict:
         "Fusion stage throughput (same batch, same process): "
         + ", ".join(f"{k} {v:,.0f} rows/s" for k, v in speed.items())
         + f". Training time: supervised {t_sup:.1f} s, feedback {t_fb:.1f} s.",
+        "",
+        "## Mean accuracy % over attributes, per style",
+        "",
+        style_table(records, methods, styles),
         "",
         "## All test images",
         "",

@@ -6,12 +6,16 @@ three sources whose reliability depends on the image, then ``benchmarks/fusion.p
 How reliability depends on the image (documented in ``charattr_hf.synthetic``, preset ``mixed``):
 
 - **clip** (the shipped demo CLIP, zero-shot): sees colours in the flat, chibi, watercolor and pixel styles;
-  blind to colour in the grayscale sketch style (colours are drawn with equalised luminance there);
-- **tags** (the danbooru tag parser on the generated tag strings): fairly reliable on flat and chibi images,
-  reliable colour tags on sketches (the artist knows the colours), very noisy on watercolor, missing entirely on
-  pixel art;
-- **blip2**: the real BLIP-2 source running a tiny BLIP-2 with random weights: a real source that is pure noise,
-  which fusion must learn to ignore.
+  blind to colour in the grayscale sketch style (it knows it: its colour confidence stays near chance there);
+  confidently wrong about colours (and often expressions) in the ``lit`` style, a flat drawing under a blue
+  night or orange sunset light, which it never saw in training;
+- **tags** (the danbooru tag parser on the generated tag strings and captions): fairly reliable on flat, chibi
+  and lit images (they name the character's own colours whatever the light), reliable on sketches (the artist
+  knows the colours), very noisy on watercolor, missing entirely on pixel art (only captions there);
+- **blip2**: the real BLIP-2 source running a tiny BLIP-2 with random weights (``--noise_init_range`` sets how
+  sure of itself it is): a real source that is pure noise, which fusion must learn to ignore.
+
+The six styles are drawn in equal shares (``synthetic.ALL_STYLES``).
 
 Ground truth (``truth``) and the style (``style``) come with the synthetic images; the benchmark splits images
 by id into train and test and compares each source alone, mean / confidence-weighted / majority-vote fusion,
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -37,6 +42,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--output_dir", default="runs/fusion-bench")
     p.add_argument("--num_proc", type=int, default=2)
     p.add_argument("--chunk_size", type=int, default=1024)
+    p.add_argument("--noise_init_range", type=float, default=1.0,
+                   help="weight init std of the random BLIP-2 (larger: more confident noise)")
     p.add_argument("--fusion_args", nargs=argparse.REMAINDER, default=[], help="passed on to benchmarks/fusion.py")
     return p.parse_args()
 
@@ -57,14 +64,15 @@ def main() -> int:
 
     schema_path = _model_schema(ClipSpec.parse("demo"))
     schema = load_schema(schema_path)
-    noise_dir = out / "random-blip2"
+    noise_dir = out / f"random-blip2-{args.noise_init_range:g}"
     if not (noise_dir / "config.json").is_file():
         probe = Blip2Source(schema, model_id="unused")
         texts = [q.prompt for q in probe.queries()] + [a for q in probe.queries() for a in q.answers]
-        build_tiny_blip2(noise_dir, texts, seed=args.seed, max_positions=1024)
+        build_tiny_blip2(noise_dir, texts, seed=args.seed, init_range=args.noise_init_range, max_positions=1024)
 
     t0 = time.perf_counter()
-    images = synthetic.generate(args.images, seed=args.seed, noise="mixed", num_proc=args.num_proc)
+    images = synthetic.generate(args.images, seed=args.seed, styles=synthetic.ALL_STYLES, noise="mixed",
+                                num_proc=args.num_proc)
     configure_torch_threads(0)
     result, pipeline = annotate_to_disk(
         images,
@@ -75,12 +83,20 @@ def main() -> int:
     )
     if not result.complete:
         sys.exit("annotation incomplete; rerun to resume")
-    print(f"annotated {result.rows} images in {time.perf_counter() - t0:.0f} s; sources {pipeline.sources}")
+    annotate_seconds = time.perf_counter() - t0
+    print(f"annotated {result.rows} images in {annotate_seconds:.0f} s; sources {pipeline.sources}")
 
     import fusion
 
-    fusion.main(["--dataset", str(out / "annotated"), "--schema", str(schema_path),
+    fusion.main(["--dataset", str(out / "annotated"), "--schema", os.path.relpath(schema_path),
                  "--output", str(out / "fusion.md"), "--json", str(out / "fusion.json"), *args.fusion_args])
+    report = out / "fusion.md"
+    command = "python benchmarks/fusion_pipeline.py " + shlex.join(sys.argv[1:])
+    note = (f"Made by `{command}`: {args.images} synthetic images (seed {args.seed}, styles "
+            f"{', '.join(synthetic.ALL_STYLES)}, tag noise `mixed`) annotated in {annotate_seconds:.0f} s by the demo "
+            f"CLIP, the tag parser and a random BLIP-2 (init std {args.noise_init_range:g}), then:\n\n")
+    head, rest = report.read_text().split("\n\n", 1)
+    report.write_text(f"{head}\n\n{note}{rest}")
     return 0
 
 
