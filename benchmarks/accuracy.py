@@ -1,17 +1,22 @@
-"""Accuracy of the shipped demo CLIP (and of the tags and the fused result) on the synthetic benchmark's test
-splits, measured the way a user would: ``recipes/annotate.py`` then ``recipes/evaluate.py`` on each split.
+"""Accuracy of the shipped demo CLIP, the tags, the default fusion rule and the shipped demo fusion policy on the
+synthetic benchmark's test splits, measured the way a user would: ``recipes/annotate.py`` then
+``recipes/evaluate.py`` on each split.
 
     python benchmarks/accuracy.py --output_dir runs/accuracy
 
 Steps (each skipped when its output is already there, so an interrupted run resumes):
 
-1. ``synthetic.build_benchmark(seed=0, n_train=0, n_validation=0, n_test=..., n_test_per_style=...)`` saved
-   with ``save_to_disk``: the mixed ``test`` split and one ``test_<style>`` split per style, index ranges
-   disjoint from the ``train`` indices the demo model was trained on;
+1. ``synthetic.build_benchmark(seed=0, n_train=0, n_validation=0, n_test=..., n_test_per_style=...,
+   styles=synthetic.ALL_STYLES)`` saved with ``save_to_disk``: the mixed ``test`` split (the five default
+   styles) and one ``test_<style>`` split per style, ``lit`` included; index ranges disjoint from the ``train``
+   indices the demo model was trained on and the ``validation`` indices the demo policy was trained on;
 2. ``python recipes/annotate.py --dataset <benchmark> --split <split> --output_dir <annotated>/<split>``
-   (defaults otherwise: the demo model, the tag parser, confidence-weighted fusion);
-3. ``python recipes/evaluate.py --dataset <annotated>/<split> --split <split> --output_dir <eval>/<split>``;
-4. one table over the splits, per attribute and source, written to ``accuracy.md`` and ``accuracy.json``.
+   (defaults otherwise: the demo model, the tag parser, confidence-weighted fusion), and again with
+   ``--fusion demo`` into ``<annotated_policy>/<split>`` (the feature cache answers for CLIP the second time);
+3. ``python recipes/evaluate.py --dataset <annotated>/<split> --split <split> --output_dir <eval>/<split>``,
+   and the same for the policy's output;
+4. one table over the splits, per attribute and source (``fused``: the confidence rule; ``policy``: the demo
+   fusion policy), written to ``accuracy.md`` and ``accuracy.json``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("clip", "tags", "fused")
+SOURCES = ("clip", "tags", "fused", "policy")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,10 +76,11 @@ def table(reports: dict[str, dict]) -> tuple[str, dict]:
             lines.append("| " + " | ".join(row) + " |")
 
     colour = [a for a in ("hair_color", "eye_color", "top_color") if a in attrs]
+    conf_sources = ("clip", "fused", "policy")
     conf = ["| split | source | " + " | ".join(f"{a}: acc % / mean conf. / ECE / coverage %" for a in colour) + " |",
             "|---|---|" + "---|" * len(colour)]
     for sp in splits:
-        for src in ("clip", "fused"):
+        for src in conf_sources:
             cells = [reports[sp]["attributes"][a]["results"].get(src, {}).get("all") for a in colour]
             conf.append(f"| {sp} | {src} | " + " | ".join(
                 "-" if c is None else f"{fmt(c['accuracy'])} / {fmt(c['mean_confidence'], False)} / "
@@ -89,19 +95,31 @@ def main(argv: list[str] | None = None) -> int:
     if not (bench / "dataset_dict.json").is_file():
         from charattr_hf import synthetic
 
-        dd = synthetic.build_benchmark(seed=0, n_train=0, n_validation=0, n_test=args.n_test,
-                                       n_test_per_style=args.n_test_per_style, num_proc=args.num_proc)
+        # the mixed test split keeps the default mix; the per-style splits add the extra "lit" style
+        dd = synthetic.build_benchmark(seed=0, n_train=0, n_validation=0, n_test=args.n_test, n_test_per_style=0,
+                                       num_proc=args.num_proc)
+        per_style = synthetic.build_benchmark(seed=0, n_train=0, n_validation=0, n_test=0,
+                                              n_test_per_style=args.n_test_per_style, styles=synthetic.ALL_STYLES,
+                                              num_proc=args.num_proc)
+        dd.update(per_style)
+        dd = type(dd)(dict(dd))
         dd.save_to_disk(str(bench))
     splits = json.loads((bench / "dataset_dict.json").read_text())["splits"]
     reports = {}
     for split in splits:
-        annotated, evaluated = out / "annotated" / split, out / "eval" / split
-        if not (annotated / "README.md").is_file():
-            run([sys.executable, "recipes/annotate.py", "--dataset", str(bench), "--split", split,
-                 "--output_dir", str(annotated), "--num_proc", str(args.num_proc), "--quiet"])
-        run([sys.executable, "recipes/evaluate.py", "--dataset", str(annotated), "--split", split,
-             "--output_dir", str(evaluated), "--abstain_threshold", str(args.abstain_threshold)])
-        reports[split] = json.loads((evaluated / "eval.json").read_text())
+        for kind, extra in (("", []), ("_policy", ["--fusion", "demo"])):
+            annotated, evaluated = out / f"annotated{kind}" / split, out / f"eval{kind}" / split
+            if not (annotated / "README.md").is_file():
+                run([sys.executable, "recipes/annotate.py", "--dataset", str(bench), "--split", split,
+                     "--output_dir", str(annotated), "--num_proc", str(args.num_proc), "--quiet", *extra])
+            run([sys.executable, "recipes/evaluate.py", "--dataset", str(annotated), "--split", split,
+                 "--output_dir", str(evaluated), "--abstain_threshold", str(args.abstain_threshold)])
+        report = json.loads((out / "eval" / split / "eval.json").read_text())
+        policy = json.loads((out / "eval_policy" / split / "eval.json").read_text())
+        for name, attr in report["attributes"].items():  # the policy's fused result, as a fourth column
+            attr["results"]["policy"] = policy["attributes"][name]["results"]["fused"]
+        report["summary"]["policy"] = policy["summary"]["fused"]
+        reports[split] = report
     md, summary = table(reports)
     (out / "accuracy.md").write_text(md)
     (out / "accuracy.json").write_text(json.dumps(summary, indent=1))

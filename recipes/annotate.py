@@ -82,7 +82,11 @@ class ModelArguments:
     )
     blip2_revision: Optional[str] = field(default=None, metadata={"help": "Revision of the BLIP-2 model."})
     fusion: Optional[str] = field(
-        default=None, metadata={"help": "Learned fusion policy: a folder saved with save_pretrained or a Hub model id."}
+        default=None,
+        metadata={
+            "help": "Learned fusion policy: a folder saved with save_pretrained, a Hub model id, or 'demo' (shipped: "
+            "demo model + tags, synthetic schema). Default: the --fusion_method rule."
+        },
     )
     fusion_revision: Optional[str] = field(default=None, metadata={"help": "Revision of the fusion policy on the Hub."})
     fusion_method: str = field(

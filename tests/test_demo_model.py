@@ -84,6 +84,45 @@ def test_demo_model_reads_hair_colour_and_abstains_on_sketch_colours():
     assert results["sketch"]["hair_color"]["confidence"] <= 2.0 * chance
 
 
+# ------------------------------------------------------------------------------------------ shipped policy
+POLICY = ASSET.parent / "demo-fusion"
+
+
+def test_shipped_policy_is_small_pickle_free_and_resolves_from_demo():
+    from charattr_hf.models.fusion import CharattrFusionModel
+    from charattr_hf.stages.policy import PolicyFusion, resolve_policy
+
+    names = {p.name for p in POLICY.iterdir()}
+    assert {"config.json", "model.safetensors", "README.md"} <= names
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"))]
+    assert sum(p.stat().st_size for p in POLICY.iterdir()) <= 1024 * 1024
+    assert resolve_policy("demo") == str(POLICY) and resolve_policy("org/other") == "org/other"
+    model = CharattrFusionModel.from_pretrained(str(POLICY))
+    assert model.config.sources == ["clip", "tags"] and model.config.schema_name == "synthetic"
+    stage = PolicyFusion("synthetic", ["clip", "tags"], "demo")
+    assert stage.model_ref == str(POLICY)
+    with pytest.raises(ValueError):  # the default schema's hair colours are not the policy's
+        PolicyFusion("default", ["clip", "tags"], "demo")
+
+
+def test_shipped_policy_beats_the_confidence_rule_where_sources_disagree(tmp_path):
+    from charattr_hf.api import annotate
+
+    # watercolor (noisy tags) and lit (colours confidently misread by CLIP): the cases the policy learned
+    images = S.generate(160, seed=TEST_SEED, styles=["watercolor", "lit"], noise="mixed")
+    rule = annotate(images, model="demo", use_cache=False)
+    policy = annotate(images, model="demo", fusion="demo", use_cache=False)
+    truth = images["truth"]
+
+    def accuracy(ds, attr):
+        return float(np.mean([p == t[attr] for p, t in zip(ds[attr], truth)]))
+
+    colours = ("hair_color", "eye_color", "top_color")
+    rule_acc = np.mean([accuracy(rule, a) for a in colours])
+    policy_acc = np.mean([accuracy(policy, a) for a in colours])
+    assert policy_acc >= rule_acc + 0.05, (policy_acc, rule_acc)
+
+
 # ------------------------------------------------------------------------------------------ library
 def _tiny_pool(n: int = 40, styles=("flat", "sketch")) -> D.ImagePool:
     return D.build_pool(n, seed=5, size=32, styles=styles, num_proc=1, schema=SCHEMA)

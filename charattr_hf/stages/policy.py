@@ -31,17 +31,33 @@ from .fusion import FusionStage, SimpleFusion
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PolicyFusion", "load_policy_config", "policy_uses_embedding"]
+__all__ = ["PolicyFusion", "load_policy_config", "policy_uses_embedding", "resolve_policy", "DEMO_POLICY"]
+
+#: The name of the shipped demo policy (``charattr_hf/assets/demo-fusion``): the demo CLIP and the tag parser
+#: fused for the ``synthetic`` schema; for real data, train one on your own sources.
+DEMO_POLICY = "demo"
 
 _CACHE: dict[tuple, Any] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+def resolve_policy(model: "str | os.PathLike") -> str:
+    """``"demo"`` -> the shipped demo policy folder; anything else (a folder or a Hub id) as given."""
+    if str(model) != DEMO_POLICY:
+        return str(model)
+    from importlib import resources
+
+    folder = Path(str(resources.files("charattr_hf") / "assets" / "demo-fusion"))
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"this install has no demo fusion policy ({folder} is missing)")
+    return str(folder)
+
+
 def load_policy_config(model: "str | os.PathLike", revision: str | None = None):
-    """The policy's config only (``config.json``: small, no weights), from a folder or a Hub id."""
+    """The policy's config only (``config.json``: small, no weights), from a folder, a Hub id or ``"demo"``."""
     from ..models.fusion import CharattrFusionConfig
 
-    return CharattrFusionConfig.from_pretrained(str(model), revision=revision)
+    return CharattrFusionConfig.from_pretrained(resolve_policy(model), revision=revision)
 
 
 def policy_uses_embedding(model: "str | os.PathLike", revision: str | None = None) -> bool:
@@ -69,7 +85,8 @@ class PolicyFusion(FusionStage):
         sources: the sources this run produces; default: the policy's. Policy sources the run lacks are simply
             absent (masked, weight 0); run sources the policy was not trained with are ignored by it (and
             used by the fallback rule only).
-        model: a local directory or Hub id of a saved policy, or a model instance (kept as is).
+        model: a local directory or Hub id of a saved policy, ``"demo"`` (the shipped demo policy, for the demo
+            CLIP and the tags on the ``synthetic`` schema), or a model instance (kept as is).
         revision: Hub revision (branch, tag or commit); pin a commit for reproducible runs and stable caching.
         device: ``"cpu"`` (default: the policy is tiny and CPU avoids transfers), ``"cuda"``, or ``"auto"``.
         batch_size: rows per forward pass inside one ``map`` batch.
@@ -98,7 +115,7 @@ class PolicyFusion(FusionStage):
             config = model.config
         elif isinstance(model, (str, os.PathLike)):
             self._model = None
-            self.model_ref = str(model)
+            self.model_ref = resolve_policy(model)
             if not Path(self.model_ref).is_dir():
                 # pin the commit now: every process loads the same weights even if the branch moves mid-run,
                 # and the fingerprint names the weights that ran
