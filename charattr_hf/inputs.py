@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence, Union
 
 import datasets
-from datasets import Dataset, Features, Image, IterableDataset, Value
+from datasets import Dataset, Image, IterableDataset, Value
 
 logger = logging.getLogger(__name__)
 

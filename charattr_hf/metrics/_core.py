@@ -23,6 +23,7 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_CURVE_THRESHOLDS",
+    "input_features",
     "as_indicator_matrix",
     "multiclass_accuracy",
     "multiclass_f1",
@@ -36,6 +37,35 @@ __all__ = [
 
 #: Confidence thresholds of the coverage/accuracy curve reported next to the chosen threshold.
 DEFAULT_CURVE_THRESHOLDS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+def input_features(config_name: str, inputs: str) -> tuple[object, str | None]:
+    """The ``datasets.Features`` and output format of a metric module's config.
+
+    ``inputs``: ``"labels"`` (predictions and references: label indices, or 0/1 vectors for ``multilabel``) or
+    ``"confidences"`` (label indices with the predicted label's confidence, or per-label presence
+    probabilities with 0/1 references for ``multilabel``).
+    """
+    import datasets
+
+    value, vector = datasets.Value, datasets.List
+    multilabel = config_name == "multilabel"
+    if not multilabel and config_name not in ("default", "multiclass"):
+        raise ValueError(f"unknown config {config_name!r}; use 'multiclass' or 'multilabel'")
+    if inputs == "labels":
+        if multilabel:
+            return datasets.Features({"predictions": vector(value("int32")), "references": vector(value("int32"))}), None
+        return datasets.Features({"predictions": value("int64"), "references": value("int64")}), "numpy"
+    if inputs == "confidences":
+        # no numpy formatter: it would round float64 confidences to float32
+        if multilabel:
+            return datasets.Features(
+                {"probabilities": vector(value("float64")), "references": vector(value("int32"))}
+            ), None
+        return datasets.Features(
+            {"predictions": value("int64"), "references": value("int64"), "confidences": value("float64")}
+        ), None
+    raise ValueError(f"inputs must be 'labels' or 'confidences', got {inputs!r}")
 
 
 def _ratio(num: float, den: float) -> float | None:

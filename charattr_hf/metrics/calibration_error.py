@@ -4,7 +4,6 @@ Usable directly (``CalibrationError(keep_in_memory=True)``) or offline through `
 path of this file (``charattr_hf.metrics.metric_path("calibration_error")``); it needs no Hub access.
 """
 
-import datasets
 import evaluate
 
 from charattr_hf.metrics import _core
@@ -55,25 +54,7 @@ class CalibrationError(evaluate.Metric):
     """Expected calibration error (top-label for multiclass, per-label presence for multilabel)."""
 
     def _info(self) -> evaluate.MetricInfo:
-        if self.config_name == "multilabel":
-            features = datasets.Features(
-                {
-                    "probabilities": datasets.List(datasets.Value("float64")),
-                    "references": datasets.List(datasets.Value("int32")),
-                }
-            )
-            fmt = None
-        elif self.config_name in ("default", "multiclass"):
-            features = datasets.Features(
-                {
-                    "predictions": datasets.Value("int64"),
-                    "references": datasets.Value("int64"),
-                    "confidences": datasets.Value("float64"),
-                }
-            )
-            fmt = None  # the numpy formatter would round confidences to float32
-        else:
-            raise ValueError(f"unknown config {self.config_name!r}; use 'multiclass' or 'multilabel'")
+        features, fmt = _core.input_features(self.config_name, "confidences")
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
             citation=_CITATION,

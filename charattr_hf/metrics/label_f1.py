@@ -4,7 +4,6 @@ Usable directly (``LabelF1(keep_in_memory=True)``) or offline through ``evaluate
 file (``charattr_hf.metrics.metric_path("label_f1")``); it needs no Hub access.
 """
 
-import datasets
 import evaluate
 
 from charattr_hf.metrics import _core
@@ -45,21 +44,7 @@ class LabelF1(evaluate.Metric):
     """Macro-F1 (multiclass) or micro/macro-F1 (multilabel), missing predictions counted against."""
 
     def _info(self) -> evaluate.MetricInfo:
-        if self.config_name == "multilabel":
-            features = datasets.Features(
-                {
-                    "predictions": datasets.List(datasets.Value("int32")),
-                    "references": datasets.List(datasets.Value("int32")),
-                }
-            )
-            fmt = None
-        elif self.config_name in ("default", "multiclass"):
-            features = datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            )
-            fmt = "numpy"
-        else:
-            raise ValueError(f"unknown config {self.config_name!r}; use 'multiclass' or 'multilabel'")
+        features, fmt = _core.input_features(self.config_name, "labels")
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
             citation=_CITATION,
