@@ -47,6 +47,7 @@ def annotate_to_disk(
     if options is not None and option_kwargs:
         raise TypeError(f"pass either options= or option keywords, not both (got {sorted(option_kwargs)})")
     spec = replace(input_spec) if input_spec is not None else InputSpec()
+    id_root = None
     if isinstance(dataset, (Dataset, IterableDataset)):
         ds = _normalise(dataset, spec)
         if spec.limit is not None:
@@ -64,6 +65,8 @@ def annotate_to_disk(
         if dataset is not None:
             spec.dataset = str(dataset)
         ds = open_dataset(spec)
+        if spec.dataset and Path(spec.dataset).expanduser().is_dir():
+            id_root = str(Path(spec.dataset).expanduser().resolve())
         if input_id is None:
             input_id = ds._fingerprint if isinstance(ds, Dataset) else input_identity(spec)
     options = options or PipelineOptions(**option_kwargs)
@@ -73,6 +76,7 @@ def annotate_to_disk(
         input_columns=list(ds.features),
         keep_columns=[c for c in ds.features if c not in ("image", "tags", "caption", "_source_id")],
         writer=f"rank-{state.process_index}",
+        id_root=id_root,
     )
     if state.is_main_process:
         for message in pipeline.messages:

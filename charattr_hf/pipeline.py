@@ -168,8 +168,11 @@ def build_pipeline(
     input_columns: Sequence[str],
     keep_columns: Sequence[str] = (),
     writer: str = "main",
+    id_root: str | None = None,
 ) -> Pipeline:
-    """Choose and configure the stages for ``options``; sources that cannot run are skipped with a message."""
+    """Choose and configure the stages for ``options``; sources that cannot run are skipped with a message.
+
+    ``id_root``: the local folder the input was read from; image paths under it give relative ids."""
     from .openclip import ClipSpec, demo_model_dir
 
     messages: list[str] = []
@@ -187,7 +190,7 @@ def build_pipeline(
         schema_arg = _model_schema(clip_spec) or "default"
     schema = load_schema(schema_arg)
 
-    cpu: list[Stage] = [Identify()]
+    cpu: list[Stage] = [Identify(root=id_root)]
     device: list[Stage] = []
     sources: list[str] = []
 

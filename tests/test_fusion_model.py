@@ -290,6 +290,13 @@ def test_model_card_is_rendered_on_save(tester, tmp_path):
         render_model_card(model.config, template="{{ nope }}")
 
 
+def test_packaged_card_template_is_the_top_level_model_card():
+    # model_card.md is the template people edit; installed packages (wheels) carry the copy in assets/
+    root = Path(__file__).resolve().parents[1]
+    packaged = root / "charattr_hf" / "assets" / "model_card.md"
+    assert packaged.read_text() == (root / "model_card.md").read_text(), "copy model_card.md to charattr_hf/assets/"
+
+
 def test_push_to_hub_publishes_rendered_card(tester):
     """Test double for the Hub only: HfApi is replaced, everything else (saving, rendering) is real."""
     model = tester.model()

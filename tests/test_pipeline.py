@@ -339,8 +339,24 @@ def test_image_folder_with_metadata_and_embeddings(tiny_clip_dir, tmp_path):
     assert len(out) == 6
     by_name = {Path(p).name: row for p, row in zip(out["path"], out)}
     assert set(by_name) == {f"char_{i}.png" for i in range(5)} | {"broken.png"}
+    # ids are relative to the folder (the same on any machine); path keeps where the file was read
+    assert sorted(out["id"]) == sorted(by_name) and all(Path(p).is_absolute() for p in out["path"])
     assert by_name["broken.png"]["error"] and by_name["broken.png"]["embedding"] is None
     good = by_name["char_1.png"]
     assert good["error"] is None and len(good["embedding"]) == 16
     assert out.features["hair_color"].int2str(good["hair_color"]) == "blonde"  # its tags say blonde_hair
     assert good["probs_tags"]["hair_color"] is not None
+
+
+def test_ids_relative_to_the_input_folder_only_below_it():
+    from charattr_hf.stages.identity import Identify
+
+    root = Path("/data/chars").resolve()
+    stage = Identify(root=root)
+    batch = {"index": [0, 1, 2, 3], "_source_id": None,
+             "image": [{"path": str(root / "a" / "x.png")}, {"path": "/elsewhere/y.png"}, {"path": None}, None]}
+    out = stage.process(batch)
+    assert out["id"] == ["a/x.png", "/elsewhere/y.png", "2", "3"]
+    assert out["path"][:2] == [str(root / "a" / "x.png"), "/elsewhere/y.png"]
+    # where the folder is does not change the fingerprint: a moved folder resumes its run
+    assert Identify(root="/mnt/other").fingerprint() == stage.fingerprint() != Identify().fingerprint()

@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+import os
+
 from datasets import Value
 
 from .base import Stage
 
 
 class Identify(Stage):
-    """``id`` = the source's id column when it has one, else the image path, else the row index."""
+    """``id`` = the source's id column when it has one, else the image path, else the row index.
+
+    ``root``: the local folder the images were read from. A path under it becomes an id relative to it
+    (``cats/001.png``), the same on every machine and mount point; ``path`` keeps the full path.
+    """
 
     name = "identify"
     cpu_bound = True
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = os.path.abspath(os.fspath(root)) if root is not None else None
+
+    def params(self) -> dict:
+        # whether ids are made relative, not where the folder is: a moved folder keeps its ids and its chunks
+        return {"relative_ids": self.root is not None}
+
+    def _id_of(self, path: str) -> str:
+        if self.root is None:
+            return path
+        rel = os.path.relpath(os.path.abspath(path), self.root)
+        return path if rel == os.curdir or rel.startswith(os.pardir) else rel.replace(os.sep, "/")
 
     def features(self) -> dict:
         return {"id": Value("string"), "path": Value("string")}
@@ -29,5 +48,5 @@ class Identify(Stage):
             path = cell.get("path") if isinstance(cell, dict) else (cell if isinstance(cell, str) else None)
             paths.append(path or None)
             sid = source_ids[i] if source_ids is not None else None
-            ids.append(str(sid) if sid is not None else (path or str(index)))
+            ids.append(str(sid) if sid is not None else (self._id_of(path) if path else str(index)))
         return {"id": ids, "path": paths}
