@@ -16,7 +16,7 @@ single source on any style, feedback >= 80 % of the supervised gain over mean fu
 times the fusion stage itself (rows/s of ``PolicyFusion`` vs ``SimpleFusion``, same batches, same process).
 
     python benchmarks/fusion.py --simulate                          # offline test bed, about a minute
-    python benchmarks/fusion.py --dataset runs/annotated-with-truth --output benchmarks/results/fusion.md
+    python benchmarks/fusion.py --dataset runs/annotated-with-truth --schema synthetic --output runs/fusion.md
 
 Counting follows ``charattr_hf.evaluation`` (the shared ``charattr_hf.metrics`` modules): accuracy is exact
 match for multi-label attributes, and a row where a method has no answer (e.g. no tags) counts as wrong; ECE

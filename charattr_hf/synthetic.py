@@ -77,7 +77,7 @@ Pillow, numpy and zlib), changing the tag noise changes neither images nor capti
 Benchmark splits (:func:`build_benchmark`) are index ranges of one seed, so they are disjoint by
 construction and do not move when another split's size changes: ``train`` starts at index 0,
 ``validation`` at 1e9, ``test`` at 2e9, ``test_<style>`` (one style only) at 3e9 + 1e8 * k, k the
-position of the style in :data:`STYLES`.
+position of the style in :data:`ALL_STYLES` (the default styles, then ``lit``).
 
 Speed: about 2,000 images per CPU-second at 64 px (drawn at 2x, box-downsampled); ``num_proc`` splits
 the work over processes. Typical use::
@@ -1118,7 +1118,7 @@ def generate(
     )
 
 
-#: First index of each benchmark split (``test_<style>``: plus ``1e8 *`` the position in :data:`STYLES`).
+#: First index of each benchmark split (``test_<style>``: plus ``1e8 *`` the position in :data:`ALL_STYLES`).
 SPLIT_OFFSETS: dict[str, int] = {
     "train": 0, "validation": 1_000_000_000, "test": 2_000_000_000, "test_style": 3_000_000_000
 }
@@ -1156,8 +1156,8 @@ def build_benchmark(
     return DatasetDict(splits)
 
 
-def sample_dataset(n: int = 64, seed: int = 0, size: int = 64, noise: "TagNoise | str | None" = "mixed") -> Dataset:
-    """A small ready dataset of all styles (the sample data of a run without an input dataset): the first ``n``
+def sample_dataset(n: int = 256, seed: int = 0, size: int = 64, noise: "TagNoise | str | None" = "mixed") -> Dataset:
+    """A small ready dataset of the default styles (the sample data of a run without an input dataset): the first ``n``
     images of the benchmark's ``test`` split, so that accuracy measured on it is measured on images the demo
     model (trained on ``train`` indices of seed 0) has not seen."""
     return generate(n, seed=seed, size=size, noise=noise, start=SPLIT_OFFSETS["test"])

@@ -30,6 +30,6 @@ cat >> "$OUT/README.md" <<'MD'
 
 The demo policy shipped with charattr-hf (`--fusion demo`): it fuses the shipped demo CLIP and the tag parser
 for the `synthetic` schema, and knows nothing of real images or other models. Reproduce it with
-`bash recipes/train_demo_fusion.sh` (about 40 s on a 2-core CPU). For real data, annotate a labelled sample with
+`bash recipes/train_demo_fusion.sh` (about 35 s on a 2-core CPU). For real data, annotate a labelled sample with
 your sources (`recipes/annotate.py`) and train your own policy with `recipes/train_fusion.py`.
 MD

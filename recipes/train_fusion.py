@@ -53,7 +53,7 @@ class DataArguments:
         default=None,
         metadata={"help": "Annotated dataset with probs_* columns: save_to_disk folder, Parquet or Hub id."},
     )
-    dataset_split: str = field(default="train", metadata={"help": "Split to read when --dataset is a Hub id."})
+    dataset_split: str = field(default="train", metadata={"help": "Split of --dataset (and --labels) to read: an annotation output folder, a save_to_disk DatasetDict or a Hub id."})
     labels: Optional[str] = field(
         default=None, metadata={"help": "Labels dataset joined on 'id' (a 'truth' struct or one column per attribute)."}
     )
@@ -199,7 +199,8 @@ def main(argv: Optional[list[str]] = None) -> Path:
         say(render_metrics_table(config.eval_results))
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out_dir, model_card_id=run_args.hub_model_id)
+        # the card's loading snippet names the Hub repository, or else the folder it was saved to
+        model.save_pretrained(out_dir, model_card_id=run_args.hub_model_id or str(out_dir))
         (out_dir / "training_log.json").write_text(
             json.dumps({"history": result.history, "args": {**asdict(data_args), **asdict(model_args),
                         **asdict(run_args), **asdict(train_args)}, "eval": records}, indent=1, default=str)

@@ -638,6 +638,10 @@ def render_metrics_table(records: Sequence[Mapping[str, Any]] | None, digits: in
     return "\n".join(lines)
 
 
+def _cell(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
 def render_model_card(config: CharattrFusionConfig, model_id: str | None = None, template: str | None = None) -> str:
     """Fill the model card template from a fusion config (attributes, sources, training, measured metrics)."""
     text = template if template is not None else (_find_template() or _FALLBACK_TEMPLATE)
@@ -648,14 +652,17 @@ def render_model_card(config: CharattrFusionConfig, model_id: str | None = None,
         attr_lines.append(f"| {a['name']} | {kind} | {', '.join(a['labels'])} |")
     if rounds:
         train_lines = [
-            "| round | kind | images | events | data | seed | policy version |",
+            "| round | kind | training images | events | data | seed | policy version |",
             "|---|---|---:|---:|---|---:|---|",
         ]
         for i, r in enumerate(rounds, 1):
             train_lines.append(
-                f"| {i} | {r.get('kind', '?')} | {r.get('images', '')} | {r.get('events', '')} | "
-                f"{r.get('data', '')} | {r.get('seed', '')} | {r.get('policy_version', '')} |"
+                f"| {i} | {_cell(r.get('kind'))} | {_cell(r.get('images'))} | {_cell(r.get('events'))} | "
+                f"{_cell(r.get('data'))} | {_cell(r.get('seed'))} | {_cell(r.get('policy_version'))} |"
             )
+        train_lines.append("")
+        train_lines.append("Training images: the rows trained on, after the evaluation hold-out and the early-stopping "
+                           "validation share are set aside.")
         training_data = "\n".join(train_lines)
     else:
         training_data = "_Untrained: this policy has not been trained yet (it is the equal-weight geometric mean)._"
