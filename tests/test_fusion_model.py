@@ -421,7 +421,15 @@ def test_policy_fusion_as_the_pipeline_builds_it(tester, tmp_path):
     emb = FusionModelTester(embedding_dim=8).model()
     emb.save_pretrained(tmp_path / "e")
     assert policy_uses_embedding(str(tmp_path / "e")) is True
-    assert "embedding" in PolicyFusion(model=str(tmp_path / "e")).input_columns()
+    emb_stage = PolicyFusion(model=str(tmp_path / "e"))
+    assert "embedding" in emb_stage.input_columns()
+    emb_tester = FusionModelTester(embedding_dim=8)
+    emb_cols = emb_tester.columns(n=3, missing=0.0)
+    fused = emb_stage.fuse(emb_cols)
+    assert all(len(v) == 3 for v in fused.values()) and fused
+    emb_cols["embedding"] = [[0.0] * 16] * 3  # another CLIP's embeddings: a clear error, not a shape error
+    with pytest.raises(ValueError, match="8-dim image embeddings.*gives 16"):
+        emb_stage.fuse(emb_cols)
     with pytest.raises(ValueError, match="needs model"):
         PolicyFusion(tester.schema, ["clip"])
 

@@ -206,6 +206,14 @@ class PolicyFusion(FusionStage):
 
     def fuse(self, batch: dict[str, list]) -> dict[str, list[np.ndarray | None]]:
         self.setup()
+        if self.config.embedding_dim:
+            size = next((len(e) for e in batch.get("embedding") or () if e is not None), None)
+            if size is not None and size != self.config.embedding_dim:
+                raise ValueError(
+                    f"the fusion policy {self.model_ref or '<in-memory>'} reads {self.config.embedding_dim}-dim image "
+                    f"embeddings (those of the CLIP model it was trained with), but this run's model gives {size}: "
+                    "annotate with that model, or train a policy on this one"
+                )
         # only the run's sources: a stale probs_<source> column from an earlier run must not leak in
         visible = {k: v for k, v in batch.items() if not k.startswith("probs_") or k[6:] in self.sources}
         fused = self._model.fuse_columns(visible, batch_size=self.batch_size)
