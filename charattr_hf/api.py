@@ -12,7 +12,7 @@ from typing import Any
 from datasets import Dataset, IterableDataset
 
 from .distributed import get_state
-from .inputs import InputSpec, _normalise, input_identity, open_dataset
+from .inputs import InputSpec, _normalise, image_folder_root, input_identity, open_dataset
 from .pipeline import PipelineOptions, build_pipeline
 from .runner import RunResult, run
 
@@ -65,8 +65,7 @@ def annotate_to_disk(
         if dataset is not None:
             spec.dataset = str(dataset)
         ds = open_dataset(spec)
-        if spec.dataset and Path(spec.dataset).expanduser().is_dir():
-            id_root = str(Path(spec.dataset).expanduser().resolve())
+        id_root = image_folder_root(spec)
         if input_id is None:
             input_id = ds._fingerprint if isinstance(ds, Dataset) else input_identity(spec)
     options = options or PipelineOptions(**option_kwargs)

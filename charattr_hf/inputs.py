@@ -61,6 +61,19 @@ def open_dataset(spec: InputSpec) -> AnyDataset:
     return ds
 
 
+def image_folder_root(spec: InputSpec) -> str | None:
+    """The resolved folder when ``spec`` reads a local folder of image files (``imagefolder``), else None: the
+    root that image-path ids are made relative to."""
+    if not spec.dataset:
+        return None
+    path = Path(spec.dataset).expanduser()
+    if not path.is_dir() or any((path / n).is_file() for n in ("dataset_dict.json", "dataset_info.json", "state.json")):
+        return None
+    if not any(p.suffix.lower() in _IMAGE_EXT for p in path.rglob("*") if p.is_file()):
+        return None  # a folder of tables: image paths in it are stored strings, not files under the folder
+    return str(path.resolve())
+
+
 def _load(spec: InputSpec) -> AnyDataset:
     if not spec.dataset:
         from .synthetic import sample_dataset
@@ -83,7 +96,7 @@ def _load(spec: InputSpec) -> AnyDataset:
             try:  # a dataset repository layout (README configs / data/ folder)
                 return datasets.load_dataset(str(path), spec.config, **kwargs)
             except (ValueError, FileNotFoundError) as exc:
-                if "split" in str(exc).lower():  # a layout with named splits, none of them the one asked for
+                if str(exc).startswith(("Unknown split", "Bad split")):  # named splits, none the one asked for
                     raise ValueError(f"{spec.dataset}: {exc} (use --split)") from exc
                 builder = _TABLE_EXT[tables[0].suffix]
                 return datasets.load_dataset(builder, data_files=[str(p) for p in sorted(tables)], **kwargs)

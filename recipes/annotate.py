@@ -85,7 +85,8 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "Learned fusion policy: a folder saved with save_pretrained, a Hub model id, or 'demo' (shipped: "
-            "demo model + tags, synthetic schema). Default: the --fusion_method rule."
+            "demo model + tags, synthetic schema; write ./demo for a local folder of that name). Default: the "
+            "--fusion_method rule."
         },
     )
     fusion_revision: Optional[str] = field(default=None, metadata={"help": "Revision of the fusion policy on the Hub."})

@@ -3,11 +3,12 @@
 # and the tag parser, trained on their real outputs for synthetic characters of all six styles (the five of the
 # default mix and "lit", coloured light that fools the CLIP about colours).
 #
-#   bash recipes/train_demo_fusion.sh [work_dir] [output_dir]
+#   bash recipes/train_demo_fusion.sh [work_dir] [output_dir]     (relative paths: from the repository root)
 #
 # Data: the benchmark's validation index range of seed 0 (never seen by the demo CLIP, disjoint from every test
 # split), 6000 images, tag noise "mixed". Deterministic: same seed, same data, same policy.
 set -euo pipefail
+cd "$(dirname "$0")/.."  # the repository root: the recipes run from there, and relative paths start there
 WORK=${1:-runs/demo-fusion}
 OUT=${2:-charattr_hf/assets/demo-fusion}
 export HF_HUB_OFFLINE=1

@@ -380,6 +380,10 @@ def test_policy_fusion_pickles_without_weights_and_fingerprints_weights(tester, 
             assert (x is None and y is None) or np.allclose(x, y)
     assert PolicyFusion(model=str(tmp_path / "a")).fingerprint() == stage.fingerprint()
     assert PolicyFusion(model=str(tmp_path / "b")).fingerprint() != stage.fingerprint()
+    import shutil
+
+    shutil.copytree(tmp_path / "a", tmp_path / "moved")  # the same weights elsewhere: the same stage
+    assert PolicyFusion(model=str(tmp_path / "moved")).fingerprint() == stage.fingerprint()
 
 
 def test_policy_fusion_falls_back_for_unknown_attributes(tester):

@@ -300,7 +300,7 @@ def test_a_split_of_saved_and_parquet_dataset_dicts_is_read_alone(tmp_path):
     for folder in ("saved", "repo"):
         ds = open_dataset(InputSpec(dataset=str(tmp_path / folder), split="test_sketch"))
         assert ds.num_rows == 5, folder  # that split only, not every table under the folder
-        with pytest.raises(ValueError, match="split"):
+        with pytest.raises(ValueError, match="validation"):
             open_dataset(InputSpec(dataset=str(tmp_path / folder), split="validation"))
 
 
@@ -353,10 +353,26 @@ def test_ids_relative_to_the_input_folder_only_below_it():
 
     root = Path("/data/chars").resolve()
     stage = Identify(root=root)
-    batch = {"index": [0, 1, 2, 3], "_source_id": None,
-             "image": [{"path": str(root / "a" / "x.png")}, {"path": "/elsewhere/y.png"}, {"path": None}, None]}
+    elsewhere = str(Path("/elsewhere/y.png").resolve())
+    batch = {"index": [0, 1, 2, 3, 4, 5], "_source_id": None,
+             "image": [{"path": str(root / "a" / "x.png")}, {"path": elsewhere}, {"path": None}, None,
+                       {"path": "stored/z.png"}, {"path": str(root / "..a.png")}]}
     out = stage.process(batch)
-    assert out["id"] == ["a/x.png", "/elsewhere/y.png", "2", "3"]
-    assert out["path"][:2] == [str(root / "a" / "x.png"), "/elsewhere/y.png"]
-    # where the folder is does not change the fingerprint: a moved folder resumes its run
+    # below the folder: relative; outside it, or a stored relative string: as given; no path: the index
+    assert out["id"] == ["a/x.png", elsewhere, "2", "3", "stored/z.png", "..a.png"]
+    assert out["path"][:2] == [str(root / "a" / "x.png"), elsewhere]
+    # the stage's fingerprint says that ids are relative, not where the folder is
     assert Identify(root="/mnt/other").fingerprint() == stage.fingerprint() != Identify().fingerprint()
+
+
+def test_only_image_folders_give_an_id_root(tmp_path):
+    from charattr_hf.inputs import image_folder_root
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.png").write_bytes(png(0))
+    image_dataset(2).to_parquet(str(tmp_path / "tables" / "data" / "train-00000-of-00001.parquet"))
+    image_dataset(2).save_to_disk(str(tmp_path / "saved"))
+    assert image_folder_root(InputSpec(dataset=str(tmp_path / "imgs"))) == str((tmp_path / "imgs").resolve())
+    for other in ("tables", "saved"):
+        assert image_folder_root(InputSpec(dataset=str(tmp_path / other))) is None
+    assert image_folder_root(InputSpec()) is None and image_folder_root(InputSpec(dataset="org/name")) is None

@@ -23,14 +23,18 @@ class Identify(Stage):
         self.root = os.path.abspath(os.fspath(root)) if root is not None else None
 
     def params(self) -> dict:
-        # whether ids are made relative, not where the folder is: a moved folder keeps its ids and its chunks
-        return {"relative_ids": self.root is not None}
+        # whether ids are made relative, not where the folder is (which is not what the ids depend on)
+        return {"relative_ids": True} if self.root is not None else {}
 
     def _id_of(self, path: str) -> str:
-        if self.root is None:
+        if self.root is None or not os.path.isabs(path):
+            return path  # only real file paths under the folder; stored relative strings stay as they are
+        try:
+            rel = os.path.relpath(path, self.root)
+        except ValueError:  # another drive (Windows)
             return path
-        rel = os.path.relpath(os.path.abspath(path), self.root)
-        return path if rel == os.curdir or rel.startswith(os.pardir) else rel.replace(os.sep, "/")
+        outside = rel == os.curdir or rel == os.pardir or rel.startswith(os.pardir + os.sep)
+        return path if outside else rel.replace(os.sep, "/")
 
     def features(self) -> dict:
         return {"id": Value("string"), "path": Value("string")}

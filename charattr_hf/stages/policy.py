@@ -111,10 +111,12 @@ class PolicyFusion(FusionStage):
             raise ValueError("PolicyFusion needs model=: a saved policy folder, a Hub id or a CharattrFusionModel")
         if isinstance(model, CharattrFusionModel):
             self._model = model.eval()
+            self.model_name = None
             self.model_ref = None
             config = model.config
         elif isinstance(model, (str, os.PathLike)):
             self._model = None
+            self.model_name = str(model)
             self.model_ref = resolve_policy(model)
             if not Path(self.model_ref).is_dir():
                 # pin the commit now: every process loads the same weights even if the branch moves mid-run,
@@ -150,7 +152,9 @@ class PolicyFusion(FusionStage):
         return {
             **super().params(),
             "run_sources": list(self.run_sources),
-            "model": self.model_ref or "<in-memory>",
+            # a Hub id, or "demo"; a local folder is named by its weights alone, so a moved folder changes nothing
+            "model": (self.model_name if self.model_name == DEMO_POLICY or not Path(self.model_ref).is_dir()
+                      else "<local folder>") if self.model_ref else "<in-memory>",
             "revision": self.revision,
             "weights": self.weights_id(),
             "fallback": {"method": self.fallback_method, "attributes": self.fallback_attributes},
