@@ -102,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
                                               n_test_per_style=args.n_test_per_style, styles=synthetic.ALL_STYLES,
                                               num_proc=args.num_proc)
         dd.update(per_style)
-        dd = type(dd)(dict(dd))
         dd.save_to_disk(str(bench))
     splits = json.loads((bench / "dataset_dict.json").read_text())["splits"]
     reports = {}

@@ -65,7 +65,7 @@ def annotate_to_disk(
         if dataset is not None:
             spec.dataset = str(dataset)
         ds = open_dataset(spec)
-        id_root = image_folder_root(spec)
+        id_root = image_folder_root(spec, ds)
         if input_id is None:
             input_id = ds._fingerprint if isinstance(ds, Dataset) else input_identity(spec)
     options = options or PipelineOptions(**option_kwargs)

@@ -42,6 +42,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, LargeList, List
 
 import evaluate
 
+from .inputs import is_saved_dataset
 from .metrics import CalibrationError, LabelAccuracy, LabelF1, SelectiveAccuracy
 from .metrics._core import DEFAULT_CURVE_THRESHOLDS
 from .schema import SOURCES, Attribute, Label, Schema, load_schema
@@ -156,7 +157,7 @@ def load_annotations(path: "str | os.PathLike | Dataset | DatasetDict", split: s
         return path
     text = os.fspath(path)
     p = Path(text)
-    if p.is_dir() and ((p / "state.json").is_file() or (p / "dataset_dict.json").is_file()):
+    if is_saved_dataset(p):
         loaded = load_from_disk(text)
         return _pick_split(loaded, split, text) if isinstance(loaded, DatasetDict) else loaded
     suffixes = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}

@@ -66,6 +66,7 @@ import numpy as np
 import torch
 from datasets import Dataset, Features, List, Value
 
+from .inputs import is_saved_dataset
 from .metrics import CalibrationError, LabelAccuracy
 from .metrics import _core as metric_core
 from .models.fusion import CharattrFusionConfig, CharattrFusionModel, encode_columns
@@ -145,7 +146,7 @@ class FusionData:
 def load_table(path_or_id: str, split: str = "train", **kwargs: Any) -> Dataset:
     """A dataset from a ``save_to_disk`` folder, Parquet file(s) or folder, or a Hub id (with ``split``)."""
     path = Path(path_or_id)
-    if path.is_dir() and any((path / f).exists() for f in ("state.json", "dataset_dict.json")):
+    if is_saved_dataset(path):
         loaded = datasets.load_from_disk(str(path))
         return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
     if path.is_file() and path.suffix == ".parquet":

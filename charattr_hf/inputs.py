@@ -10,6 +10,7 @@ present). The row position becomes ``index`` later, when the runner cuts the inp
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, Union
@@ -61,17 +62,20 @@ def open_dataset(spec: InputSpec) -> AnyDataset:
     return ds
 
 
-def image_folder_root(spec: InputSpec) -> str | None:
-    """The resolved folder when ``spec`` reads a local folder of image files (``imagefolder``), else None: the
-    root that image-path ids are made relative to."""
-    if not spec.dataset:
+def is_saved_dataset(path: "str | os.PathLike") -> bool:
+    """Whether ``path`` is a folder written by ``save_to_disk`` (a ``Dataset`` or a ``DatasetDict``)."""
+    path = Path(path)
+    return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
+
+
+def image_folder_root(spec: InputSpec, ds: AnyDataset) -> str | None:
+    """The resolved input folder when ``ds`` was read from a local folder of image files (the ``imagefolder``
+    builder), else None: the root that image-path ids are made relative to. Image paths stored in tables are
+    strings, not files under the folder, so they are left as they are."""
+    if not spec.dataset or getattr(ds.info, "builder_name", None) != "imagefolder":
         return None
     path = Path(spec.dataset).expanduser()
-    if not path.is_dir() or any((path / n).is_file() for n in ("dataset_dict.json", "dataset_info.json", "state.json")):
-        return None
-    if not any(p.suffix.lower() in _IMAGE_EXT for p in path.rglob("*") if p.is_file()):
-        return None  # a folder of tables: image paths in it are stored strings, not files under the folder
-    return str(path.resolve())
+    return str(path.resolve()) if path.is_dir() else None
 
 
 def _load(spec: InputSpec) -> AnyDataset:
@@ -83,7 +87,7 @@ def _load(spec: InputSpec) -> AnyDataset:
     path = Path(spec.dataset).expanduser()
     kwargs = {"split": spec.split, "streaming": spec.streaming}
     if path.is_dir():
-        if any((path / name).is_file() for name in ("dataset_dict.json", "dataset_info.json", "state.json")):
+        if is_saved_dataset(path):
             ds = datasets.load_from_disk(str(path))  # a save_to_disk folder (one Dataset or a DatasetDict)
             if isinstance(ds, datasets.DatasetDict):
                 if spec.split not in ds:

@@ -366,13 +366,17 @@ def test_ids_relative_to_the_input_folder_only_below_it():
 
 
 def test_only_image_folders_give_an_id_root(tmp_path):
-    from charattr_hf.inputs import image_folder_root
+    from charattr_hf.inputs import image_folder_root, open_dataset
 
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "a.png").write_bytes(png(0))
     image_dataset(2).to_parquet(str(tmp_path / "tables" / "data" / "train-00000-of-00001.parquet"))
     image_dataset(2).save_to_disk(str(tmp_path / "saved"))
-    assert image_folder_root(InputSpec(dataset=str(tmp_path / "imgs"))) == str((tmp_path / "imgs").resolve())
+    def root(spec):
+        return image_folder_root(spec, open_dataset(spec))
+
+    assert root(InputSpec(dataset=str(tmp_path / "imgs"))) == str((tmp_path / "imgs").resolve())
     for other in ("tables", "saved"):
-        assert image_folder_root(InputSpec(dataset=str(tmp_path / other))) is None
-    assert image_folder_root(InputSpec()) is None and image_folder_root(InputSpec(dataset="org/name")) is None
+        assert root(InputSpec(dataset=str(tmp_path / other))) is None
+    assert root(InputSpec()) is None  # the synthetic sample
+    assert image_folder_root(InputSpec(dataset="org/name"), image_dataset(1)) is None

@@ -152,13 +152,20 @@ class PolicyFusion(FusionStage):
         return {
             **super().params(),
             "run_sources": list(self.run_sources),
-            # a Hub id, or "demo"; a local folder is named by its weights alone, so a moved folder changes nothing
-            "model": (self.model_name if self.model_name == DEMO_POLICY or not Path(self.model_ref).is_dir()
-                      else "<local folder>") if self.model_ref else "<in-memory>",
+            "model": self._model_key(),
             "revision": self.revision,
             "weights": self.weights_id(),
             "fallback": {"method": self.fallback_method, "attributes": self.fallback_attributes},
         }
+
+    def _model_key(self) -> str:
+        """The policy's name in the fingerprint: a Hub id or ``"demo"``; a local folder is named by its weights
+        alone (``weights_id``), so a moved or copied folder changes nothing."""
+        if self.model_ref is None:
+            return "<in-memory>"
+        if self.model_name != DEMO_POLICY and Path(self.model_ref).is_dir():
+            return "<local folder>"
+        return self.model_name
 
     def weights_id(self) -> str:
         """What identifies the weights in the fingerprint: a content hash for local files and in-memory models,
