@@ -370,27 +370,18 @@ class AnnotatedStore:
                 out[k] = row
         return out  # type: ignore[return-value]
 
-    def image_of(self, row: dict, row_number: int | None = None):
-        """The PIL image of a row: the stored bytes when the output kept images, else the file at ``path``."""
-        from PIL import Image
+    def images(self, rows: Sequence[int], paths: Sequence[str | None] | None = None) -> list:
+        """PIL images of rows (None where there is none): the stored bytes when the output kept images (one read
+        of the image column per row group), else the file at the row's ``path``."""
+        cells = self.read_rows(rows, ["image"]) if "image" in self.schema.names else [{}] * len(rows)
+        paths = list(paths) if paths is not None else [None] * len(rows)
+        return [_open_image((c or {}).get("image"), p) for c, p in zip(cells, paths)]
 
-        data = None
-        if "image" in self.schema.names and row_number is not None:
-            cell = self.read_rows([row_number], ["image"])[0]["image"]
-            if cell:
-                data = cell.get("bytes")
-                if data is None and cell.get("path") and Path(cell["path"]).is_file():
-                    data = Path(cell["path"]).read_bytes()
-        if data is None and row.get("path") and Path(row["path"]).is_file():
-            data = Path(row["path"]).read_bytes()
-        if data is None:
-            return None
-        try:
-            img = Image.open(io.BytesIO(data))
-            img.load()
-            return img
-        except Exception:  # noqa: BLE001 - a broken image is shown as a placeholder
-            return None
+    def image_of(self, row: dict, row_number: int | None = None):
+        """The PIL image of one row (see :meth:`images`)."""
+        if row_number is None:
+            return _open_image(None, row.get("path"))
+        return self.images([row_number], [row.get("path")])[0]
 
     def label_name(self, attribute: str, value: Any) -> Any:
         info = self.attribute(attribute)
@@ -405,6 +396,26 @@ class AnnotatedStore:
                 "row_groups": len(self.groups), "attributes": [a.name for a in self.attributes],
                 "sources": self.sources, "duplicate_column": self.dup_column or "sha256 (exact duplicates)"}
 
+
+
+def _open_image(cell: dict | None, path: str | None):
+    from PIL import Image
+
+    data = None
+    if cell:
+        data = cell.get("bytes")
+        if data is None and cell.get("path") and Path(cell["path"]).is_file():
+            data = Path(cell["path"]).read_bytes()
+    if data is None and path and Path(path).is_file():
+        data = Path(path).read_bytes()
+    if data is None:
+        return None
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        return img
+    except Exception:  # noqa: BLE001 - a broken image is shown as a placeholder
+        return None
 
 
 def rows_with_ids(store: AnnotatedStore, ids: Iterable[str], columns: Sequence[str]) -> pa.Table:

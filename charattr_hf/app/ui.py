@@ -25,6 +25,7 @@ import html
 import io
 import logging
 import os
+import time
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -274,7 +275,9 @@ def build_ui(state: AppState) -> gr.Blocks:
                     if not paths:
                         return "", gr.update(choices=[], value=None)
                     paths = [p if isinstance(p, str) else p.name for p in paths]
+                    t0 = time.perf_counter()
                     items = state.annotate_files(paths, tags or None)
+                    seconds = (time.perf_counter() - t0) / len(items)
                     from PIL import Image
 
                     cards, choices = [], []
@@ -283,7 +286,7 @@ def build_ui(state: AppState) -> gr.Blocks:
                         res["_image"] = {"id": it.id, "width": it.row.get("width"), "height": it.row.get("height"),
                                          "flags": it.row.get("flags") or [], "error": it.row.get("error"),
                                          "predicted_tags": state.predicted_tags(it), "fusion": state.policy_version,
-                                         "seconds": 0.0}
+                                         "seconds": seconds}
                         try:
                             img = Image.open(p)
                         except Exception:  # noqa: BLE001 - unreadable upload: its row says why
@@ -376,8 +379,7 @@ def build_ui(state: AppState) -> gr.Blocks:
                         rows, st = store.page(q, page - 1, state.config.page_size)
                         data = store.read_rows(rows)
                         tiles = []
-                        for r, row in zip(rows, data):
-                            img = store.image_of(row, r)
+                        for r, row, img in zip(rows, data, store.images(rows, [d.get("path") for d in data])):
                             if img is not None:
                                 img = img.convert("RGB")
                                 img.thumbnail((160, 160))
@@ -449,7 +451,9 @@ def build_ui(state: AppState) -> gr.Blocks:
                         img = None
                         if it.row is not None:
                             img = store.image_of(store.read_rows([it.row], ["path"])[0], it.row)
-                        value = [it.shown_label] if attr.multi_label else None
+                        # multi-label: start from the policy's set, for the reviewer to edit
+                        value = [n for n, p in (it.probabilities or {}).items() if p >= attr.threshold] \
+                            if attr.multi_label else None
                         return (img, render_item(state, it), it.token,
                                 gr.update(choices=attr.label_names, value=value, multiselect=attr.multi_label),
                                 _status_md(state))
