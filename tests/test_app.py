@@ -7,6 +7,7 @@ import datetime as dt
 import os
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -153,7 +154,7 @@ def served(tmp_path_factory):
     annotate_to_disk(sample, root / "annotated", keep_images=True, progress=False, num_proc=1,
                      cache_dir=str(root / "cache"))
     config = AppConfig(dataset=str(root / "annotated"), feedback_log=str(root / "log" / "feedback.parquet"),
-                       pool_size=24, train_epochs=15,
+                       pool_size=24, train_epochs=15, train_patience=5,
                        pipeline=PipelineOptions(fusion="demo", cache_dir=str(root / "cache")))
     state = AppState(config)
     port = free_port()
@@ -291,3 +292,25 @@ def test_real_browser_annotate_accept_and_review_keys(served, tmp_path):
         page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
         browser.close()
     assert (tmp_path / "annotate.png").stat().st_size > 10_000
+
+
+def test_recipe_retrains_from_the_log_and_reports_user_errors(served, tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("app_recipe", Path(__file__).parents[1] / "recipes" / "app.py")
+    recipe = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = recipe  # its dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(recipe)
+    log = tmp_path / "feedback.parquet"
+    shutil.copy(served["state"].log.path, log)
+    if served["state"].log.rows_path.exists():
+        shutil.copy(served["state"].log.rows_path, tmp_path / "feedback.rows.parquet")
+    assert len(FeedbackLog(log)) > 0
+    code = recipe.main(["--dataset", str(served["root"] / "annotated"), "--feedback_log", str(log), "--retrain",
+                        "--fusion", "none"])
+    assert code == 0
+    saved = tmp_path / "feedback-policy" / "app-v1"  # from the rule: a fresh policy, learned from the log alone
+    assert (saved / "model.safetensors").is_file() and '"policy_version": "app-v1"' in capsys.readouterr().out
+    assert recipe.main(["--dataset", str(tmp_path / "missing"), "--feedback_log", str(log)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing" in err[0]

@@ -168,7 +168,7 @@ class AnnotatedStore:
                 self.attributes.append(AttributeInfo(name, tuple(inner.names), multi))
         self.sources = [n[len("probs_"):] for n in self.schema.names if n.startswith("probs_")]
         self.dup_column = next((c for c in DUP_COLUMNS if c in names), None)
-        self._dup_hashes: set[str] | None = None
+        self._dup_hashes: pa.Array | None = None
         self._queries: dict[str, dict] = {}
         self._lock = threading.Lock()
 
@@ -240,13 +240,12 @@ class AnnotatedStore:
         lowest = np.full(table.num_rows, np.inf)
         for info in attrs:
             col = table.column(f"{info.name}_confidence")
-            if info.multi_label:
-                conf = pc.list_min(col) if hasattr(pc, "list_min") else None
-                if conf is None:  # older pyarrow: per-row minimum in numpy
-                    values = [min(v) if v else None for v in col.to_pylist()]
-                    arr = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-                else:
-                    arr = conf.to_numpy(zero_copy_only=False).astype(np.float64)
+            if info.multi_label:  # the lowest confidence of the chosen labels; NaN when none was chosen
+                col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+                arr = np.full(table.num_rows, np.nan)
+                flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float64)
+                if len(flat):
+                    np.fmin.at(arr, pc.list_parent_indices(col).to_numpy(zero_copy_only=False), flat)
             else:
                 arr = col.to_numpy(zero_copy_only=False).astype(np.float64)
             lowest = np.fmin(lowest, arr)
@@ -264,25 +263,25 @@ class AnnotatedStore:
                 return ~grouped
             values = np.asarray(pc.cast(col, pa.string()).to_pylist(), dtype=object)
             return values == mode
-        hashes = np.asarray(table.column("sha256").to_pylist(), dtype=object)
+        hashes = table.column("sha256")
         dup = self.duplicate_hashes()
-        grouped = np.array([h in dup for h in hashes], dtype=bool)
+        grouped = np.asarray(pc.fill_null(pc.is_in(hashes, value_set=dup), False).to_numpy(zero_copy_only=False),
+                             bool)
         if mode == "grouped":
             return grouped
         if mode == "unique":
             return ~grouped
-        return hashes == mode
+        return np.asarray(pc.fill_null(pc.equal(hashes, mode), False).to_numpy(zero_copy_only=False), bool)
 
-    def duplicate_hashes(self) -> set[str]:
-        """Image hashes that occur more than once (exact duplicates), counted over the whole output once."""
+    def duplicate_hashes(self) -> pa.Array:
+        """Image hashes that occur more than once (exact duplicates), counted over the whole output once (the
+        hash column alone, ~70 bytes a row)."""
         if self._dup_hashes is None:
-            counts: dict[str, int] = {}
-            for batch in self.dataset.to_batches(columns=["sha256"]):
-                vc = pc.value_counts(batch.column(0).drop_null()) if len(batch) else []
-                for item in vc:
-                    h, c = item["values"].as_py(), item["counts"].as_py()
-                    counts[h] = counts.get(h, 0) + c
-            self._dup_hashes = {h for h, c in counts.items() if c > 1}
+            column = self.dataset.to_table(columns=["sha256"]).column("sha256").drop_null()
+            counts = pc.value_counts(column.combine_chunks()) if len(column) else pa.array([], pa.struct(
+                [("values", pa.string()), ("counts", pa.int64())]))
+            many = pc.greater(counts.field("counts"), 1)
+            self._dup_hashes = pc.filter(counts.field("values"), many)
         return self._dup_hashes
 
     def disagreement(self, table: pa.Table, attributes: Sequence[str] | None = None) -> np.ndarray:

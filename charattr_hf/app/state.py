@@ -39,7 +39,8 @@ class AppConfig:
     pool_size: int = 10000
     page_size: int = 24
     reviewer: str = "app"
-    train_epochs: int = 100
+    train_epochs: int = 300
+    train_patience: int = 30
     seed: int = 0
     pipeline: PipelineOptions = field(default_factory=PipelineOptions)
 
@@ -228,7 +229,8 @@ class AppState:
             tables.append(uploads)
         current = self.policy
         version = _next_version(current)
-        args = ft.FusionTrainingConfig(max_epochs=self.config.train_epochs, patience=10, seed=self.config.seed)
+        args = ft.FusionTrainingConfig(max_epochs=self.config.train_epochs, patience=self.config.train_patience,
+                                       seed=self.config.seed)
         model, info = continue_policy(current, self.schema, self.log, tables, sources, args=args,
                                       policy_version=version, command=command)
         out_dir = self.policy_dir / version
