@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import UserError
 from ..pipeline import PipelineOptions
 from ..schema import probs_column
-from .annotator import AnnotatedImage, Annotator, fused_vectors, row_result
+from .annotator import AnnotatedImage, Annotator, fused_vectors
 from .data import AnnotatedStore, rows_with_ids
 from .feedback import MODEL_INPUT_COLUMNS, FeedbackLog, continue_policy, decision_events
 from .review import ReviewItem, ReviewQueue
