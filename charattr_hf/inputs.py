@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, Union
 
 import datasets
 from datasets import Dataset, Image, IterableDataset, Value
+
+from .options import InputSpec
 
 logger = logging.getLogger(__name__)
 
@@ -30,25 +31,6 @@ _TAG_NAMES = ("tags", "tag_string", "tag_string_general", "general_tags", "danbo
 _CAPTION_NAMES = ("caption", "text", "prompt", "description")
 _ID_NAMES = ("id", "image_id", "post_id", "uid", "key", "__key__")
 _KEEP_DEFAULT = ("truth", "style")
-
-
-@dataclass
-class InputSpec:
-    """Where the images come from and which columns mean what."""
-
-    dataset: str | None = None
-    split: str = "train"
-    config: str | None = None
-    revision: str | None = None
-    image_column: str = "image"
-    tags_column: str | None = None
-    caption_column: str | None = None
-    id_column: str | None = None
-    keep_columns: Sequence[str] = field(default_factory=tuple)
-    streaming: bool = False
-    limit: int | None = None
-    sample_size: int = 256
-    sample_image_size: int = 64
 
 
 def open_dataset(spec: InputSpec) -> AnyDataset:
