@@ -96,10 +96,11 @@ def build_parser(dataclass_types: Sequence[type], description: str | None = None
         help_text = f.metadata["help"]
         inner, is_list = _unwrap(tp)
         if inner is bool and not is_list:
-            if default:  # an off switch
-                if not flag.startswith("no_"):
-                    raise ValueError(f"{dc.__name__}.{f.name}: a switch that defaults to on needs a 'no_...' flag")
+            if default and flag.startswith("no_"):  # an off switch: --no_tags sets tags to False
                 parser.add_argument(*names, dest=f.name, action="store_false", default=True, help=help_text)
+            elif default:  # on unless --no-X
+                parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=True,
+                                    help=help_text)
             else:
                 parser.add_argument(*names, dest=f.name, action="store_true", default=False, help=help_text)
             continue

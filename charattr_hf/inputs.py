@@ -129,6 +129,9 @@ def _normalise(ds: AnyDataset, spec: InputSpec) -> AnyDataset:
     image_feature = features[spec.image_column]
     if isinstance(image_feature, Image):
         ds = ds.cast_column(spec.image_column, Image(decode=False))
+    elif isinstance(image_feature, dict) and {"bytes", "path"} & set(image_feature):
+        # what plain pyarrow (or pandas) writes for images: a struct {bytes, path} with no datasets metadata
+        ds = ds.cast_column(spec.image_column, Image(decode=False))
     elif not (isinstance(image_feature, Value) and image_feature.dtype in ("string", "large_string", "binary")):
         raise ValueError(
             f"column {spec.image_column!r} holds {image_feature}; expected images, file paths or image bytes"
