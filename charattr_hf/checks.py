@@ -127,7 +127,17 @@ def check_schema(schema: str | None) -> None:
     except FileNotFoundError as exc:
         raise UserError(f"--schema {schema}: {exc}; give a shipped name (default, synthetic) or a YAML file") from None
     except SchemaError as exc:
-        raise UserError(f"--schema {schema}: {exc}\n  fix the file (see charattr_hf/schemas/default.yaml for the format)") from None
+        cause = exc.__cause__
+        mark = getattr(cause, "problem_mark", None)
+        if mark is not None:  # a YAML syntax error: where, and what
+            reason = f"not valid YAML (line {mark.line + 1}, column {mark.column + 1}: {getattr(cause, 'problem', '')})"
+        else:
+            reason = " ".join(str(exc).split())
+            for prefix in (f"{schema}: ", f"{Path(schema).expanduser()}: "):
+                reason = reason[len(prefix):] if reason.startswith(prefix) else reason
+        raise UserError(
+            f"--schema {schema}: {reason}\n  fix the file (charattr_hf/schemas/default.yaml shows the format)"
+        ) from None
 
 
 def check_models(options: PipelineOptions) -> None:
