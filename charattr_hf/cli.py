@@ -74,7 +74,9 @@ def _options(dataclass_types: Sequence[type]):
     """(dataclass, field, resolved type, option name) for every option field."""
     out = []
     for dc in dataclass_types:
-        hints = typing.get_type_hints(dc)
+        module = sys.modules.get(dc.__module__)
+        # typing's names first: a recipe run by a wrapper (python -m cProfile) is not the __main__ module it names
+        hints = typing.get_type_hints(dc, globalns={**vars(typing), **(vars(module) if module else {})})
         for f in dataclasses.fields(dc):
             if "help" not in f.metadata:
                 continue

@@ -181,3 +181,14 @@ def test_no_warning_on_the_synthetic_sample(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "WARNING" not in proc.stdout and "> **Warning**" not in (tmp_path / "o" / "README.md").read_text()
     assert "%|" not in proc.stderr and "examples/s]" not in proc.stderr
+
+
+def test_preprocess_defaults_read_without_open_clip_agree_with_open_clip():
+    from dataclasses import asdict
+
+    from open_clip.transform import PreprocessCfg
+
+    from charattr_hf.openclip import _OPEN_CLIP_PREPROCESS_DEFAULTS
+
+    assert {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in asdict(PreprocessCfg()).items()} == {
+        k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in _OPEN_CLIP_PREPROCESS_DEFAULTS.items()}
