@@ -64,7 +64,8 @@ def _load(spec: InputSpec) -> AnyDataset:
     if not spec.dataset:
         from .synthetic import sample_dataset
 
-        ds = sample_dataset(n=spec.sample_size, size=spec.sample_image_size)
+        n = spec.sample_size if spec.limit is None else min(spec.sample_size, spec.limit)  # draw only what is used
+        ds = sample_dataset(n=n, size=spec.sample_image_size)
         return ds.to_iterable_dataset() if spec.streaming else ds
     path = Path(spec.dataset).expanduser()
     kwargs = {"split": spec.split, "streaming": spec.streaming}
