@@ -153,11 +153,17 @@ def check_models(options: PipelineOptions) -> None:
 
 
 def check_writable(folder: str | os.PathLike, option: str) -> None:
-    """``folder`` can be created and written (tried with a probe file, which is removed)."""
-    path = Path(folder).expanduser()
+    """``folder`` is, or can be made, a folder this process can write in: a probe file is written (and removed)
+    in it or in its nearest existing parent; nothing is created when the check fails or passes."""
+    path = Path(folder).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".charattr-write-test-{uuid.uuid4().hex}"
+        if not existing.is_dir():
+            where = "is a file" if existing == path else f"{existing} is a file, not a folder"
+            raise NotADirectoryError(0, where)
+        probe = existing / f".charattr-write-test-{uuid.uuid4().hex}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:

@@ -88,8 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args([EvaluateArguments], argv, description=__doc__.split("\n\n")[0])
     if not args.dataset:
         raise UserError("--dataset is required (or 'dataset:' in --config): the annotated dataset to score")
-    from charattr_hf.checks import check_schema, check_writable
+    from charattr_hf.checks import check_input, check_schema, check_writable
+    from charattr_hf.options import InputSpec
 
+    check_input(InputSpec(dataset=args.dataset, split=args.split))
+    if args.labels:
+        check_input(InputSpec(dataset=args.labels))
     check_schema(args.schema)
     check_writable(args.output_dir, "--output_dir")
     # imported after parsing: `evaluate` pulls in transformers' pipelines, seconds that --help need not wait

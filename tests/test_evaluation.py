@@ -436,7 +436,7 @@ def test_recipe_help_and_errors(tmp_path, capsys, monkeypatch):
     assert run_main(recipe.main, []) == 2 and "--dataset is required" in capsys.readouterr().err
     assert run_main(recipe.main, ["--dataset", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err
-    assert "no such dataset folder" in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
+    assert "nowhere: no such file or folder" in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
 
 
 def test_recipe_does_not_shadow_the_evaluate_library():

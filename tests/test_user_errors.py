@@ -192,3 +192,29 @@ def test_preprocess_defaults_read_without_open_clip_agree_with_open_clip():
 
     assert {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in asdict(PreprocessCfg()).items()} == {
         k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in _OPEN_CLIP_PREPROCESS_DEFAULTS.items()}
+
+
+def test_a_file_given_as_output_folder_and_nothing_created_on_error(tmp_path, photos):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    proc, s = annotate("--dataset", str(photos), "--output_dir", str(a_file))
+    assert_user_error(proc, s, "--output_dir", "is a file")
+    proc, s = annotate("--dataset", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "new" / "out"))
+    assert_user_error(proc, s, "nowhere")
+    assert not (tmp_path / "new").exists()
+
+
+def test_other_recipes_report_mistakes_the_same_way(tmp_path):
+    proc, s = annotate("--batch_size", "0")  # warm-up of the helper's shape: annotate itself
+    assert proc.returncode == 2
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "evaluate_annotations.py"), "--dataset",
+                           str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "e")],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.startswith("evaluate_annotations.py: error:") and "nowhere" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 2 and time.perf_counter() - start < 60
+    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "train_fusion.py"), "--output_dir",
+                           str(tmp_path / "p")], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.startswith("train_fusion.py: error:") and "--dataset" in proc.stderr
