@@ -124,9 +124,10 @@ def build_parser(dataclass_types: Sequence[type], description: str | None = None
         else:
             kwargs["metavar"] = {int: "N", float: "X"}.get(kwargs["type"], flag.upper())
         parser.add_argument(*names, **kwargs)
-    parser.add_argument("--config", default=None, metavar="FILE.yaml",
+    # dests of their own: a dataclass field may be named `config` (InputSpec.config is --dataset_config)
+    parser.add_argument("--config", dest="_config_file", default=None, metavar="FILE.yaml",
                         help="YAML file of option values; options given on the command line override it.")
-    parser.add_argument("--debug", action="store_true", help="Show the full traceback of an error.")
+    parser.add_argument("--debug", dest="_debug", action="store_true", help="Show the full traceback of an error.")
     return parser
 
 
@@ -157,7 +158,7 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
         by_field = {f.name: (f, tp) for f, tp in options.values()}
         defaults = {}
         for key, value in values.items():
-            if key in ("debug",):
+            if key == "debug":
                 continue
             f, tp = options.get(key) or by_field.get(key) or (None, None)
             if f is None:
