@@ -310,6 +310,8 @@ def test_recipe_retrains_from_the_log_and_reports_user_errors(served, tmp_path, 
     assert code == 0
     saved = tmp_path / "feedback-policy" / "app-v1"  # from the rule: a fresh policy, learned from the log alone
     assert (saved / "model.safetensors").is_file() and '"policy_version": "app-v1"' in capsys.readouterr().out
-    assert recipe.main(["--dataset", str(tmp_path / "missing"), "--feedback_log", str(log)]) == 2
+    from charattr_hf.cli import run_main
+
+    assert run_main(recipe.main, ["--dataset", str(tmp_path / "missing"), "--feedback_log", str(log)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing" in err[0]
