@@ -162,9 +162,25 @@ def test_semantic_pairs_find_planted_duplicates():
     base = rng.normal(size=(600, 64)).astype(np.float32)
     dups = base[:100] + 0.05 * rng.normal(size=(100, 64)).astype(np.float32)
     emb = np.concatenate([base, dups]).astype(np.float16)
-    p = semantic_pairs(emb, np.arange(700), SemanticConfig(threshold=0.95, clusters=8))
+    p = semantic_pairs(emb, np.arange(700), SemanticConfig(threshold=0.95, leaf=32))
     found = set(zip(p.i.tolist(), p.j.tolist()))
     assert found == {(k, 600 + k) for k in range(100)}
+
+
+def test_semantic_duplicates_through_curate(tmp_path):
+    from datasets import List, Value
+
+    rng = np.random.default_rng(1)
+    imgs = [im_.encode(im_.scene(80 if s != 4 else 60, 80, seed=s).rotate(45 * s)) for s in range(6)]
+    emb = rng.normal(size=(6, 16)).astype(np.float32)
+    emb[4] = emb[1] + 0.01 * rng.normal(size=16)  # row 4 means what row 1 means
+    folder = annotated(tmp_path / "ann", imgs, extra={"embedding": (List(Value("float16"), length=16),
+                                                                      emb.astype(np.float16).tolist())})
+    out = tmp_path / "out"
+    curate(folder, out, write_config(tmp_path, "dedup:\n  semantic: {threshold: 0.99}\n"))
+    train, quarantine = load(out)
+    assert quarantine["id"] == ["img-4"] and quarantine["reasons"] == [["semantic_duplicate: of img-1"]]
+    assert "cosine >= 0.99" in (out / "README.md").read_text()
 
 
 # --------------------------------------------------------------------------------------------- planted sets
@@ -370,8 +386,7 @@ def test_annotate_then_curate_recipes(tiny_clip_dir, tmp_path):
          "--keep_columns", "group", "--num_proc", "1", "--quiet"],
         env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    cfg = write_config(tmp_path, "dedup:\n  exact: true\n  near: {}\n  semantic: {threshold: 0.999}\n"
-                                 "filters:\n  too_small: {min_side: 32}\n")
+    cfg = write_config(tmp_path, "dedup:\n  exact: true\n  near: {}\nfilters:\n  too_small: {min_side: 32}\n")
     run = subprocess.run([sys.executable, str(ROOT / "recipes" / "curate.py"), "--dataset", str(ann),
                           "--output_dir", str(cur), "--config", str(cfg)],
                          env=env, capture_output=True, text=True, timeout=600)
@@ -384,7 +399,7 @@ def test_annotate_then_curate_recipes(tiny_clip_dir, tmp_path):
     ids = sorted(truth)
     precision, recall = pairwise([truth[i] for i in ids], [got[i] for i in ids])
     assert precision >= 0.9 and recall >= 0.8, (precision, recall)
-    assert "| semantic |" in (cur / "README.md").read_text()
+    assert "| near |" in (cur / "README.md").read_text()
     # a bad config: one line, exit status 2, nothing written
     bad = write_config(tmp_path, "filters:\n  sharpness: {}\n")
     run = subprocess.run([sys.executable, str(ROOT / "recipes" / "curate.py"), "--dataset", str(ann),

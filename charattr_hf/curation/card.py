@@ -184,9 +184,8 @@ def write_curation_card(output_dir: Path, source: str, cfg: "CurateConfig", resu
     series = []
     for p in pairs:
         if p.kind == "near" and cfg.near is not None:
-            series.append((f"near-duplicate candidates ({len(p.candidates)} pairs with phash <= "
-                           f"{cfg.near.phash_radius}): colour thumbnail distance", p.candidates,
-                           cfg.near.thumb_threshold, "thumbnail distance"))
+            series.append(("near: each row's nearest other row in its cell, colour thumbnail distance "
+                           "(block means)", p.candidates, cfg.near.thumb_threshold, "thumbnail distance"))
         if p.kind == "semantic" and cfg.semantic is not None:
             series.append(("semantic: each row's nearest other row in its cluster, 1 - cosine", p.candidates,
                            round(1 - cfg.semantic.threshold, 6), "1 - cosine similarity"))
@@ -219,8 +218,8 @@ def write_curation_card(output_dir: Path, source: str, cfg: "CurateConfig", resu
         lines.append(f"| exact | same sha256 of the file | - | {len(by_kind['exact'])} | "
                      f"{result.removed_by.get('exact_duplicate', 0)} |")
     if cfg.near is not None:
-        lines.append(f"| near | 64-bit luma pHash of the centre (faiss binary index, {cfg.near.neighbours} nearest), "
-                     f"verified by a 16x16 colour thumbnail | phash <= {cfg.near.phash_radius} bits and thumbnail "
+        lines.append(f"| near | 16x16 colour thumbnail of the centre (compared within k-means cells) and "
+                     f"64-bit luma pHash | phash <= {cfg.near.phash_radius} bits and thumbnail "
                      f"distance <= {cfg.near.thumb_threshold:g} | {len(by_kind['near'])} | "
                      f"{result.removed_by.get('near_duplicate', 0)} |")
     if cfg.semantic is not None:

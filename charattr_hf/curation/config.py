@@ -4,13 +4,16 @@
 
     dedup:
       exact: true                    # same sha256
-      near:                          # perceptual hash candidates verified by the colour thumbnail
+      near:                          # colour thumbnail and perceptual hash agree
         phash_radius: 14             # bits of 64
-        thumb_threshold: 12.0        # see charattr_hf.curation.signatures.thumb_distance
-        neighbours: 16
+        thumb_threshold: 10.0        # see charattr_hf.curation.signatures.thumb_distance
+        neighbours: 16               # most duplicates linked per row
+        leaf: 512                    # rows per k-means cell compared all-pairs
+        rounds: 2                    # independent partitions into cells
       semantic:                      # needs an `embedding` column (annotate with --keep_embedding)
         threshold: 0.95              # cosine similarity
-        clusters: 0                  # k-means clusters, 0 = about sqrt(rows)
+        leaf: 1024                   # rows per k-means cluster compared all-pairs
+        rounds: 2                    # independent clusterings (1 = SemDeDup's one)
     filters:
       too_small: {min_side: 128}
       aspect_ratio: {max_ratio: 3.0}
@@ -109,15 +112,24 @@ def _check_near(c: NearConfig, where: str) -> None:
         raise UserError(f"{where}.thumb_threshold must be >= 0, got {c.thumb_threshold!r}")
     if not (isinstance(c.neighbours, int) and 1 <= c.neighbours <= 1024):
         raise UserError(f"{where}.neighbours must be an integer in [1, 1024], got {c.neighbours!r}")
-    if not (isinstance(c.nprobe, int) and c.nprobe >= 1) or not (isinstance(c.ivf_min_rows, int) and c.ivf_min_rows >= 2):
-        raise UserError(f"{where}: nprobe must be an integer >= 1 and ivf_min_rows an integer >= 2")
+    _check_clusters(c, where)
+
+
+def _check_clusters(c, where: str) -> None:
+    if not (isinstance(c.leaf, int) and c.leaf >= 16):
+        raise UserError(f"{where}.leaf must be an integer >= 16, got {c.leaf!r}")
+    if not (isinstance(c.rounds, int) and 1 <= c.rounds <= 8):
+        raise UserError(f"{where}.rounds must be an integer in [1, 8], got {c.rounds!r}")
+    if not (isinstance(c.assign, int) and 1 <= c.assign <= 16):
+        raise UserError(f"{where}.assign must be an integer in [1, 16], got {c.assign!r}")
 
 
 def _check_semantic(c: SemanticConfig, where: str) -> None:
     if not -1.0 <= c.threshold <= 1.0:
         raise UserError(f"{where}.threshold is a cosine similarity in [-1, 1], got {c.threshold!r}")
-    if not (isinstance(c.clusters, int) and c.clusters >= 0):
-        raise UserError(f"{where}.clusters must be an integer >= 0 (0 = about sqrt(rows)), got {c.clusters!r}")
+    _check_clusters(c, where)
+    if not (isinstance(c.neighbours, int) and 1 <= c.neighbours <= 1024):
+        raise UserError(f"{where}.neighbours must be an integer in [1, 1024], got {c.neighbours!r}")
     if not (isinstance(c.iterations, int) and c.iterations >= 1):
         raise UserError(f"{where}.iterations must be an integer >= 1, got {c.iterations!r}")
 

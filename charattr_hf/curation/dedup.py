@@ -5,11 +5,18 @@ Every kind yields pairs of rows (edges); the groups are the connected components
 (:func:`connected_components`, vectorised union-find). Nothing here holds an all-pairs matrix:
 
 - exact: rows sorted by hash, equal neighbours linked (``O(n log n)``);
-- near: a faiss binary index over the 64-bit ``phash`` values gives each row its ``neighbours`` nearest rows
-  (exact search for small sets, an inverted-file index over Hamming k-means cells above ``ivf_min_rows``); a
-  candidate within ``phash_radius`` bits is kept only when the colour thumbnails agree (``thumb_distance``);
-- semantic: spherical k-means over the unit embeddings (trained on a sample), each row assigned to its nearest
-  centroid, then cosine similarity within each cluster, blockwise; pairs at ``>= threshold`` are duplicates.
+- near: the colour thumbnails (luma-normalised) are first compared on 4x4-pixel block means (an orthogonal
+  projection: it never lengthens a distance, so it loses no pair) within k-means cells; a candidate within
+  ``thumb_threshold`` is verified on the full thumbnail and on the 64-bit ``phash`` (``phash_radius`` bits);
+- semantic: unit CLIP embeddings within k-means clusters (as SemDeDup); pairs at cosine ``>= threshold``.
+
+Both use :func:`cluster_pairs`: cells from :func:`partition` (k-means on a sample, split recursively until a
+cell holds about ``leaf`` rows, so the work grows linearly with the rows; ``rounds`` independent partitions, so
+a pair cut apart by one cell boundary is found in another), then BLAS products within cells in bounded blocks,
+at most ``neighbours`` partners per row. Measured in ``benchmarks/dedup.py``: on planted copies of synthetic
+characters, grey pHash candidates alone (a faiss binary index over ``phash``) are not selective (distinct
+characters of the same composition sit within a few bits), and a faiss binary IVF index over 1M random 64-bit
+codes took minutes on two cores with poor recall, so the colour thumbnail drives the candidates here.
 """
 
 from __future__ import annotations
@@ -35,13 +42,15 @@ class NearConfig:
     #: candidate when the 64-bit luma phash differs in at most this many bits
     phash_radius: int = 14
     #: duplicate when the colour thumbnails' distance (see signatures.thumb_distance) is at most this
-    thumb_threshold: float = 12.0
-    #: nearest rows by phash looked at per row
+    thumb_threshold: float = 10.0
+    #: most partners kept per row (its nearest); bounds the work on large clusters of look-alikes
     neighbours: int = 16
-    #: above this many rows an inverted-file index (approximate) replaces exact search
-    ivf_min_rows: int = 50_000
-    #: inverted lists probed per query (IVF)
-    nprobe: int = 16
+    #: rows per cell compared all-pairs (k-means cells, split recursively)
+    leaf: int = 512
+    #: independent partitions compared (a pair cut apart by one is usually together in another)
+    rounds: int = 2
+    #: nearest centroids looked at when a row near a cell boundary also joins the cell across it (1: only its own)
+    assign: int = 1
 
 
 @dataclass
@@ -49,8 +58,15 @@ class SemanticConfig:
     enabled: bool = True
     #: cosine similarity at or above which two embeddings are duplicates
     threshold: float = 0.95
-    #: k-means clusters; 0 = about sqrt(rows)
-    clusters: int = 0
+    #: rows per cluster compared all-pairs (k-means clusters, split recursively)
+    leaf: int = 1024
+    #: independent partitions compared (1: one clustering, as SemDeDup)
+    rounds: int = 2
+    #: nearest centroids looked at when a row near a cluster boundary also joins the cluster across it (1: only
+    #: its own cluster, as SemDeDup)
+    assign: int = 1
+    #: most partners kept per row
+    neighbours: int = 16
     #: k-means iterations
     iterations: int = 10
     seed: int = 0
@@ -134,104 +150,185 @@ def _thumb_distances(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray, block: in
     return out
 
 
-def _binary_knn(codes: np.ndarray, k: int, cfg: NearConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _kmeans(x: np.ndarray, k: int, iterations: int, seed: int) -> np.ndarray:
+    """``k`` centroids of ``x`` (faiss k-means, on one thread: it trains on a small sample, and faiss's OpenMP
+    threads spin-wait, which on a shared machine made it 20 times slower than one thread)."""
     import faiss
 
-    n, nbytes = codes.shape
-    d = nbytes * 8
-    k = min(k, n)
-    if n < cfg.ivf_min_rows:
-        index = faiss.IndexBinaryFlat(d)
-    else:
-        nlist = int(min(65536, max(256, 4 * math.sqrt(n))))
-        quantizer = faiss.IndexBinaryFlat(d)
-        index = faiss.IndexBinaryIVF(quantizer, d, nlist)
-        rng = np.random.default_rng(seed)
-        sample = codes[rng.choice(n, size=min(n, nlist * 32), replace=False)]
-        index.train(sample)
-        index.nprobe = cfg.nprobe
-    index.add(codes)
-    dist = np.empty((n, k), np.int32)
-    nbr = np.empty((n, k), np.int64)
-    block = 65536
-    for s in range(0, n, block):
-        D, I = index.search(codes[s : s + block], k)
-        dist[s : s + block], nbr[s : s + block] = D, I
-    return dist, nbr
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        km = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed, max_points_per_centroid=64,
+                          min_points_per_centroid=1, verbose=False)
+        km.train(np.ascontiguousarray(x, dtype=np.float32))
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return km.centroids
+
+
+def partition(get, rows: np.ndarray, dim: int, *, radius: float, leaf: int, fanout: int = 64, assign: int = 4,
+              iterations: int = 8, seed: int = 0, _depth: int = 0) -> list[np.ndarray]:
+    """Cells (arrays of rows, possibly overlapping) such that two rows within ``radius`` (L2) share a cell.
+
+    A node of more than ``2 * leaf`` rows is split by k-means into up to ``fanout`` children, recursively, so
+    the work is linear in the rows (depth ~ log_fanout(rows / leaf)). A row goes to its nearest centroid and
+    also to any of its ``assign`` nearest whose bisector with the nearest lies within ``radius`` of it: a partner
+    within ``radius`` that went to that other centroid must lie across that bisector. Exact for the centroids
+    looked at; a row rarely has more than ``assign`` bisectors that close.
+    """
+    m = len(rows)
+    if m <= 2 * leaf or _depth >= 6:
+        return [rows]
+    k = int(min(fanout, math.ceil(m / leaf)))
+    rng = np.random.default_rng(seed + _depth)
+    sample = rows[np.sort(rng.choice(m, size=min(m, k * 64), replace=False))]
+    cent = _kmeans(get(sample), k, iterations, seed + _depth)
+    csq = np.einsum("ij,ij->i", cent, cent)
+    a = min(assign, k)
+    owners, cells = [], []
+    for s in range(0, m, 65536):
+        x = get(rows[s : s + 65536])
+        d2 = np.einsum("ij,ij->i", x, x)[:, None] + csq[None, :] - 2.0 * (x @ cent.T)
+        near = np.argpartition(d2, a - 1, axis=1)[:, :a] if a < k else np.tile(np.arange(k), (len(x), 1))
+        nd = np.take_along_axis(d2, near, axis=1)
+        o = np.argsort(nd, axis=1)
+        near, nd = np.take_along_axis(near, o, axis=1), np.take_along_axis(nd, o, axis=1)
+        gap = np.linalg.norm(cent[near] - cent[near[:, :1]], axis=2)  # |c_1 - c_j|
+        with np.errstate(divide="ignore", invalid="ignore"):
+            to_bisector = (nd - nd[:, :1]) / (2.0 * gap)
+        join = to_bisector <= radius
+        join[:, 0] = True
+        r, c = np.nonzero(join)
+        owners.append(rows[s + r])
+        cells.append(near[r, c])
+    owners_a, cells_a = np.concatenate(owners), np.concatenate(cells)
+    order = np.argsort(cells_a, kind="stable")
+    bounds = np.flatnonzero(np.diff(cells_a[order])) + 1
+    out: list[np.ndarray] = []
+    for child in np.split(owners_a[order], bounds):
+        if len(child) >= m:  # k-means could not split it (identical rows): stop here
+            out.append(child)
+            continue
+        out += partition(get, child, dim, radius=radius, leaf=leaf, fanout=fanout, assign=assign,
+                         iterations=iterations, seed=seed, _depth=_depth + 1)
+    return out
+
+
+def cluster_pairs(get, m: int, dim: int, *, radius: float, leaf: int = 512, assign: int = 1, rounds: int = 2,
+                  neighbours: int = 16, iterations: int = 8, seed: int = 0, block: int = 4096):
+    """Pairs of rows at L2 distance <= ``radius``: the rows are cut into cells by :func:`partition` and compared
+    within cells with BLAS, in bounded blocks; each row keeps at most ``neighbours`` partners (its nearest), so a
+    cell of thousands of look-alikes cannot make the output quadratic. ``rounds`` independent partitions (other
+    k-means seeds and samples) are compared and their pairs merged: a pair that one partition cuts apart is
+    usually together in another.
+
+    ``get(rows) -> (len(rows), dim) float32`` gives the vectors (so large inputs stay compact until used).
+    Returns ``(i, j, distance, nearest)``: pairs ``i < j``, their L2 distance, and per row the distance to its
+    nearest other row in its cells (``inf`` when alone).
+    """
+    nearest = np.full(m, np.inf, np.float32)
+    cells = []
+    for k in range(rounds if m > 2 * leaf else 1):
+        cells += partition(get, np.arange(m, dtype=np.int64), dim, radius=radius, leaf=leaf, assign=assign,
+                           iterations=iterations, seed=seed + 1000 * k)
+    r2 = np.float32(radius * radius)
+    out_i, out_j, out_d = [], [], []
+    for members in cells:
+        if len(members) < 2:
+            continue
+        x = get(members)
+        sq = np.einsum("ij,ij->i", x, x)
+        step = max(1, min(block, 32_000_000 // len(members)))  # at most ~128 MB of distances at a time
+        for s in range(0, len(members), step):
+            d2 = x[s : s + step] @ x.T
+            d2 *= -2.0
+            d2 += sq[s : s + step, None]
+            d2 += sq[None, :]
+            rows = np.arange(len(d2))
+            d2[rows, rows + s] = np.inf  # a row is not its own duplicate
+            np.minimum.at(nearest, members[s : s + step], d2.min(axis=1))
+            r, c = np.nonzero(d2 <= r2)
+            if not len(r):
+                continue
+            d = d2[r, c]
+            counts = np.bincount(r, minlength=len(d2))
+            if counts.max() > neighbours:  # keep each row's nearest partners only
+                o = np.lexsort((d, r))
+                r, c, d = r[o], c[o], d[o]
+                rank = np.arange(len(r)) - np.repeat(np.cumsum(counts) - counts, counts)
+                keep = rank < neighbours
+                r, c, d = r[keep], c[keep], d[keep]
+            out_i.append(members[r + s])
+            out_j.append(members[c])
+            out_d.append(np.sqrt(np.maximum(d, 0)).astype(np.float32))
+    nearest = np.sqrt(np.maximum(nearest, 0))
+    if not out_i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), nearest
+    i, j, d = _unique_pairs(np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d))
+    return i, j, d, nearest
+
+
+#: The thumbnails are compared first on 4x4-pixel block means (4x4 blocks x 3 channels = 48 numbers): an
+#: orthogonal projection, so a distance there never exceeds the full thumbnail distance and no pair is lost.
+BLOCK = 4
+
+
+def _block_means(thumbs: np.ndarray) -> np.ndarray:
+    """Normalised thumbnails projected on block indicators, scaled so that distances are RMS over 768 values."""
+    t = normalise_thumbs(thumbs).reshape(len(thumbs), THUMB_SIDE // BLOCK, BLOCK, THUMB_SIDE // BLOCK, BLOCK, 3)
+    coords = t.sum(axis=(2, 4)) / BLOCK  # block sum / sqrt(block size): orthonormal coordinates
+    return (coords.reshape(len(thumbs), -1) / math.sqrt(THUMB_SIDE * THUMB_SIDE * 3)).astype(np.float32)
 
 
 def near_pairs(phash: np.ndarray, thumbs: np.ndarray, rows: np.ndarray, cfg: NearConfig) -> Pairs:
     """Near-duplicate edges among ``rows`` (indices into the dataset) given their ``phash`` ``(m, 8)`` and
-    ``thumb`` ``(m, 768)`` arrays (``uint8``)."""
+    ``thumb`` ``(m, 768)`` arrays (``uint8``).
+
+    Candidates: the normalised colour thumbnails are projected on 4x4-pixel block means (a projection never
+    lengthens a distance, so no pair within the threshold is lost there) and compared within the cells of
+    :func:`partition` (:func:`cluster_pairs`). A candidate is a duplicate when its
+    full thumbnail distance is within ``thumb_threshold`` and its phash distance within ``phash_radius``."""
     start = time.perf_counter()
     m = len(rows)
     if m < 2:
         return Pairs("near", seconds=time.perf_counter() - start)
-    dist, nbr = _binary_knn(np.ascontiguousarray(phash, dtype=np.uint8), cfg.neighbours + 1, cfg)
-    qi = np.repeat(np.arange(m, dtype=np.int64), dist.shape[1])
-    qj, qd = nbr.ravel(), dist.ravel()
-    ok = (qj >= 0) & (qj != qi) & (qd <= cfg.phash_radius)
-    a, b, hd = _unique_pairs(qi[ok], qj[ok], qd[ok])
+    projected = np.empty((m, 3 * (THUMB_SIDE // BLOCK) ** 2), np.float32)
+    for s in range(0, m, 65536):
+        projected[s : s + 65536] = _block_means(thumbs[s : s + 65536])
+    a, b, _, nearest = cluster_pairs(lambda r: projected[r], m, projected.shape[1], radius=cfg.thumb_threshold,
+                                     leaf=cfg.leaf, assign=cfg.assign, rounds=cfg.rounds, neighbours=cfg.neighbours)
+    del projected
     td = _thumb_distances(thumbs, a, b)
-    keep = td <= cfg.thumb_threshold
-    return Pairs("near", rows[a[keep]], rows[b[keep]], td[keep], candidates=td,
+    x = np.bitwise_xor(phash[a].view(np.uint64), phash[b].view(np.uint64)).ravel()
+    hd = np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1) if len(x) else np.zeros(0, np.int64)
+    keep = (td <= cfg.thumb_threshold) & (hd <= cfg.phash_radius)
+    # for the picture: each row's nearest other row (block-mean distance, a lower bound of the thumbnail distance)
+    near = nearest[np.isfinite(nearest)]
+    return Pairs("near", rows[a[keep]], rows[b[keep]], td[keep], candidates=near.astype(np.float32),
                  seconds=time.perf_counter() - start)
 
 
-def semantic_pairs(emb: np.ndarray, rows: np.ndarray, cfg: SemanticConfig, block: int = 4096) -> Pairs:
+def semantic_pairs(emb: np.ndarray, rows: np.ndarray, cfg: SemanticConfig) -> Pairs:
     """Semantic duplicate edges among ``rows`` given their embeddings ``(m, d)`` (any float dtype)."""
-    import faiss
-
     start = time.perf_counter()
     m = len(rows)
     if m < 2:
         return Pairs("semantic", seconds=time.perf_counter() - start)
-    d = emb.shape[1]
-
-    def unit(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, np.float32)
-        norm = np.linalg.norm(x, axis=1, keepdims=True)
-        return x / np.maximum(norm, 1e-12)
-
-    k = cfg.clusters or max(1, int(round(math.sqrt(m))))
-    k = min(k, max(1, m // 4))
-    assign = np.zeros(m, np.int64)
-    if k > 1:
-        rng = np.random.default_rng(cfg.seed)
-        sample = unit(emb[np.sort(rng.choice(m, size=min(m, k * 64), replace=False))])
-        km = faiss.Kmeans(d, k, niter=cfg.iterations, spherical=True, seed=cfg.seed, max_points_per_centroid=64,
-                          verbose=False)
-        km.train(sample)
-        for s in range(0, m, 65536):
-            _, a = km.index.search(unit(emb[s : s + 65536]), 1)
-            assign[s : s + 65536] = a[:, 0]
-    order = np.argsort(assign, kind="stable")
-    bounds = np.flatnonzero(np.diff(assign[order])) + 1
-    out_i, out_j, out_s, near_s = [], [], [], []
-    for members in np.split(order, bounds):
-        if len(members) < 2:
-            continue
-        x = unit(emb[members])
-        step = max(1, min(block, 32_000_000 // len(members)))  # at most ~128 MB of similarities at a time
-        for s in range(0, len(members), step):
-            sims = x[s : s + step] @ x[s:].T  # rows s.. against s.. (upper triangle by offset)
-            r, c = np.nonzero(sims >= cfg.threshold)
-            c_abs = c + s
-            r_abs = r + s
-            keep = c_abs > r_abs
-            out_i.append(members[r_abs[keep]])
-            out_j.append(members[c_abs[keep]])
-            out_s.append(sims[r[keep], c[keep]])
-            # nearest other member of each row in this block, for the distribution picture
-            sims[np.arange(len(sims)), np.arange(len(sims))] = -1.0
-            near_s.append(sims.max(axis=1) if sims.shape[1] > 1 else np.zeros(0, np.float32))
-    if out_i:
-        i, j, sim = _unique_pairs(rows[np.concatenate(out_i)], rows[np.concatenate(out_j)], np.concatenate(out_s))
-    else:
-        i = j = np.zeros(0, np.int64)
-        sim = np.zeros(0, np.float32)
-    cand = np.concatenate(near_s) if near_s else np.zeros(0, np.float32)
-    return Pairs("semantic", i, j, (1.0 - sim).astype(np.float32), candidates=(1.0 - cand).astype(np.float32),
+    # unit vectors: cosine >= t  <=>  L2 <= sqrt(2 - 2t)
+    radius = math.sqrt(max(0.0, 2.0 - 2.0 * cfg.threshold))
+    i, j, d, nearest = cluster_pairs(lambda r: _unit(emb[r]), m, emb.shape[1], radius=radius, leaf=cfg.leaf,
+                                     assign=cfg.assign, rounds=cfg.rounds, neighbours=cfg.neighbours,
+                                     iterations=cfg.iterations,
+                                     seed=cfg.seed)
+    d = (d * d / 2.0).astype(np.float32)  # L2 -> 1 - cosine
+    nearest = nearest * nearest / 2.0
+    near = nearest[np.isfinite(nearest)]
+    return Pairs("semantic", rows[i], rows[j], d, candidates=near.astype(np.float32),
                  seconds=time.perf_counter() - start)
 
 

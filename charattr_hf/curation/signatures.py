@@ -1,7 +1,9 @@
 """Near-duplicate signatures of one image: cheap (no model), computed in the decode map, stored per row.
 
-A row's ``signature`` struct holds two signatures of the image's *centre*: the picture without
-:data:`MARGIN` of its side on each edge, so a frame, a crop of a few percent or a corner stamp changes little.
+A row's ``signature`` struct holds two signatures of the image's *centre*: the picture inside a flat frame when it
+has one (:func:`frame_box`: flat lines along an edge, at most 6% of the side, of a colour clearly unlike the
+inside), without :data:`MARGIN` of its side on each edge, so a border, a crop of a few percent or a corner stamp
+changes little.
 
 ``phash``
     64-bit perceptual hash of luma (8 bytes): the lowest 8x8 DCT coefficients of the centre box-resized to
@@ -14,8 +16,9 @@ A row's ``signature`` struct holds two signatures of the image's *centre*: the p
     normalised by its mean and spread (brightness and contrast changes cancel), chroma kept as is, so colour
     tells distinct characters apart. It *verifies* the candidates.
 
-On planted copies of synthetic characters (``benchmarks/dedup.py``) candidate ``phash`` distance <= 14 verified
-by ``thumb`` distance <= 12 gives pairwise precision ~0.98-0.99 at recall ~0.92-0.95 before grouping.
+On planted copies of synthetic characters (``benchmarks/dedup.py quality``), ``thumb`` distance <= 10 and
+``phash`` distance <= 14, grouped, gave pairwise precision 1.00 at recall 0.96 (a grey 64-bit pHash alone: 0.83
+at 0.64, or 0.06 at 0.85); see benchmarks/README.md for the current table.
 """
 
 from __future__ import annotations
@@ -61,14 +64,51 @@ _YCC = np.array(
 )
 
 
+#: A frame (flat rows/columns along an edge, of one colour clearly unlike what is inside) at most this fraction of
+#: the side is cut off before the signatures: a border added to a copy then changes nothing.
+MAX_FRAME = 0.06
+_FRAME_SIDE = 128
+_FRAME_SAME = 10.0  # a frame line: every pixel within this of the frame colour (0..255 per channel)
+_FRAME_DIFF = 30.0  # the first line inside: its mean colour this far from the frame colour
+
+
+def _frame_depth(lines: np.ndarray) -> int:
+    """Lines (outermost first, ``(n, length, 3)``) that form a flat frame, or 0."""
+    colour = lines[0].mean(axis=0)
+    limit = max(1, int(MAX_FRAME * len(lines)) + 1)
+    for t in range(limit + 1):
+        dev = np.abs(lines[t] - colour).max()
+        if dev > _FRAME_SAME:
+            if t == 0:
+                return 0
+            inner = np.abs(lines[t].mean(axis=0) - colour).max()
+            return t if inner > _FRAME_DIFF and t <= limit - 1 else 0
+    return 0
+
+
+def frame_box(rgb: Image.Image) -> tuple[float, float, float, float]:
+    """``(left, top, right, bottom)`` of the picture inside a flat frame (the whole image when there is none)."""
+    w, h = rgb.size
+    sw, sh = min(w, _FRAME_SIDE), min(h, _FRAME_SIDE)
+    a = np.asarray(rgb.resize((sw, sh), Image.Resampling.BOX) if (sw, sh) != (w, h) else rgb, dtype=np.float32)
+    if sw < 8 or sh < 8:
+        return (0.0, 0.0, float(w), float(h))
+    top = _frame_depth(a)
+    bottom = _frame_depth(a[::-1])
+    left = _frame_depth(a.transpose(1, 0, 2))
+    right = _frame_depth(a.transpose(1, 0, 2)[::-1])
+    return (left * w / sw, top * h / sh, w - right * w / sw, h - bottom * h / sh)
+
+
 def compute_signature(rgb: Image.Image) -> dict[str, bytes]:
     """``{"phash": 8 bytes, "thumb": 768 bytes}`` of an RGB image (any size >= 1x1)."""
     if rgb.mode != "RGB":
         rgb = rgb.convert("RGB")
-    w, h = rgb.size
-    box = (MARGIN * w, MARGIN * h, (1 - MARGIN) * w, (1 - MARGIN) * h)
+    x0, y0, x1, y1 = frame_box(rgb)
+    w, h = x1 - x0, y1 - y0
+    box = (x0 + MARGIN * w, y0 + MARGIN * h, x1 - MARGIN * w, y1 - MARGIN * h)
     if box[2] - box[0] < 1 or box[3] - box[1] < 1:
-        box = (0, 0, w, h)
+        box = (0, 0, rgb.width, rgb.height)
     small = rgb.resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BOX, box=box)
     a = np.asarray(small, dtype=np.float32)
     luma = a @ _YCC[0]
@@ -100,6 +140,6 @@ def normalise_thumbs(thumbs: np.ndarray) -> np.ndarray:
 
 
 def thumb_distance(a: bytes | np.ndarray, b: bytes | np.ndarray) -> float:
-    """RMS distance of two ``thumb`` values after luma normalisation (0 = same; 12 is the default threshold)."""
+    """RMS distance of two ``thumb`` values after luma normalisation (0 = same; 10 is the default threshold)."""
     x = normalise_thumbs(np.stack([np.frombuffer(bytes(a), np.uint8), np.frombuffer(bytes(b), np.uint8)]))
     return float(np.sqrt(np.mean((x[0] - x[1]) ** 2)))
