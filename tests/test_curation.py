@@ -407,3 +407,38 @@ def test_annotate_then_curate_recipes(tiny_clip_dir, tmp_path):
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 2 and "unknown filter 'sharpness'" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and not (tmp_path / "never").exists()
+
+
+# --------------------------------------------------------------------------------------------- the Hub (doubles)
+def test_hub_dataset_id_in_and_push_out(tiny_annotated, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from charattr_hf.hub import push_dataset
+
+    calls = []
+
+    def fake_snapshot(repo_id, repo_type=None, revision=None, allow_patterns=None):
+        calls.append((repo_id, repo_type, revision, tuple(allow_patterns)))
+        return str(tiny_annotated)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    out = tmp_path / "out"
+    result = curate("someone/annotated", out, write_config(tmp_path, "dedup: {exact: true}\n"), revision="v1")
+    assert result.rows == 2 and calls == [("someone/annotated", "dataset", "v1", ("data/*.parquet", "README.md"))]
+
+    class FakeApi:
+        def __init__(self):
+            self.uploads = []
+
+        def create_repo(self, repo_id, **kwargs):
+            return type("Repo", (), {"url": f"https://huggingface.co/datasets/{repo_id}"})()
+
+        def upload_folder(self, **kwargs):
+            self.uploads.append(kwargs)
+
+    api = FakeApi()
+    url = push_dataset(out, "someone/curated", api=api)
+    assert url.endswith("someone/curated")
+    upload = api.uploads[0]
+    assert "images/*.png" in upload["allow_patterns"] and "data/*.parquet" in upload["allow_patterns"]
+    assert sorted(upload["delete_patterns"]) == ["data/quarantine-*.parquet", "data/train-*.parquet"]
