@@ -116,6 +116,11 @@ def test_signatures_separate_copies_from_other_pictures():
     assert phash_distance(s_base["phash"], s_copy["phash"]) <= 4
     assert thumb_distance(s_base["thumb"], s_copy["thumb"]) < 4
     assert thumb_distance(s_base["thumb"], s_other["thumb"]) > 12
+    # a flat border of another colour is cut off before the signatures
+    from PIL import ImageOps
+
+    framed = compute_signature(ImageOps.expand(base, border=7, fill=(250, 20, 200)))
+    assert thumb_distance(s_base["thumb"], framed["thumb"]) < 2
 
 
 # --------------------------------------------------------------------------------------------- groups
@@ -132,6 +137,24 @@ def test_connected_components_match_scipy():
     pairs = set(zip(ours.tolist(), theirs.tolist()))
     assert len(pairs) == len(set(ours.tolist())) == len(set(theirs.tolist()))
     assert all(ours[k] <= k for k in range(n))  # label = smallest member
+
+
+def test_cluster_pairs_split_into_cells_and_find_close_pairs():
+    from charattr_hf.curation.dedup import cluster_pairs, partition
+
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(3000, 8)).astype(np.float32) * 10
+    close = base[:300] + rng.normal(size=(300, 8)).astype(np.float32) * 0.1
+    x = np.concatenate([base, close])
+    cells = partition(lambda r: x[r], np.arange(len(x)), 8, radius=1.0, leaf=64)
+    assert len(cells) > 20 and max(len(c) for c in cells) < 1000
+    assert set(np.concatenate(cells).tolist()) == set(range(len(x)))  # every row is in some cell
+    i, j, d, nearest = cluster_pairs(lambda r: x[r], len(x), 8, radius=1.0, leaf=64, rounds=2)
+    truth = {(k, 3000 + k) for k in range(300)}
+    found = set(zip(i.tolist(), j.tolist()))
+    assert found <= truth | {p for p in found if np.linalg.norm(x[p[0]] - x[p[1]]) <= 1.0}
+    assert len(found & truth) >= 0.95 * len(truth)
+    assert np.allclose(d, np.linalg.norm(x[i] - x[j], axis=1), atol=1e-3)
 
 
 def test_exact_pairs_link_equal_hashes_only():
