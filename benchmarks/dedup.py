@@ -115,7 +115,7 @@ def quality(args) -> dict:
                         "seconds": round(seconds, 3)})
 
     # the curation's near duplicates (defaults), and a few thresholds around them
-    for radius, thr in [(14, 10.0), (14, 11.0), (14, 12.0), (64, 10.0), (10, 10.0), (14, 8.0)]:
+    for radius, thr in [(10, 10.0), (14, 10.0), (10, 11.0), (14, 12.0), (64, 10.0), (10, 8.0)]:
         cfg = NearConfig(phash_radius=radius, thumb_threshold=thr)
         s = time.perf_counter()
         p = near_pairs(phash, thumbs, np.arange(n), cfg)

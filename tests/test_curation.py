@@ -239,7 +239,7 @@ def test_near_duplicates_precision_recall_and_accounting(planted, tmp_path):
             assert row["reasons"][0].startswith("near_duplicate: of ")
     # the card states each kind with its threshold, and the picture exists
     card = (out / "README.md").read_text()
-    assert "phash <= 14 bits" in card and (out / "images" / "dedup_distances.png").stat().st_size > 1000
+    assert "phash <= 10 bits" in card and (out / "images" / "dedup_distances.png").stat().st_size > 1000
     assert Image.open(out / "images" / "dedup_distances.png").size[0] == 720
 
 

@@ -40,7 +40,7 @@ __all__ = ["NearConfig", "SemanticConfig", "Pairs", "connected_components", "exa
 class NearConfig:
     enabled: bool = True
     #: candidate when the 64-bit luma phash differs in at most this many bits
-    phash_radius: int = 14
+    phash_radius: int = 10
     #: duplicate when the colour thumbnails' distance (see signatures.thumb_distance) is at most this
     thumb_threshold: float = 10.0
     #: most partners kept per row (its nearest); bounds the work on large clusters of look-alikes
