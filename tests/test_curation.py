@@ -256,6 +256,21 @@ def test_kept_representative_is_the_largest_copy(tmp_path):
     assert train["dup_group"][train["id"].index("img-3")] is None
 
 
+def test_card_shows_example_groups_as_pictures_when_images_are_kept(tmp_path):
+    from datasets import Image as ImageFeature
+
+    base = im_.scene(160, 160, seed=13)
+    imgs = [im_.encode(base), im_.encode(base.resize((120, 120))), im_.encode(im_.scene(160, 160, seed=14).rotate(90))]
+    folder = annotated(tmp_path / "ann", imgs,
+                       extra={"image": (ImageFeature(), [{"bytes": b, "path": None} for b in imgs])})
+    out = tmp_path / "out"
+    curate(folder, out, write_config(tmp_path, NEAR_ONLY))
+    sheet = Image.open(out / "images" / "dedup_examples.png")
+    assert sheet.size[0] > 2 * 96 and "![example groups](images/dedup_examples.png)" in (out / "README.md").read_text()
+    train, _ = load(out)
+    assert isinstance(train.ds[0]["image"], Image.Image)  # the images stay in the curated data
+
+
 def test_exact_duplicates_and_decode_errors(tmp_path):
     a = im_.encode(im_.scene(96, 96, seed=1))
     b = im_.encode(im_.scene(96, 96, seed=2).transpose(Image.Transpose.FLIP_TOP_BOTTOM))
