@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import itertools
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -66,8 +64,7 @@ def _grey_phash(data: bytes) -> np.ndarray:
 
 
 def quality(args) -> dict:
-    from charattr_hf.curation.curate import assign_groups
-    from charattr_hf.curation.dedup import NearConfig, Pairs, connected_components, near_pairs
+    from charattr_hf.curation.dedup import NearConfig, connected_components, near_pairs
     from charattr_hf.curation.planted import planted_rows
     from charattr_hf.stages.decode import DecodeStage
 

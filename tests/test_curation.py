@@ -10,14 +10,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from datasets import Dataset, load_dataset
 from PIL import Image, ImageFilter
 
 from charattr_hf.curation.curate import assign_groups, curate
-from charattr_hf.curation.dedup import (NearConfig, Pairs, SemanticConfig, connected_components, exact_pairs,
-                                        semantic_pairs)
+from charattr_hf.curation.dedup import Pairs, SemanticConfig, connected_components, exact_pairs, semantic_pairs
 from charattr_hf.curation.planted import planted_rows, planted_set
 from charattr_hf.curation.signatures import compute_signature, phash_distance, thumb_distance
 from charattr_hf.errors import UserError

@@ -20,15 +20,12 @@ README.md with the YAML header ``load_dataset`` reads) plus ``curation.json`` an
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -116,8 +113,8 @@ def _fixed_bytes(column: pa.ChunkedArray, width: int) -> tuple[np.ndarray, np.nd
     buf = values.buffers()[2]
     offsets = np.frombuffer(values.buffers()[1], np.int32, count=len(values) + 1, offset=values.offset * 4)
     data = np.frombuffer(buf, np.uint8) if buf is not None else np.zeros(0, np.uint8)
-    if len(valid) and not np.array_equal(np.diff(offsets), np.full(len(valid), width)):
-        raise AssertionError("unexpected binary layout")
+    if len(valid) and not np.array_equal(np.diff(offsets), np.full(len(valid), width)):  # not packed: copy
+        return valid, np.frombuffer(b"".join(values.to_pylist()), np.uint8).reshape(len(valid), width)
     start = offsets[0] if len(offsets) else 0
     return valid, data[start : start + len(valid) * width].reshape(len(valid), width)
 
