@@ -20,22 +20,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from charattr_hf.cli import parse_args
+from charattr_hf.cli import parse_args, run_main
 
 
 @dataclass
 class CurateArguments:
-    dataset: str = field(metadata={"help": "Annotated dataset: an output folder of recipes/annotate.py or a Hub id."})
+    dataset: Optional[str] = field(
+        default=None, metadata={"help": "Annotated dataset (required): an output folder of recipes/annotate.py or a Hub id."}
+    )
     output_dir: str = field(default="outputs/curated", metadata={"help": "Where the curated dataset is written."})
     curate_config: Optional[str] = field(
-        default=None, metadata={"help": "Curation YAML (dedup thresholds and filters); default: a built-in config."}
+        default=None,
+        metadata={"help": "Curation YAML (dedup thresholds and filters), also given as --config; default: a built-in "
+                          "config."},
     )
     split: str = field(default="train", metadata={"help": "Split of the annotated dataset to curate."})
     revision: Optional[str] = field(default=None, metadata={"help": "Revision of a Hub dataset."})
-    max_shard_rows: int = field(default=100_000, metadata={"help": "Rows per output Parquet file."})
+    max_shard_rows: int = field(default=100_000, metadata={"help": "Rows per output Parquet file.", "min": 1})
     push_to_hub: Optional[str] = field(default=None, metadata={"help": "Publish the result to this Hub dataset repo id."})
     hub_private: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
-    debug: bool = field(default=False, metadata={"help": "Show the traceback of a user error."})
 
 
 def _split_config(argv: list[str]) -> list[str]:
@@ -54,22 +57,13 @@ def _split_config(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = _split_config(list(sys.argv[1:] if argv is None else argv))
     args = parse_args([CurateArguments], argv, description=__doc__.split("\n\n")[0])
+    from charattr_hf.errors import UserError
+
+    if not args.dataset:
+        raise UserError("--dataset is required: an annotated output folder (recipes/annotate.py) or a Hub dataset id")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("datasets", "httpx", "huggingface_hub", "faiss", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-    from charattr_hf.errors import UserError
-
-    try:
-        return _run(args)
-    except UserError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-
-
-def _run(args: CurateArguments) -> int:
     from charattr_hf.curation.curate import curate
 
     result = curate(args.dataset, args.output_dir, args.curate_config, split=args.split, revision=args.revision,
@@ -94,4 +88,4 @@ def _run(args: CurateArguments) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
