@@ -57,7 +57,10 @@ def main() -> None:
     cols["probs_clip"], cols["probs_tags"] = sim["probs_clip"], sim["probs_tags"]
     from datasets import Dataset
 
-    base = Dataset.from_dict(cols, features=schema.output_features(("clip", "tags"))).data.table
+    feats = schema.output_features(("clip", "tags"))
+    for column in feats:  # output columns of other stages (e.g. curation's signature): null here
+        cols.setdefault(column, [None] * base_n)
+    base = Dataset.from_dict(cols, features=feats).data.table
     root = Path(tempfile.mkdtemp(prefix="charattr-browse-")) / "annotated"
     (root / "data").mkdir(parents=True)
     t0 = time.perf_counter()

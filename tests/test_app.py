@@ -51,6 +51,8 @@ def many_groups(tmp_path_factory):
              "error": [None if rng.random() > 0.02 else "broken" for _ in range(len(sim))],
              "flags": sim["flags"], "width": [64] * len(sim), "height": [64] * len(sim), "quality": sim["quality"],
              **cols, "probs_clip": sim["probs_clip"], "probs_tags": sim["probs_tags"]}
+    for column in feats:  # output columns of other stages (e.g. curation's signature): null here
+        table.setdefault(column, [None] * len(sim))
     ds = Dataset.from_dict(table, features=feats)
     out = tmp_path_factory.mktemp("many") / "annotated"
     (out / "data").mkdir(parents=True)
