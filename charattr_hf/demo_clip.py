@@ -62,6 +62,7 @@ import numpy as np
 import torch
 
 from . import synthetic
+from .markdown import markdown_table
 from .schema import Schema, load_schema
 
 __all__ = [
@@ -672,20 +673,15 @@ def format_results(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> st
     first = results[styles[0]]
     single = [a for a, m in first.items() if "accuracy" in m]
     multi = [a for a, m in first.items() if "labels" in m]
-    lines = ["accuracy (mean top-label confidence; chance = 1/labels)", ""]
-    lines.append("| style | " + " | ".join(single) + " | mean |")
-    lines.append("|---" * (len(single) + 2) + "|")
-    for style in styles:
-        cells = [f"{results[style][a]['accuracy']:.3f} ({results[style][a]['confidence']:.2f})" for a in single]
-        lines.append(f"| {style} | " + " | ".join(cells) + f" | {single_label_mean(results[style]):.3f} |")
-    lines.append("| chance | " + " | ".join(f"{first[a]['chance']:.3f}" for a in single) + " | |")
+    rows = [[style, *(f"{results[style][a]['accuracy']:.3f} ({results[style][a]['confidence']:.2f})" for a in single),
+             f"{single_label_mean(results[style]):.3f}"] for style in styles]
+    rows.append(["chance", *(f"{first[a]['chance']:.3f}" for a in single), ""])
+    lines = ["accuracy (mean top-label confidence; chance = 1/labels)", "",
+             markdown_table(["style", *single, "mean"], rows, missing="")]
     for attr in multi:
         labels = list(first[attr]["labels"])
         lines += ["", f"{attr}: F1 per label (threshold from the schema), macro F1, exact-set accuracy", ""]
-        lines.append("| style | " + " | ".join(labels) + " | macro F1 | exact |")
-        lines.append("|---" * (len(labels) + 3) + "|")
-        for style in styles:
-            m = results[style][attr]
-            cells = [f"{m['labels'][lab]['f1']:.3f}" for lab in labels]
-            lines.append(f"| {style} | " + " | ".join(cells) + f" | {m['macro_f1']:.3f} | {m['exact']:.3f} |")
+        rows = [[style, *(results[style][attr]["labels"][lab]["f1"] for lab in labels),
+                 results[style][attr]["macro_f1"], results[style][attr]["exact"]] for style in styles]
+        lines.append(markdown_table(["style", *labels, "macro F1", "exact"], rows))
     return "\n".join(lines)

@@ -43,6 +43,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, LargeList, List
 import evaluate
 
 from .inputs import is_saved_dataset
+from .markdown import markdown_table
 from .metrics import CalibrationError, LabelAccuracy, LabelF1, SelectiveAccuracy
 from .metrics._core import DEFAULT_CURVE_THRESHOLDS
 from .schema import SOURCES, Attribute, Label, Schema, load_schema
@@ -763,20 +764,6 @@ def evaluate_annotations(
 
 
 # ============================================================================================ reporting
-def _fmt(x: Any, digits: int = 3) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.{digits}f}"
-    return str(x)
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
-    return lines
-
-
 def to_markdown(report: Mapping[str, Any]) -> str:
     """The report as Markdown: the per-source mean over single-label attributes, then one row per
     (attribute, group, source)."""
@@ -799,7 +786,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     lines.append("## Mean accuracy over single-label attributes")
     lines.append("")
     rows = [[s] + [report["summary"][s][g]["mean_accuracy"] for g in groups] for s in report["sources"]]
-    lines += _md_table(["source", *groups], rows)
+    lines.append(markdown_table(["source", *groups], rows))
     single_rows, multi_rows = [], []
     for name, a in report["attributes"].items():
         for g in groups:
@@ -819,20 +806,20 @@ def to_markdown(report: Mapping[str, Any]) -> str:
                     )
     if single_rows:
         lines += ["", "## Single-label attributes", ""]
-        lines += _md_table(
+        lines.append(markdown_table(
             ["attribute", "group", "source", "n", "missing", "accuracy", "macro-F1", "mean conf.", "ECE",
              f"coverage@{t:g}", f"accuracy@{t:g}"],
             single_rows,
-        )
+        ))
     if multi_rows:
         lines += ["", "## Multi-label attributes", ""]
         lines.append(f"Coverage and accuracy@{t:g} count per-label decisions, not rows.")
         lines.append("")
-        lines += _md_table(
+        lines.append(markdown_table(
             ["attribute", "group", "source", "n", "missing", "exact match", "micro-F1", "macro-F1", "ECE",
              f"coverage@{t:g}", f"accuracy@{t:g}"],
             multi_rows,
-        )
+        ))
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
     return "\n".join(lines) + "\n"
