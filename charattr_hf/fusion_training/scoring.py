@@ -1,5 +1,5 @@
 """Scoring fusion methods on labelled rows: the sources alone, the fixed fusion rules and learned policies,
-through the shared metrics of :mod:`charattr_hf.metrics` (used by the training recipe and
+through the shared metrics of :mod:`charattr_hf.metrics.core` (used by the training recipe and
 ``benchmarks/fusion.py``)."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..metrics import CalibrationError, LabelAccuracy
-from ..metrics import _core as metric_core
+from ..metrics import core as metric_core
 from ..models.fusion import CharattrFusionConfig, CharattrFusionModel
 from ..schema import probs_column
 from ..stages.fusion import SimpleFusion
@@ -82,14 +81,10 @@ def score(
 ) -> list[dict]:
     """Accuracy and ECE per attribute (overall, and per group when ``groups`` is given) of one method.
 
-    Counted as :mod:`charattr_hf.evaluation` counts (the shared :mod:`charattr_hf.metrics` modules): rows
-    without ground truth are skipped; a row where the method has no answer is a wrong answer for accuracy
-    (``missing``) and is left out of ECE. Accuracy is exact match for multi-label attributes; ECE is top-label
-    for single-label attributes and over per-label presence probabilities for multi-label ones. Overall
-    numbers go through the ``evaluate`` modules; per-group numbers use the same arithmetic
-    (``charattr_hf.metrics._core``) directly, to avoid one ``evaluate`` call per group."""
-    accuracy = {m: LabelAccuracy(m, keep_in_memory=True) for m in ("multiclass", "multilabel")}
-    calibration = {m: CalibrationError(m, keep_in_memory=True) for m in ("multiclass", "multilabel")}
+    Counted as :mod:`charattr_hf.evaluation` counts (both call :mod:`charattr_hf.metrics.core`): rows without
+    ground truth are skipped; a row where the method has no answer is a wrong answer for accuracy (``missing``)
+    and is left out of ECE. Accuracy is exact match for multi-label attributes; ECE is top-label for single-label
+    attributes and over per-label presence probabilities for multi-label ones."""
     records: list[dict] = []
     group_keys = None if groups is None else np.asarray([str(g) for g in groups])
     for i, attr in enumerate(config.attributes):
@@ -100,40 +95,30 @@ def score(
             continue
         p, y, ok = probs[rows, i, :k].astype(np.float64), y[rows], available[rows, i]
         if attr["multi_label"]:
-            kind = "multilabel"
             pred = np.where(ok[:, None], (p >= attr["threshold"]).astype(np.int64), -1)
             ref = (y > 0.5).astype(np.int64)
             conf = np.where(ok[:, None], p, np.nan)
-            acc = accuracy[kind].compute(predictions=pred.tolist(), references=ref.tolist())
-            ece = calibration[kind].compute(probabilities=conf.tolist(), references=ref.tolist(), num_bins=num_bins)
 
-            def by_rows(sel, pred=pred, ref=ref, conf=conf):
-                return (metric_core.multilabel_accuracy(pred[sel], ref[sel])["subset_accuracy"],
-                        metric_core.multilabel_calibration(conf[sel], ref[sel], num_bins)["ece"])
-
-            acc_value = acc["subset_accuracy"]
+            def measure(sel, pred=pred, ref=ref, conf=conf):
+                out = metric_core.score_multi_label(pred[sel], ref[sel], conf[sel], num_bins=num_bins)
+                return out["subset_accuracy"], out["ece"], out["missing"]
         else:
-            kind = "multiclass"
             pred = np.where(ok, p.argmax(-1), -1).astype(np.int64)
             ref = y.argmax(-1).astype(np.int64)
             conf = np.where(ok, p.max(-1) / np.clip(p.sum(-1), 1e-12, None), np.nan)
-            acc = accuracy[kind].compute(predictions=pred, references=ref)
-            ece = calibration[kind].compute(predictions=pred, references=ref, confidences=conf, num_bins=num_bins)
 
-            def by_rows(sel, pred=pred, ref=ref, conf=conf):
-                return (metric_core.multiclass_accuracy(pred[sel], ref[sel])["accuracy"],
-                        metric_core.multiclass_calibration(pred[sel], ref[sel], conf[sel], num_bins)["ece"])
+            def measure(sel, pred=pred, ref=ref, conf=conf):
+                out = metric_core.score_single_label(pred[sel], ref[sel], conf[sel], num_bins=num_bins)
+                return out["accuracy"], out["ece"], out["missing"]
 
-            acc_value = acc["accuracy"]
-        records.append({"attribute": attr["name"], "method": method, "style": None, "accuracy": acc_value,
-                        "ece": ece["ece"], "n": int(len(rows)), "missing": int(acc["missing"])})
+        selections = [(None, np.arange(len(rows)))]
         if group_keys is not None:
             keys = group_keys[rows]
-            for key in sorted(set(keys.tolist())):
-                sel = np.flatnonzero(keys == key)
-                a, e = by_rows(sel)
-                records.append({"attribute": attr["name"], "method": method, "style": key, "accuracy": a,
-                                "ece": e, "n": int(len(sel)), "missing": int((~ok[sel]).sum())})
+            selections += [(key, np.flatnonzero(keys == key)) for key in sorted(set(keys.tolist()))]
+        for key, sel in selections:
+            acc, ece, missing = measure(sel)
+            records.append({"attribute": attr["name"], "method": method, "style": key, "accuracy": acc, "ece": ece,
+                            "n": int(len(sel)), "missing": int(missing)})
     return records
 
 
