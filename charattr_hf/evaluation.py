@@ -39,12 +39,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import ClassLabel, Dataset, DatasetDict, Features, LargeList, List, load_dataset, load_from_disk
+from datasets import ClassLabel, Dataset, DatasetDict, Features, LargeList, List
 
-from .inputs import is_saved_dataset
 from .markdown import markdown_table
 from .metrics import core
 from .metrics.core import DEFAULT_CURVE_THRESHOLDS
+from .reader import read_dataset
 from .schema import SOURCES, Attribute, Label, Schema, load_schema
 
 __all__ = [
@@ -147,36 +147,10 @@ def schema_from_features(
 
 # ============================================================================================ loading
 def load_annotations(path: "str | os.PathLike | Dataset | DatasetDict", split: str = "train") -> Dataset:
-    """Open an annotated (or labels) dataset from wherever it lives.
-
-    Accepts a ``Dataset``; a ``DatasetDict`` (takes ``split``); a ``save_to_disk`` folder; a Parquet,
-    JSON Lines or CSV file (or glob); a folder or Hub id that ``load_dataset`` understands (the pipeline's
-    output folder: ``data/train-*.parquet`` + README.md).
-    """
-    if isinstance(path, DatasetDict):
-        return _pick_split(path, split, "the DatasetDict")
-    if isinstance(path, Dataset):
-        return path
-    text = os.fspath(path)
-    p = Path(text)
-    if is_saved_dataset(p):
-        loaded = load_from_disk(text)
-        return _pick_split(loaded, split, text) if isinstance(loaded, DatasetDict) else loaded
-    suffixes = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
-    builder = suffixes.get(p.suffix.lower())
-    if builder:
-        if not any(ch in text for ch in "*?[") and not p.is_file():
-            raise FileNotFoundError(f"no such file: {text}")
-        return load_dataset(builder, data_files=text, split="train")
-    if not p.exists() and (text.startswith((".", "/", "~")) or text.count("/") > 1):
-        raise FileNotFoundError(f"no such dataset folder: {text}")
-    return load_dataset(text, split=split)
-
-
-def _pick_split(dd: DatasetDict, split: str, where: str) -> Dataset:
-    if split not in dd:
-        raise EvaluationError(f"{where} has no split {split!r}; splits: {list(dd)}")
-    return dd[split]
+    """Open an annotated (or labels) dataset from wherever it lives, with :func:`charattr_hf.reader.read_dataset`:
+    a ``Dataset``; a ``DatasetDict`` (takes ``split``); a ``save_to_disk`` folder; a Parquet, JSON Lines or CSV
+    file (or glob); the annotation output folder (``data/train-*.parquet`` + README.md) or a Hub id."""
+    return read_dataset(path, split)
 
 
 # ============================================================================================ arrow -> numpy

@@ -12,16 +12,14 @@ import copy
 import hashlib
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import datasets
 import numpy as np
 import torch
 from datasets import Dataset
 
-from ..inputs import is_saved_dataset
 from ..models.fusion import CharattrFusionConfig, CharattrFusionModel, encode_columns
+from ..reader import read_dataset
 from ..schema import SOURCES, Schema, load_schema, probs_column
 
 logger = logging.getLogger(__name__)
@@ -64,18 +62,11 @@ class FusionData:
         return {k: torch.from_numpy(v).to(device) for k, v in self.inputs.items()}
 
 
-def load_table(path_or_id: str, split: str = "train", **kwargs: Any) -> Dataset:
-    """A dataset from a ``save_to_disk`` folder, Parquet file(s) or folder, or a Hub id (with ``split``)."""
-    path = Path(path_or_id)
-    if is_saved_dataset(path):
-        loaded = datasets.load_from_disk(str(path))
-        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-    if path.is_file() and path.suffix == ".parquet":
-        return datasets.load_dataset("parquet", data_files=str(path), split="train", **kwargs)
-    if path.is_dir() and not (path / "README.md").exists() and list(path.rglob("*.parquet")):
-        files = sorted(str(p) for p in path.rglob("*.parquet"))
-        return datasets.load_dataset("parquet", data_files=files, split="train", **kwargs)
-    return datasets.load_dataset(str(path_or_id), split=split, **kwargs)
+def load_table(path_or_id: str, split: str = "train") -> Dataset:
+    """An annotated dataset, labels or a feedback log, from wherever it lives (a ``save_to_disk`` folder,
+    Parquet file(s) or folder, an annotation output folder, a Hub id with ``split``): the same loader as the
+    evaluation and the annotation input, :func:`charattr_hf.reader.read_dataset`."""
+    return read_dataset(path_or_id, split)
 
 
 def build_config(
