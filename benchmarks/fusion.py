@@ -118,12 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     schema = load_schema(args.schema)
     t0 = time.perf_counter()
-    if args.simulate:
-        data = ft.simulate_annotated(schema, args.rows, seed=args.seed)
-        name = f"simulated test bed ({args.rows} rows, seed {args.seed})"
-    else:
-        data = ft.load_table(args.dataset, args.split)
-        name = args.dataset
+    data, name = ft.open_annotated(None if args.simulate else args.dataset, args.split, schema=schema,
+                                   simulate_rows=args.rows, seed=args.seed)
     for col in ("truth", args.style_column, "id"):
         if col not in data.column_names:
             sys.exit(f"the benchmark dataset needs a {col!r} column")

@@ -144,6 +144,17 @@ def test_join_labels_matches_truth_column(bed):
     np.testing.assert_array_equal(ft.build_features(joined2, bed["config"]).labels[:, 0], ref.labels[:, 0])
 
 
+
+def test_open_annotated_reads_files_joins_labels_or_simulates(bed, tmp_path):
+    ds = bed["train_ds"].select(range(30))
+    ds.remove_columns("truth").to_parquet(str(tmp_path / "annotated.parquet"))
+    ds.select_columns(["id", "truth"]).select(range(20)).to_parquet(str(tmp_path / "labels.parquet"))
+    rows, name = ft.open_annotated(str(tmp_path / "annotated.parquet"), labels=str(tmp_path / "labels.parquet"))
+    assert name == str(tmp_path / "annotated.parquet") and rows["id"] == ds["id"]
+    assert rows["truth"][:20] == ds["truth"][:20] and rows["truth"][20:] == [None] * 10
+    sim, name = ft.open_annotated(None, schema=bed["schema"], simulate_rows=25, seed=11)
+    assert sim["id"] == bed["train_ds"]["id"][:25] and name == "simulated test bed (25 rows, seed 11)"
+
 # ------------------------------------------------------------------------------------------ feedback
 def test_simulated_feedback_log(bed):
     ds = bed["train_ds"].select(range(200))

@@ -28,6 +28,7 @@ from .data import (
     encode_labels,
     join_labels,
     load_table,
+    open_annotated,
     split_by_id,
 )
 from .feedback import FEEDBACK_FEATURES, simulate_feedback, train_from_feedback, validate_feedback
@@ -62,4 +63,5 @@ __all__ = [
     "score",
     "summarize",
     "load_table",
+    "open_annotated",
 ]

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "FusionData",
     "load_table",
+    "open_annotated",
     "build_config",
     "build_model",
     "encode_labels",
@@ -67,6 +68,31 @@ def load_table(path_or_id: str, split: str = "train") -> Dataset:
     Parquet file(s) or folder, an annotation output folder, a Hub id with ``split``): the same loader as the
     evaluation and the annotation input, :func:`charattr_hf.reader.read_dataset`."""
     return read_dataset(path_or_id, split)
+
+
+def open_annotated(
+    dataset: "str | Dataset | None",
+    split: str = "train",
+    *,
+    labels: "str | Dataset | None" = None,
+    schema: "Schema | str | None" = None,
+    simulate_rows: int = 0,
+    seed: int = 0,
+) -> tuple[Dataset, str]:
+    """The annotated rows to train or compare policies on, and a name for them (recorded on the model card).
+
+    ``dataset`` (anything :func:`load_table` opens) with ``labels`` joined by ``id`` when given; or, when
+    ``dataset`` is None, the simulated test bed (:func:`~charattr_hf.fusion_training.simulate_annotated` with
+    ``simulate_rows`` rows of ``schema``, seeded by ``seed``)."""
+    if dataset is None:
+        from .testbed import simulate_annotated
+
+        rows = simulate_annotated(schema, simulate_rows, seed=seed)
+        return rows, f"simulated test bed ({simulate_rows} rows, seed {seed})"
+    rows = load_table(dataset, split)
+    if labels is not None:
+        rows = join_labels(rows, load_table(labels, split))
+    return rows, dataset if isinstance(dataset, str) else "the given dataset"
 
 
 def build_config(

@@ -54,15 +54,8 @@ class CalibrationError(evaluate.Metric):
     """Expected calibration error (top-label for multiclass, per-label presence for multilabel)."""
 
     def _info(self) -> evaluate.MetricInfo:
-        features, fmt = core.input_features(self.config_name, "confidences")
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=features,
-            format=fmt,
-            reference_urls=["https://arxiv.org/abs/1706.04599"],
-        )
+        return core.metric_info(self.config_name, "confidences", _DESCRIPTION, _KWARGS_DESCRIPTION, _CITATION,
+                                reference_urls=["https://arxiv.org/abs/1706.04599"])
 
     def _compute(self, references, predictions=None, confidences=None, probabilities=None, num_bins=15):
         if self.config_name == "multilabel":

@@ -28,6 +28,7 @@ import numpy as np
 __all__ = [
     "DEFAULT_CURVE_THRESHOLDS",
     "input_features",
+    "metric_info",
     "as_indicator_matrix",
     "multiclass_accuracy",
     "multiclass_f1",
@@ -72,6 +73,16 @@ def input_features(config_name: str, inputs: str) -> tuple[object, str | None]:
             {"predictions": value("int64"), "references": value("int64"), "confidences": value("float64")}
         ), None
     raise ValueError(f"inputs must be 'labels' or 'confidences', got {inputs!r}")
+
+
+def metric_info(config_name: str, inputs: str, description: str, inputs_description: str, citation: str = "",
+                **extra: object):
+    """The ``evaluate.MetricInfo`` of a metric module: its texts, and the features of :func:`input_features`."""
+    import evaluate
+
+    features, fmt = input_features(config_name, inputs)
+    return evaluate.MetricInfo(description=description, citation=citation, inputs_description=inputs_description,
+                               features=features, format=fmt, **extra)
 
 
 def _ratio(num: float, den: float) -> float | None:

@@ -44,14 +44,7 @@ class LabelAccuracy(evaluate.Metric):
     """Accuracy (multiclass) or exact-match accuracy (multilabel) with missing predictions counted wrong."""
 
     def _info(self) -> evaluate.MetricInfo:
-        features, fmt = core.input_features(self.config_name, "labels")
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=features,
-            format=fmt,
-        )
+        return core.metric_info(self.config_name, "labels", _DESCRIPTION, _KWARGS_DESCRIPTION, _CITATION)
 
     def _compute(self, predictions, references):
         if self.config_name == "multilabel":

@@ -54,14 +54,7 @@ class SelectiveAccuracy(evaluate.Metric):
     """Coverage and accuracy on kept decisions when abstaining below a confidence threshold."""
 
     def _info(self) -> evaluate.MetricInfo:
-        features, fmt = core.input_features(self.config_name, "confidences")
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=features,
-            format=fmt,
-        )
+        return core.metric_info(self.config_name, "confidences", _DESCRIPTION, _KWARGS_DESCRIPTION, _CITATION)
 
     def _compute(
         self,

@@ -226,47 +226,36 @@ def describe(character: Character, style: str, rng: np.random.Generator) -> Capt
     nots: list[str] = []  # "without ..."
     shorts: list[str] = []  # terse phrases for the tag-like form
 
+    def say(into: list[str], phrase: str, *stated: tuple[str, str, bool], short: str | None = None) -> None:
+        """``phrase`` in a part of the sentence, its terse form, and the facts it states."""
+        into.append(phrase)
+        shorts.append(phrase.removeprefix("a ") if short is None else short)
+        facts.extend(stated)
+
     if "hair_color" in chosen and "hair_length" in chosen and rng.random() < 0.6:
         phrase = f"{_choice(rng, _LENGTH_WORDS[character.hair_length])} {_color_word(rng, character.hair_color)} hair"
-        withs.append(phrase)
-        shorts.append(phrase)
-        facts += [("hair_length", character.hair_length, True), ("hair_color", character.hair_color, True)]
+        say(withs, phrase, ("hair_length", character.hair_length, True), ("hair_color", character.hair_color, True))
     else:
         if "hair_color" in chosen:
-            phrase = f"{_color_word(rng, character.hair_color)} hair"
-            withs.append(phrase)
-            shorts.append(phrase)
-            facts.append(("hair_color", character.hair_color, True))
+            say(withs, f"{_color_word(rng, character.hair_color)} hair", ("hair_color", character.hair_color, True))
         if "hair_length" in chosen:
             phrase = f"{_choice(rng, _LENGTH_WORDS[character.hair_length])} hair"
-            withs.append(phrase)
-            shorts.append(phrase)
-            facts.append(("hair_length", character.hair_length, True))
+            say(withs, phrase, ("hair_length", character.hair_length, True))
     if "eye_color" in chosen:
-        phrase = f"{character.eye_color} eyes"
-        withs.append(phrase)
-        shorts.append(phrase)
-        facts.append(("eye_color", character.eye_color, True))
+        say(withs, f"{character.eye_color} eyes", ("eye_color", character.eye_color, True))
     if "top_color" in chosen:
         phrase = _choice(rng, (f"a {character.top_color} shirt", f"{character.top_color} clothes"))
-        wears.append(phrase)
-        shorts.append(phrase.removeprefix("a "))
-        facts.append(("top_color", character.top_color, True))
+        say(wears, phrase, ("top_color", character.top_color, True))
     if "accessories" in chosen:
         worn = list(character.accessories)
         absent = [a for a in ACCESSORIES if a not in worn]
         for acc in worn:
             if rng.random() < 0.8:
-                phrase = _choice(rng, _ACCESSORY_WORDS[acc])
-                wears.append(phrase)
-                shorts.append(phrase.removeprefix("a "))
-                facts.append(("accessories", acc, True))
+                say(wears, _choice(rng, _ACCESSORY_WORDS[acc]), ("accessories", acc, True))
         if absent and (not worn or rng.random() < 0.3):
             acc = _choice(rng, absent)
             phrase = _choice(rng, _ACCESSORY_WORDS[acc])
-            nots.append(phrase)
-            shorts.append(f"no {phrase.removeprefix('a ')}")
-            facts.append(("accessories", acc, False))
+            say(nots, phrase, ("accessories", acc, False), short=f"no {phrase.removeprefix('a ')}")
     expr_phrase = ""
     if "expression" in chosen:
         expr_phrase = _choice(rng, _EXPRESSION_WORDS[character.expression])
