@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import ClassLabel, Features, List
 
+from .markdown import markdown_table
 from .metrics import core
 
 logger = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def summarize(files: Sequence[Path], top: int = 3, batch_rows: int = 65_536) -> 
 
 
 def format_summary(stats: dict[str, Any], images_per_second: float | None = None) -> str:
-    """A compact text table for the terminal (also used in the dataset card)."""
+    """Counts, then a Markdown table of the attributes: for the terminal and the dataset card."""
     lines = [f"rows: {stats['rows']}   errors: {stats['errors']}   flagged: {stats.get('flagged_rows', 0)}"]
     if images_per_second is not None:
         lines[0] += f"   throughput: {images_per_second:.1f} images/s"
@@ -156,13 +157,12 @@ def format_summary(stats: dict[str, Any], images_per_second: float | None = None
     attrs = stats.get("attributes", {})
     if attrs:
         has_acc = any("accuracy" in a for a in attrs.values())
-        header = f"{'attribute':<20} {'top labels':<52} {'mean conf':>9}" + (f" {'accuracy':>9}" if has_acc else "")
-        lines += ["", header, "-" * len(header)]
+        rows = []
         for name, a in attrs.items():
-            top = ", ".join(f"{lab} {share:.0%}" for lab, _, share in a["top"]) or "-"
-            conf = f"{a['mean_confidence']:.2f}" if a["mean_confidence"] is not None else "-"
-            row = f"{name:<20} {top[:52]:<52} {conf:>9}"
-            if has_acc:
-                row += f" {a['accuracy']:>9.1%}" if "accuracy" in a else f" {'-':>9}"
-            lines.append(row)
+            top = ", ".join(f"{lab} {share:.0%}" for lab, _, share in a["top"]) or None
+            conf = f"{a['mean_confidence']:.2f}" if a["mean_confidence"] is not None else None
+            acc = [f"{a['accuracy']:.1%}" if "accuracy" in a else None] if has_acc else []
+            rows.append([name, top, conf, *acc])
+        header = ["attribute", "top labels", "mean conf", *(["accuracy"] if has_acc else [])]
+        lines += ["", markdown_table(header, rows, align="llr")]
     return "\n".join(lines)
