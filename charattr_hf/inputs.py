@@ -10,12 +10,12 @@ present). The row position becomes ``index`` later, when the runner cuts the inp
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, Union
 
 from datasets import Dataset, Image, IterableDataset, Value
 
+from .options import InputSpec
 from .reader import is_saved_dataset, read_dataset  # noqa: F401 - is_saved_dataset: also imported from here
 
 logger = logging.getLogger(__name__)
@@ -28,25 +28,6 @@ _TAG_NAMES = ("tags", "tag_string", "tag_string_general", "general_tags", "danbo
 _CAPTION_NAMES = ("caption", "text", "prompt", "description")
 _ID_NAMES = ("id", "image_id", "post_id", "uid", "key", "__key__")
 _KEEP_DEFAULT = ("truth", "style")
-
-
-@dataclass
-class InputSpec:
-    """Where the images come from and which columns mean what."""
-
-    dataset: str | None = None
-    split: str = "train"
-    config: str | None = None
-    revision: str | None = None
-    image_column: str = "image"
-    tags_column: str | None = None
-    caption_column: str | None = None
-    id_column: str | None = None
-    keep_columns: Sequence[str] = field(default_factory=tuple)
-    streaming: bool = False
-    limit: int | None = None
-    sample_size: int = 256
-    sample_image_size: int = 64
 
 
 def open_dataset(spec: InputSpec) -> AnyDataset:
@@ -74,7 +55,8 @@ def _load(spec: InputSpec) -> AnyDataset:
     if not spec.dataset:
         from .synthetic import sample_dataset
 
-        ds = sample_dataset(n=spec.sample_size, size=spec.sample_image_size)
+        n = spec.sample_size if spec.limit is None else min(spec.sample_size, spec.limit)  # draw only what is used
+        ds = sample_dataset(n=n, size=spec.sample_image_size)
         return ds.to_iterable_dataset() if spec.streaming else ds
     # the one dataset loader, shared with the evaluation and fusion training
     return read_dataset(spec.dataset, spec.split, config=spec.config, revision=spec.revision, streaming=spec.streaming)
@@ -111,6 +93,9 @@ def _normalise(ds: AnyDataset, spec: InputSpec) -> AnyDataset:
 
     image_feature = features[spec.image_column]
     if isinstance(image_feature, Image):
+        ds = ds.cast_column(spec.image_column, Image(decode=False))
+    elif isinstance(image_feature, dict) and {"bytes", "path"} & set(image_feature):
+        # what plain pyarrow (or pandas) writes for images: a struct {bytes, path} with no datasets metadata
         ds = ds.cast_column(spec.image_column, Image(decode=False))
     elif not (isinstance(image_feature, Value) and image_feature.dtype in ("string", "large_string", "binary")):
         raise ValueError(
