@@ -19,6 +19,7 @@ from typing import Sequence
 
 from datasets import Dataset, Features, Image, Value
 
+from .errors import UserError
 from .schema import Schema, load_schema
 from .stages.base import ERROR, TEMP_PREFIX, Compose, Stage, stable_hash
 from .stages.fusion import FusionStage, SimpleFusion
@@ -67,6 +68,12 @@ class Pipeline:
     @property
     def sources(self) -> list[str]:
         return list(self.fusion.sources)
+
+    def load(self) -> None:
+        """Load every model of the run in this process, before the first chunk: a model that cannot be loaded
+        raises :class:`~charattr_hf.errors.ModelLoadError` once, here, instead of failing every chunk."""
+        for stage in [*self.device, self.fusion]:
+            stage.load()
 
     def fingerprint(self) -> str:
         return stable_hash(
@@ -175,13 +182,19 @@ def build_pipeline(
     ``id_root``: the local folder the input was read from; image paths under it give relative ids."""
     from .openclip import ClipSpec, demo_model_dir
 
+    from .loading import model_load_error
+
     messages: list[str] = []
     clip_spec = None
     if options.model:
         if options.model == "demo" and demo_model_dir() is None:
             messages.append("CLIP source skipped: no --model given and this installation ships no demo model.")
         else:
-            clip_spec = ClipSpec.parse(options.model, options.pretrained, options.model_revision)
+            try:
+                clip_spec = ClipSpec.parse(options.model, options.pretrained, options.model_revision)
+                clip_spec.fingerprint()  # resolves a hf-hub: name to a commit (and fetches its config) now
+            except Exception as exc:  # noqa: BLE001 - a name that does not resolve is the user's to fix
+                raise model_load_error("CLIP model", options.model, exc) from exc
     else:
         messages.append("CLIP source skipped: --model is empty.")
 
@@ -229,7 +242,12 @@ def build_pipeline(
     if options.blip2:
         from .stages.blip2 import Blip2Source
 
-        device.append(Blip2Source(schema, model_id=options.blip2, revision=options.blip2_revision))
+        try:
+            blip2 = Blip2Source(schema, model_id=options.blip2, revision=options.blip2_revision)
+            blip2.processor()  # the processor names the image size; a name that does not resolve fails here
+        except Exception as exc:  # noqa: BLE001 - a name that does not resolve is the user's to fix
+            raise model_load_error("BLIP-2 model", options.blip2, exc) from exc
+        device.append(blip2)
         sources.append("blip2")
 
     if not sources:
@@ -238,7 +256,19 @@ def build_pipeline(
     if options.fusion:
         from .stages.policy import PolicyFusion
 
-        fusion: FusionStage = PolicyFusion(schema, sources, options.fusion, revision=options.fusion_revision)
+        try:
+            fusion: FusionStage = PolicyFusion(schema, sources, options.fusion, revision=options.fusion_revision)
+        except ValueError:
+            raise  # the policy does not fit the run's schema: its own message says how
+        except Exception as exc:  # noqa: BLE001 - a policy that cannot be found, resolved or read
+            raise model_load_error("fusion policy", options.fusion, exc) from exc
+        dim = fusion.config.embedding_dim
+        if dim and clip_spec is not None and dim != clip.embed_dim:
+            raise UserError(
+                f"the fusion policy {options.fusion} reads {dim}-dim image embeddings (those of the CLIP model it was "
+                f"trained with), but --model {options.model} gives {clip.embed_dim}: annotate with that model, or "
+                "train a policy on this one"
+            )
     else:
         fusion = SimpleFusion(schema, sources, method=options.fusion_method)
 
@@ -275,6 +305,10 @@ def _model_schema(spec) -> str | None:
 def _fusion_wants_embedding(options: PipelineOptions) -> bool:
     if not options.fusion:
         return False
+    from .loading import model_load_error
     from .stages.policy import policy_uses_embedding
 
-    return policy_uses_embedding(options.fusion, options.fusion_revision)
+    try:
+        return policy_uses_embedding(options.fusion, options.fusion_revision)
+    except Exception as exc:  # noqa: BLE001 - not found, not reachable, no access, unreadable
+        raise model_load_error("fusion policy", options.fusion, exc) from exc

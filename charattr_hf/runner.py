@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset, IterableDataset, Value
 
 from .distributed import broadcast, get_state
+from .errors import ModelLoadError
 from .pipeline import Pipeline
 from .stages.base import stable_hash
 
@@ -148,6 +149,9 @@ def run(
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
     pipeline.output_features(ds.features)  # a column clash is a clear error now, not a failure per chunk
+    # every model is loaded in this process before the first chunk: one that cannot be loaded raises
+    # ModelLoadError once, here, instead of failing (and re-downloading for) every chunk
+    pipeline.load()
     state = get_state()
     rank, world = state.process_index, state.num_processes
     output_dir = Path(output_dir)
@@ -237,6 +241,8 @@ def run(
             try:
                 out = pipeline.device_part(pending.result(), scratch / f"chunk-{k:06d}", output_features)
                 _write_parquet_atomic(out, chunk_path(run_dir, k))
+            except ModelLoadError:
+                raise  # not this chunk's fault: every other chunk would fail the same way
             except Exception:  # noqa: BLE001 - one broken chunk must not stop the others
                 logger.exception("chunk %d (rows %d..%d) failed; rerun to retry it", k, start, start + rows)
                 failed.append(k)

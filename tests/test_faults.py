@@ -11,6 +11,8 @@ from pathlib import Path
 import datasets
 import pytest
 
+from charattr_hf.pipeline import Pipeline
+
 from tests.test_pipeline import png
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,3 +102,84 @@ def test_outputs_alike_but_for_their_rows_do_not_share_a_datasets_cache_entry(tm
                          options=PipelineOptions(model=None), progress=False)
         ds = datasets.load_dataset(str(tmp_path / copy / "out"), split="train")
         assert {Path(p).parent.parent.name for p in ds["path"]} == {copy}
+
+
+# --- 1. a model that cannot be loaded fails once, before any chunk ------------------------------------------
+
+
+def _assert_nothing_ran(out: Path) -> None:
+    assert not list(out.glob(".charattr/*/chunks/chunk-*.parquet")) and not (out / "data").exists()
+
+
+@pytest.mark.parametrize(
+    "options, what",
+    [
+        (dict(model="ViT-B-32", pretrained="laion2b_s34b_b79k"), "CLIP model ViT-B-32"),
+        (dict(model="hf-hub:charattr-test/no-such-clip"), "CLIP model hf-hub:charattr-test/no-such-clip"),
+        (dict(model=None, blip2="charattr-test/no-such-blip2"), "BLIP-2 model charattr-test/no-such-blip2"),
+        (dict(model=None, fusion="charattr-test/no-such-policy"), "fusion policy charattr-test/no-such-policy"),
+    ],
+)
+def test_a_model_that_is_not_cached_offline_fails_once_before_any_chunk(options, what, tmp_path, monkeypatch):
+    from charattr_hf.api import annotate_to_disk
+    from charattr_hf.errors import ModelLoadError
+    from charattr_hf.pipeline import PipelineOptions
+    from tests.test_pipeline import image_dataset
+
+    chunks_started = []
+    real = Pipeline.cpu_part
+    monkeypatch.setattr(Pipeline, "cpu_part", lambda self, *a, **k: chunks_started.append(1) or real(self, *a, **k))
+    start = time.perf_counter()
+    with pytest.raises(ModelLoadError) as info:
+        annotate_to_disk(image_dataset(6), tmp_path / "out", options=PipelineOptions(use_cache=False, **options),
+                         chunk_size=2, progress=False)
+    message = str(info.value)
+    assert what in message and "\n" not in message and len(message) < 400, message
+    assert "HF_HUB_OFFLINE=1" in message  # what to do: it is offline and the model is not in the local cache
+    assert not chunks_started and time.perf_counter() - start < 60
+    _assert_nothing_ran(tmp_path / "out")
+
+
+def test_damaged_weights_fail_once_before_any_chunk(tiny_clip_dir, tmp_path):
+    from charattr_hf.api import annotate_to_disk
+    from charattr_hf.errors import ModelLoadError
+    from charattr_hf.pipeline import PipelineOptions
+    from tests.test_pipeline import image_dataset
+
+    broken = tmp_path / "broken-clip"
+    broken.mkdir()
+    (broken / "open_clip_config.json").write_bytes((tiny_clip_dir / "open_clip_config.json").read_bytes())
+    (broken / "open_clip_model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(ModelLoadError, match=f"cannot load the CLIP model local-dir:{broken}"):
+        annotate_to_disk(image_dataset(6), tmp_path / "out",
+                         options=PipelineOptions(model=f"local-dir:{broken}", use_cache=False), chunk_size=3,
+                         progress=False)
+    _assert_nothing_ran(tmp_path / "out")
+
+
+def test_recipe_offline_with_an_uncached_model_exits_at_once_with_one_line(tmp_path):
+    env = shared_env(tmp_path)
+    env["HF_HUB_OFFLINE"] = "1"
+    out = tmp_path / "out"
+    start = time.perf_counter()
+    proc = subprocess.Popen(recipe("--model", "ViT-B-32", "--pretrained", "laion2b_s34b_b79k", "--limit", "8",
+                                   "--chunk_size", "2", "--output_dir", str(out), "--quiet"),
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+    seconds = time.perf_counter() - start
+    assert proc.returncode != 0 and seconds < 120
+    lines = [line for line in stderr.splitlines() if "cannot load the CLIP model ViT-B-32" in line]
+    assert len(lines) == 1, stderr[-3000:]  # said once, not once per chunk
+    assert "HF_HUB_OFFLINE=1" in lines[0] and "rerun the same command" not in stderr
+    with pytest.raises(ProcessLookupError):  # nothing of it left running
+        os.killpg(proc.pid, 0)
+    _assert_nothing_ran(out)
+    from charattr_hf import cli
+
+    if hasattr(cli, "run_main"):  # the recipes show a UserError as one line and exit status 2
+        assert proc.returncode == 2 and "Traceback" not in stderr

@@ -73,6 +73,12 @@ class Stage:
     def setup(self) -> None:
         """Load heavy things (models) lazily, once per process. Must be idempotent."""
 
+    def load(self) -> None:
+        """:meth:`setup`, called once per process before the first chunk. Model stages raise
+        :class:`~charattr_hf.errors.ModelLoadError` here (one line: what failed and what to do), so that a model
+        that cannot be loaded stops the run at once instead of failing every chunk."""
+        self.setup()
+
     def process(self, batch: dict[str, list]) -> dict[str, list]:
         raise NotImplementedError
 

@@ -255,10 +255,9 @@ class Blip2Source(Stage):
 
     @staticmethod
     def _device():
-        import torch
-        from accelerate import PartialState
+        from ..distributed import get_state
 
-        return PartialState(cpu=not torch.cuda.is_available()).device
+        return get_state().device
 
     def processor(self) -> Any:
         """The checkpoint's processor (loaded once per process; no model weights)."""
@@ -285,6 +284,18 @@ class Blip2Source(Stage):
         if size.get("shortest_edge"):
             return int(size["shortest_edge"]), int(size["shortest_edge"])
         raise ValueError(f"{self.model_id!r}: cannot tell the image size from the processor's size {size}")
+
+    def load(self) -> None:
+        try:
+            self.setup()
+        except NotImplementedError as exc:  # a Flan-T5 checkpoint: the message says what to use instead
+            from ..errors import ModelLoadError
+
+            raise ModelLoadError(str(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the model did not load: one clear line
+            from ..loading import model_load_error
+
+            raise model_load_error("BLIP-2 model", self.model_id, exc) from exc
 
     def setup(self) -> None:
         """Load the model, processor and token layout once per process (idempotent)."""

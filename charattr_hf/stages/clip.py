@@ -112,6 +112,14 @@ class ClipZeroShot(Stage):
     def _key(self) -> str:
         return stable_hash(self.params(), self.device)
 
+    def load(self) -> None:
+        try:
+            self.setup()
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the model did not load: one clear line
+            from ..loading import model_load_error
+
+            raise model_load_error("CLIP model", self.spec.describe(), exc) from exc
+
     def setup(self) -> None:
         key = self._key()
         if key in _REGISTRY:
@@ -120,9 +128,9 @@ class ClipZeroShot(Stage):
 
         device = self.device
         if device is None:
-            from accelerate import PartialState
+            from ..distributed import get_state
 
-            device = str(PartialState(cpu=not torch.cuda.is_available()).device)
+            device = str(get_state().device)
         model, tokenizer = load_model(self.spec, device, self._precision_name())
         dtype = next(model.parameters()).dtype
         prompt_sets, slices, start = [], {}, 0
