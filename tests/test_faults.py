@@ -183,3 +183,38 @@ def test_recipe_offline_with_an_uncached_model_exits_at_once_with_one_line(tmp_p
 
     if hasattr(cli, "run_main"):  # the recipes show a UserError as one line and exit status 2
         assert proc.returncode == 2 and "Traceback" not in stderr
+
+
+# --- 3. an upgrade never reuses chunks or cached outputs of the older code ----------------------------------
+
+
+def test_a_version_bump_invalidates_cached_chunks_and_model_outputs(tiny_clip_dir, tmp_path, monkeypatch):
+    import charattr_hf
+    from charattr_hf.api import annotate_to_disk
+    from charattr_hf.pipeline import PipelineOptions
+    from charattr_hf.stages.clip import ClipZeroShot
+    from tests.test_pipeline import image_dataset
+
+    seen = []
+    real = ClipZeroShot._forward
+    monkeypatch.setattr(ClipZeroShot, "_forward", lambda self, blobs: seen.extend(blobs) or real(self, blobs))
+    ds = image_dataset(6)
+    opts = PipelineOptions(model=f"local-dir:{tiny_clip_dir}", cache_dir=str(tmp_path / "cache"))
+
+    def annotate():
+        result, pipeline = annotate_to_disk(ds, tmp_path / "out", options=opts, chunk_size=2, progress=False)
+        assert result.complete
+        ids = (pipeline.fingerprint(), pipeline.device[0].cache.namespace)  # computed under the current version
+        return result, ids, datasets.load_dataset(str(tmp_path / "out"), split="train")
+
+    first, p1, out1 = annotate()
+    assert first.chunks_skipped == 0 and len(seen) == 6
+    again, _, _ = annotate()
+    assert again.chunks_skipped == 3 and len(seen) == 6  # same version: everything reused
+    monkeypatch.setattr(charattr_hf, "__version__", charattr_hf.__version__ + "+upgraded")
+    bumped, p2, out2 = annotate()
+    assert bumped.chunks_skipped == 0 and bumped.rows_processed == 6  # no chunk of the older code reused
+    assert len(seen) == 12  # and no cached model output either: every image went through the model again
+    assert p1[0] != p2[0] and p1[1] != p2[1]
+    for column in ("id", "path", "sha256", "hair_color", "probs_clip"):
+        assert out1[column][:] == out2[column][:]  # the same code, so the same annotations

@@ -31,9 +31,13 @@ TEMP_PREFIX = "_"
 ERROR = "error"
 FLAGS = "flags"
 
-#: Bumped when a change of this package changes annotations for the same inputs and settings; part of every
-#: stage fingerprint, so a rerun after an upgrade never reuses stale chunks or cached model outputs.
-CODE_VERSION = 1
+
+def code_version() -> str:
+    """The package version, part of every stage fingerprint and feature-cache namespace: a rerun after an upgrade
+    never reuses chunks or cached model outputs of the older code. (Read at call time: one place to bump.)"""
+    import charattr_hf
+
+    return charattr_hf.__version__
 
 
 def stable_hash(*parts: Any) -> str:
@@ -59,7 +63,7 @@ class Stage:
         return {}
 
     def fingerprint(self) -> str:
-        return stable_hash(self.name, type(self).__qualname__, CODE_VERSION, self.params())
+        return stable_hash(self.name, type(self).__qualname__, code_version(), self.params())
 
     def features(self) -> dict:
         """The columns this stage adds, as ``datasets`` feature types."""

@@ -22,7 +22,7 @@ from datasets import List, Value
 from ..cache import FeatureCache
 from ..openclip import ClipSpec, PreprocessConfig, label_embeddings, load_model, preprocess_config
 from ..schema import Schema, load_schema, probs_column
-from .base import Stage, stable_hash
+from .base import Stage, code_version, stable_hash
 from .decode import DecodeStage
 
 logger = logging.getLogger(__name__)
@@ -76,8 +76,9 @@ class ClipZeroShot(Stage):
         }
 
     def cache_namespace(self) -> str:
-        """Where cached outputs of this exact model + schema + preprocessing live."""
-        return f"clip-{stable_hash(self.params())}"
+        """Where cached outputs of this exact model + schema + preprocessing, made by this version of the package,
+        live."""
+        return f"clip-{stable_hash(code_version(), self.params())}"
 
     def input_columns(self) -> list[str]:
         return ["_pixels", "sha256"]
