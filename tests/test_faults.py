@@ -218,3 +218,66 @@ def test_a_version_bump_invalidates_cached_chunks_and_model_outputs(tiny_clip_di
     assert p1[0] != p2[0] and p1[1] != p2[1]
     for column in ("id", "path", "sha256", "hair_color", "probs_clip"):
         assert out1[column][:] == out2[column][:]  # the same code, so the same annotations
+
+
+# --- 4. a fusion error on every row fails the chunk once; a BLIP-2 read failure keeps the other labels ------
+
+
+def test_a_fusion_error_on_every_row_fails_the_chunk_once(tiny_clip_dir, tmp_path, monkeypatch, caplog):
+    from charattr_hf.api import annotate_to_disk
+    from charattr_hf.pipeline import PipelineOptions
+    from charattr_hf.stages.fusion import SimpleFusion
+    from tests.test_pipeline import image_dataset
+
+    ds = image_dataset(200)
+    opts = PipelineOptions(model=f"local-dir:{tiny_clip_dir}", use_cache=False)
+    calls = []
+    real = SimpleFusion.fuse
+
+    def broken(self, batch):
+        calls.append(len(next(iter(batch.values()))))
+        raise RuntimeError("fusion is broken")
+
+    monkeypatch.setattr(SimpleFusion, "fuse", broken)
+    start = time.perf_counter()
+    with caplog.at_level("WARNING"):
+        result, _ = annotate_to_disk(ds, tmp_path / "out", options=opts, chunk_size=100, progress=False)
+    assert result.failed_chunks == [0, 1] and not result.data_files
+    # per chunk: the batch, then a few rows one by one, then the chunk fails (not 100 retries and warnings)
+    assert len(calls) <= 2 * 9, calls
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "fusion" in r.getMessage()]
+    assert len(warnings) <= 2 * 4, [r.getMessage() for r in warnings]
+    assert time.perf_counter() - start < 120
+    assert not list((tmp_path / "out").glob(".charattr/*/chunks/chunk-*.parquet"))
+
+    monkeypatch.setattr(SimpleFusion, "fuse", real)  # fixed: the rerun does the work, as a clean run does
+    again, _ = annotate_to_disk(ds, tmp_path / "out", options=opts, chunk_size=100, progress=False)
+    clean, _ = annotate_to_disk(ds, tmp_path / "clean", options=opts, chunk_size=100, progress=False)
+    assert again.complete and again.chunks_skipped == 0
+    a = datasets.load_dataset(str(tmp_path / "out"), split="train")
+    b = datasets.load_dataset(str(tmp_path / "clean"), split="train")
+    for column in ("id", "sha256", "hair_color", "eye_color", "error"):
+        assert a[column][:] == b[column][:]
+
+
+def test_rows_that_fail_alike_after_good_rows_are_flagged_not_systemic():
+    """Only failing *first* rows look systemic: bad rows among good ones are the rows' own fault."""
+    from charattr_hf.stages.base import Stage
+
+    class Parse(Stage):
+        name = "parse"
+
+        def features(self):
+            return {"n": datasets.Value("int64")}
+
+        def process(self, batch):
+            if any(v == "bad" for v in batch["v"]):
+                raise ValueError("cannot parse")
+            return {"n": [len(v) for v in batch["v"]]}
+
+    values = ["ok"] + ["bad"] * 20 + ["fine"]
+    out = Parse()({"v": values, "flags": [[] for _ in values]})
+    assert out["n"][0] == 2 and out["n"][-1] == 4 and out["n"][1] is None
+    assert all("parse_failed" in f for f in out["flags"][1:-1])
+    with pytest.raises(ValueError, match="cannot parse"):
+        Parse()({"v": ["bad"] * 20 + ["ok"], "flags": [[] for _ in range(21)]})

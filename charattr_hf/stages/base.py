@@ -9,8 +9,9 @@ Failures are sorted by whose fault they are:
 
 - ``setup()`` failing (weights that do not load, a device that is gone) is systemic: it propagates and fails
   the chunk, which a rerun retries. So does any failure of a stage with ``isolate_rows = False`` (model
-  stages: their inputs are uniform tensors, a failure there is never one image's fault), and a batch in which
-  every row fails with the same exception type.
+  stages: their inputs are uniform tensors, a failure there is never one image's fault), a batch whose first
+  rows, retried one by one, all fail with the same exception and message (``SYSTEMIC_PROBE_ROWS``), and a
+  batch in which every row fails with the same exception type.
 - Otherwise the batch is retried row by row. A row that still fails gets null outputs for this stage and
   keeps everything else: ``flags`` gains ``"<stage>_failed"``; for stages with ``quarantine = True``
   (decoding: the image itself is bad) the row gets a message in ``error`` and later stages leave it alone.
@@ -30,6 +31,15 @@ logger = logging.getLogger(__name__)
 TEMP_PREFIX = "_"
 ERROR = "error"
 FLAGS = "flags"
+
+
+#: When a batch fails and its first this-many rows, retried one by one, all fail with the same exception type and
+#: message, the failure is systemic (the stage, not the rows): it fails the chunk at once.
+SYSTEMIC_PROBE_ROWS = 8
+
+
+def _same_failure(failures: list[Exception]) -> bool:
+    return len({(type(e), str(e)) for e in failures}) == 1
 
 
 def code_version() -> str:
@@ -112,6 +122,7 @@ class Stage:
         out[ERROR] = []
         flags = [list(f or []) for f in batch[FLAGS]] if FLAGS in batch and FLAGS not in cols else None
         failures: list[Exception] = []
+        probe = min(n, SYSTEMIC_PROBE_ROWS)
         for i in range(n):
             row = {k: v[i : i + 1] for k, v in batch.items()}
             try:
@@ -121,7 +132,12 @@ class Stage:
                 out[ERROR].append(res.get(ERROR, [errors[i]])[0])
             except Exception as exc:  # noqa: BLE001
                 failures.append(exc)
-                logger.warning("%s failed on row %d: %s: %s", self.name, i, type(exc).__name__, exc)
+                if n >= 2 and len(failures) == probe == i + 1 and _same_failure(failures):
+                    # the first rows all fail the same way: the stage is broken, not the rows; fail the chunk now
+                    # rather than once per row
+                    raise exc
+                if len(failures) <= 3:
+                    logger.warning("%s failed on row %d: %s: %s", self.name, i, type(exc).__name__, exc)
                 null = self.null_row()
                 for c in cols:
                     out[c].append(null[c])
@@ -133,6 +149,9 @@ class Stage:
                     flags[i].append(f"{self.name}_failed")
         if n >= 2 and len(failures) == n and len({type(e) for e in failures}) == 1:
             raise failures[0]  # every row, the same way: not the rows' fault
+        if len(failures) > 3:
+            logger.warning("%s failed on %d of %d rows of this batch (the first 3 are shown above)", self.name,
+                           len(failures), n)
         if flags is not None:
             out[FLAGS] = flags
         return out
