@@ -224,10 +224,12 @@ def build_pipeline(
         if options.use_cache:
             root = Path(options.cache_dir).expanduser() if options.cache_dir else default_cache_dir()
             clip.cache = FeatureCache(root, clip.cache_namespace(), writer=writer)
+        decode_at = len(cpu)
         cpu.append(clip.decode)
         device.append(clip)
         sources.append("clip")
     else:
+        decode_at = len(cpu)
         cpu.append(DecodeStage())
 
     if options.tags:
@@ -243,11 +245,14 @@ def build_pipeline(
         from .stages.blip2 import Blip2Source
 
         try:
-            blip2 = Blip2Source(schema, model_id=options.blip2, revision=options.blip2_revision)
-            blip2.processor()  # the processor names the image size; a name that does not resolve fails here
-        except Exception as exc:  # noqa: BLE001 - a name that does not resolve is the user's to fix
+            spec = Blip2Source(schema, model_id=options.blip2, revision=options.blip2_revision).decode_spec()
+        except Exception as exc:  # noqa: BLE001 - the processor names the image size; a bad name fails here
             raise model_load_error("BLIP-2 model", options.blip2, exc) from exc
-        device.append(blip2)
+        # BLIP-2 reads its pixels from the shared decode stage (one decode per image, the same size limit,
+        # EXIF, 16-bit and remote-file handling as every other source), in a column of its own size
+        cpu[decode_at] = cpu[decode_at].with_extra_pixels(_pixels_blip2=spec)
+        device.append(Blip2Source(schema, model_id=options.blip2, revision=options.blip2_revision,
+                                  pixel_shape=spec["image_size"], pixels_column="_pixels_blip2"))
         sources.append("blip2")
 
     if not sources:

@@ -1,6 +1,7 @@
 """Faults injected on purpose: each test asserts the outcome (bounded time, exit status, nothing left running,
 nothing lost, a rerun identical)."""
 
+import io
 import os
 import shutil
 import subprocess
@@ -9,10 +10,12 @@ import time
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 
 from charattr_hf.pipeline import Pipeline
 
+from tests.test_blip2 import tiny  # noqa: F401 - fixture: a tiny BLIP-2 built locally
 from tests.test_pipeline import png
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -281,3 +284,64 @@ def test_rows_that_fail_alike_after_good_rows_are_flagged_not_systemic():
     assert all("parse_failed" in f for f in out["flags"][1:-1])
     with pytest.raises(ValueError, match="cannot parse"):
         Parse()({"v": ["bad"] * 20 + ["ok"], "flags": [[] for _ in range(21)]})
+
+
+def test_a_blip2_read_failure_keeps_the_rows_clip_and_tag_labels(tiny, tiny_clip_dir, tmp_path, monkeypatch):
+    from charattr_hf.api import annotate
+    from charattr_hf.stages.blip2 import Blip2Source
+    from tests.test_pipeline import image_dataset
+
+    real = Blip2Source._row_image
+
+    def row_image(self, batch, i):
+        if batch["id"][i] == "img_3.png":
+            raise OSError("cannot read this one")
+        return real(self, batch, i)
+
+    monkeypatch.setattr(Blip2Source, "_row_image", row_image)
+    out = annotate(image_dataset(6), tmp_path / "out", model=f"local-dir:{tiny_clip_dir}", blip2=tiny,
+                   use_cache=False, progress=False, chunk_size=6)
+    assert len(out) == 6
+    row = out[3]
+    assert row["error"] is None and "blip2_failed" in row["flags"] and row["probs_blip2"] is None
+    assert row["probs_clip"] is not None and row["probs_tags"] is not None and row["hair_color"] is not None
+    others = [r for i, r in enumerate(out) if i != 3]
+    assert all(r["probs_blip2"] is not None and "blip2_failed" not in r["flags"] for r in others)
+
+
+def test_blip2_reads_the_shared_decode_stages_pixels(tiny, tmp_path, monkeypatch):
+    """BLIP-2 never decodes files itself in a run: EXIF orientation, 16-bit samples and the size limit are the
+    decode stage's, for every source alike."""
+    from datasets import Dataset, Image as HFImage
+    from PIL import Image
+
+    from charattr_hf.api import annotate
+    from charattr_hf.pipeline import PipelineOptions, build_pipeline
+    from charattr_hf.stages import blip2
+    from tests import images
+
+    def no_own_decoding(value):
+        raise AssertionError("BLIP-2 decoded an image itself")
+
+    monkeypatch.setattr(blip2, "_decode_image", no_own_decoding)
+    rotated = images.with_orientation(images.scene(48, 32), 6)
+    deep, _ = images.png_rgb16(40, 30)
+    bomb = images.header_only_png(20_000, 20_000)  # 400 M pixels: over the decode stage's limit
+    ds = Dataset.from_dict({"image": [{"bytes": b, "path": f"{k}.img"} for k, b in
+                                      (("rotated", rotated), ("deep", deep), ("bomb", bomb))]})
+    ds = ds.cast_column("image", HFImage(decode=False))
+    out = annotate(ds, tmp_path / "out", model=None, blip2=tiny, use_cache=False, progress=False)
+    assert out["probs_blip2"][0] is not None and "exif_rotated" in out["flags"][0]
+    assert out["probs_blip2"][1] is not None and "high_bit_depth" in out["flags"][1]
+    assert "too large" in out["error"][2] and out["probs_blip2"][2] is None
+
+    pipeline = build_pipeline(PipelineOptions(model=None, blip2=tiny, tags=False), ["image"])
+    (source,) = pipeline.device
+    decode = pipeline.cpu[1]
+    assert source.input_columns() == ["_pixels_blip2"] and "_pixels_blip2" in decode.features()
+    row = decode({"image": [{"bytes": rotated, "path": None}]})
+    h, w = source.pixel_shape
+    pixels = np.frombuffer(row["_pixels_blip2"][0], dtype=np.uint8).reshape(h, w, 3)
+    upright = np.asarray(Image.open(io.BytesIO(rotated)).transpose(Image.Transpose.ROTATE_270).convert("RGB")
+                         .resize((w, h), Image.Resampling.BICUBIC), dtype=np.float64)
+    assert np.abs(pixels - upright).mean() < 3  # the oriented picture, squashed to the processor's size

@@ -38,6 +38,10 @@ What a row gets (see :meth:`DecodeStage.features`):
     only when ``image_size`` is set: ``uint8`` RGB, ``height x width x 3``, C order, resized and cropped
     exactly as open_clip's eval transform would (``open_clip.transform.image_transform(size,
     is_train=False, resize_mode=..., interpolation=..., fill_color=...)`` before ``ToTensor``/``Normalize``).
+other working columns from ``extra_pixels``
+    the same for another model's input size and resize (BLIP-2's processor: ``squash`` to its size), from the
+    same decode: every model sees the image with the same size limit, EXIF orientation, 16-bit handling,
+    transparency and remote-file reading.
 
 Colour handling, before any resizing:
 
@@ -251,6 +255,8 @@ class DecodeStage(Stage):
         thumbnail_size: longest side of the thumbnail on which quality is measured.
         thresholds: :class:`FlagThresholds` or a mapping of its fields.
         column: the input column holding the images.
+        extra_pixels: more pixel columns for other models, ``{column: {"image_size": ..., "resize_mode": ...,
+            "interpolation": ...}}`` (column names start with ``_``: working columns, dropped before writing).
     """
 
     name = "decode"
@@ -271,6 +277,7 @@ class DecodeStage(Stage):
         thumbnail_size: int = 128,
         thresholds: FlagThresholds | Mapping[str, Any] | None = None,
         column: str = "image",
+        extra_pixels: Mapping[str, Mapping[str, Any]] | None = None,
     ):
         self.image_size = _as_size(image_size)
         if resize_mode not in _RESIZE_MODES:
@@ -299,6 +306,19 @@ class DecodeStage(Stage):
             thresholds = FlagThresholds(**thresholds)
         self.thresholds: FlagThresholds = thresholds
         self.column = column
+        self.extra_pixels: dict[str, tuple[tuple[int, int], str, str]] = {}
+        for name, spec in (extra_pixels or {}).items():
+            unknown = set(spec) - {"image_size", "resize_mode", "interpolation"}
+            if not name.startswith("_") or name == "_pixels" or unknown:
+                raise ValueError(f"extra_pixels: a working column name (starting with '_', not '_pixels') -> "
+                                 f"image_size, resize_mode, interpolation; got {name!r}: {dict(spec)}")
+            size = _as_size(spec.get("image_size"))
+            mode = spec.get("resize_mode", "squash")
+            interp = spec.get("interpolation", "bicubic")
+            if size is None or mode not in _RESIZE_MODES or interp not in _RESAMPLING:
+                raise ValueError(f"extra_pixels[{name!r}]: need an image_size, a resize_mode in {_RESIZE_MODES} and "
+                                 f"an interpolation in {sorted(_RESAMPLING)}; got {dict(spec)}")
+            self.extra_pixels[name] = (size, mode, interp)
 
     # -- description --------------------------------------------------------------------------
     def params(self) -> dict:
@@ -314,7 +334,21 @@ class DecodeStage(Stage):
             "thumbnail_size": self.thumbnail_size,
             "thresholds": asdict(self.thresholds),
             "column": self.column,
+            # only when there are some, so that a stage without them keeps its fingerprint
+            **({"extra_pixels": {k: [list(v[0]), v[1], v[2]] for k, v in sorted(self.extra_pixels.items())}}
+               if self.extra_pixels else {}),
         }
+
+    def with_extra_pixels(self, **columns: Mapping[str, Any]) -> "DecodeStage":
+        """A copy that also writes the given pixel columns (see ``extra_pixels``); ``_pixels`` is unchanged."""
+        import copy
+
+        other = copy.copy(self)
+        merged = {k: {"image_size": v[0], "resize_mode": v[1], "interpolation": v[2]}
+                  for k, v in self.extra_pixels.items()}
+        merged.update(columns)
+        other.extra_pixels = DecodeStage(extra_pixels=merged).extra_pixels
+        return other
 
     def features(self) -> dict:
         """Columns added (``error`` is handled by the base class and typed by the runner, as for all stages)."""
@@ -327,6 +361,8 @@ class DecodeStage(Stage):
         }
         if self.image_size is not None:
             feats["_pixels"] = Value("binary")
+        for name in self.extra_pixels:
+            feats[name] = Value("binary")
         return feats
 
     def input_columns(self) -> list[str]:
@@ -411,13 +447,14 @@ class DecodeStage(Stage):
         plan = None
         if self.image_size is not None:
             plan = resize_plan(width, height, self.image_size, self.resize_mode)
+        extra_plans = {name: resize_plan(width, height, size, mode) for name, (size, mode, _) in self.extra_pixels.items()}
 
         # draft decoding: reduced DCT scale, at least twice what the resize and the thumbnail need
         scale = 1.0
         if draftable:
             need_w, need_h = _thumb_size(width, height, self.thumbnail_size)
-            if plan is not None:
-                need_w, need_h = max(need_w, plan[0][0]), max(need_h, plan[0][1])
+            for p in ([plan] if plan is not None else []) + list(extra_plans.values()):
+                need_w, need_h = max(need_w, p[0][0]), max(need_h, p[0][1])
             if swapped:
                 need_w, need_h = need_h, need_w
             if fw >= 4 * need_w and fh >= 4 * need_h:
@@ -432,6 +469,8 @@ class DecodeStage(Stage):
         row: dict[str, Any] = {"sha256": sha, "width": width, "height": height}
         if plan is not None:
             row["_pixels"] = self._pixels(rgb, plan, scale, width, height, method)
+        for name, extra_plan in extra_plans.items():
+            row[name] = self._pixels(rgb, extra_plan, scale, width, height, method, self.extra_pixels[name])
 
         quality, gray, sharpness_measured = self._quality(rgb)
         row["quality"] = quality
@@ -522,11 +561,14 @@ class DecodeStage(Stage):
         width: int,
         height: int,
         method: tuple[Image.Transpose, bool, bool] | None,
+        target: tuple[tuple[int, int], str, str] | None = None,
     ) -> bytes:
-        """Resize + centre crop/pad as open_clip's eval transform; uint8 RGB bytes."""
+        """Resize + centre crop/pad as open_clip's eval transform; uint8 RGB bytes. ``target``: (size, resize
+        mode, interpolation) of an extra pixel column instead of the stage's own."""
         (rw, rh), (left, top), force_bicubic = plan
-        th, tw = self.image_size  # type: ignore[misc]
-        resample = Image.Resampling.BICUBIC if force_bicubic else _RESAMPLING[self.interpolation]
+        image_size, resize_mode, interpolation = target or (self.image_size, self.resize_mode, self.interpolation)
+        th, tw = image_size  # type: ignore[misc]
+        resample = Image.Resampling.BICUBIC if force_bicubic else _RESAMPLING[interpolation]
         # draft: shrink by an integer factor first (box average, PIL's reduce), keeping at least twice
         # the output size for the final resampling
         gap = _REDUCING_GAP if self.draft else None
@@ -546,7 +588,7 @@ class DecodeStage(Stage):
         else:
             resized = rgb
         if left < 0 or top < 0:
-            canvas = Image.new("RGB", (tw, th), self.fill_color if self.resize_mode == "longest" else (0, 0, 0))
+            canvas = Image.new("RGB", (tw, th), self.fill_color if resize_mode == "longest" else (0, 0, 0))
             canvas.paste(resized, (-left, -top))  # pads one axis; a positive offset on the other crops it
             return canvas.tobytes()
         if (rw, rh) != (tw, th):
