@@ -95,18 +95,18 @@ def _load(spec: InputSpec) -> AnyDataset:
                 ds = ds[spec.split]
             return ds.to_iterable_dataset() if spec.streaming else ds
         files = [p for p in path.rglob("*") if p.is_file()]
-        tables = [p for p in files if p.suffix in (".parquet", ".arrow")]
+        tables = [p for p in files if p.suffix.lower() in (".parquet", ".arrow")]
         if tables and not any(p.suffix.lower() in _IMAGE_EXT for p in files):
             try:  # a dataset repository layout (README configs / data/ folder)
                 return datasets.load_dataset(str(path), spec.config, **kwargs)
             except (ValueError, FileNotFoundError) as exc:
                 if str(exc).startswith(("Unknown split", "Bad split")):  # named splits, none the one asked for
                     raise ValueError(f"{spec.dataset}: {exc} (use --split)") from exc
-                builder = _TABLE_EXT[tables[0].suffix]
+                builder = _TABLE_EXT[tables[0].suffix.lower()]
                 return datasets.load_dataset(builder, data_files=[str(p) for p in sorted(tables)], **kwargs)
         return datasets.load_dataset("imagefolder", data_dir=str(path), **kwargs)
     if path.is_file() or any(ch in spec.dataset for ch in "*?["):
-        builder = _TABLE_EXT.get(path.suffix)
+        builder = _TABLE_EXT.get(path.suffix.lower())
         if builder is None:
             raise ValueError(f"{spec.dataset}: unsupported file type (use Parquet, Arrow, CSV or JSON)")
         return datasets.load_dataset(builder, data_files=spec.dataset, **kwargs)

@@ -345,3 +345,50 @@ def test_blip2_reads_the_shared_decode_stages_pixels(tiny, tmp_path, monkeypatch
     upright = np.asarray(Image.open(io.BytesIO(rotated)).transpose(Image.Transpose.ROTATE_270).convert("RGB")
                          .resize((w, h), Image.Resampling.BICUBIC), dtype=np.float64)
     assert np.abs(pixels - upright).mean() < 3  # the oriented picture, squashed to the processor's size
+
+
+# --- 6. small ones -------------------------------------------------------------------------------------------
+
+
+def test_table_suffixes_are_case_insensitive(tmp_path):
+    from charattr_hf.inputs import InputSpec, open_dataset
+    from tests.test_pipeline import image_dataset
+
+    image_dataset(3).to_parquet(str(tmp_path / "X.PARQUET"))
+    (tmp_path / "folder").mkdir()
+    image_dataset(4).to_parquet(str(tmp_path / "folder" / "part.Parquet"))
+    assert open_dataset(InputSpec(dataset=str(tmp_path / "X.PARQUET"))).num_rows == 3
+    assert open_dataset(InputSpec(dataset=str(tmp_path / "folder"))).num_rows == 4
+
+
+def test_the_sha256_of_an_empty_file_is_that_of_empty_bytes(tmp_path):
+    import hashlib
+
+    from charattr_hf.stages.decode import DecodeStage
+
+    (tmp_path / "empty.png").write_bytes(b"")
+    out = DecodeStage()({"image": [{"bytes": None, "path": str(tmp_path / "empty.png")}, {"bytes": b"", "path": None}]})
+    assert out["sha256"] == [hashlib.sha256(b"").hexdigest()] * 2
+    assert all(e and "empty" in e for e in out["error"])
+
+
+def test_the_dataset_card_declares_each_splits_own_features(tmp_path):
+    from charattr_hf.api import annotate_to_disk
+    from charattr_hf.inputs import InputSpec
+    from charattr_hf.pipeline import PipelineOptions
+    from tests.test_pipeline import image_dataset
+
+    out = tmp_path / "out"
+    annotate_to_disk(image_dataset(3), out, input_spec=InputSpec(split="train"), options=PipelineOptions(model=None),
+                     progress=False)
+    annotate_to_disk(image_dataset(2), out, input_spec=InputSpec(split="test"),
+                     options=PipelineOptions(model=None, keep_images=True), progress=False)
+    test = datasets.load_dataset(str(out), split="test")  # this run's split: the default config
+    assert test.num_rows == 2 and "image" in test.features
+    train = datasets.load_dataset(str(out), "train", split="train")
+    assert train.num_rows == 3 and "image" not in train.features
+    # the same columns again: one config for both splits
+    annotate_to_disk(image_dataset(2), out, input_spec=InputSpec(split="test"), options=PipelineOptions(model=None),
+                     progress=False)
+    both = datasets.load_dataset(str(out))
+    assert both["train"].num_rows == 3 and both["test"].num_rows == 2
