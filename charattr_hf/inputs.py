@@ -129,7 +129,9 @@ def _pick(columns: Sequence[str], given: str | None, candidates: Sequence[str], 
 
 def _normalise(ds: AnyDataset, spec: InputSpec) -> AnyDataset:
     features = ds.features
-    if features is None:  # some streaming sources: learn the columns from the first row
+    if features is None:  # some streaming sources: learn the columns from the first rows
+        # datasets has no public method for this (IterableDataset._resolve_features infers them as its own map
+        # and iteration do); rebuilding it from take() and Features inference would lose image/list types
         ds = ds._resolve_features()
         features = ds.features
     columns = list(features)

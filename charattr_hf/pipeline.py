@@ -6,8 +6,8 @@ A chunk is a plain ``datasets.Dataset``; every stage is one batched ``map`` over
     -> clip [-> blip2]          (accelerator, main process, model loaded once)
     -> fusion                   (simple rules, or the learned policy)
 
-Each map gets ``new_fingerprint`` = hash(input fingerprint, stage fingerprint), so ``datasets`` never hashes a
-model, and writes its Arrow cache into a scratch folder the runner deletes after the chunk.
+Each map gets ``new_fingerprint`` = hash(chunk scratch folder, step, stage fingerprint), so ``datasets`` never
+hashes a model, and writes its Arrow cache into that scratch folder, which the runner deletes after the chunk.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ class Pipeline:
             later = {c for s, _, _ in steps[i + 1 :] for c in s.input_columns()} | set(output_features)
             present = set(chunk.column_names) | set(stage.features())
             drop = sorted(c for c in present if (c.startswith(TEMP_PREFIX) or c == "image") and c not in later)
-            chunk = self._map(chunk, stage, scratch, batch_size=batch_size, num_proc=procs, remove=drop)
+            chunk = self._map(chunk, stage, scratch, step=i, batch_size=batch_size, num_proc=procs, remove=drop)
         return chunk
 
     def cpu_part(self, chunk: Dataset, scratch: Path, num_proc: int | None = None) -> Dataset:
@@ -150,12 +150,15 @@ class Pipeline:
         output_features = self.output_features(chunk.features)
         return self.device_part(self.cpu_part(chunk, scratch, num_proc), scratch, output_features)
 
-    def _map(self, ds: Dataset, stage: Stage, scratch: Path, *, batch_size: int, num_proc=None, remove=()) -> Dataset:
+    def _map(self, ds: Dataset, stage: Stage, scratch: Path, *, step: int, batch_size: int, num_proc=None,
+             remove=()) -> Dataset:
         feats = {c: f for c, f in ds.features.items()}
         feats.update(stage.features())
         feats = {c: f for c, f in feats.items() if c not in remove}
         feats[ERROR] = Value("string")
-        fp = stable_hash(ds._fingerprint, stage.fingerprint(), sorted(remove))
+        # the Arrow file lives in this chunk's scratch folder, which is never read back (load_from_cache_file is
+        # off) and is deleted after the chunk: the fingerprint only has to name this step of this chunk
+        fp = stable_hash(str(scratch), step, stage.fingerprint(), sorted(remove))
         return ds.map(
             stage,
             batched=True,
