@@ -2,7 +2,7 @@
 
 A chunk is a plain ``datasets.Dataset``; every stage is one batched ``map`` over it:
 
-    identify + decode + tags   (CPU, one map with num_proc; no torch in these workers)
+    identify + decode + tags   (CPU, one map; with num_proc, in forkserver workers that never see torch)
     -> clip [-> blip2]          (accelerator, main process, model loaded once)
     -> fusion                   (simple rules, or the learned policy)
 
@@ -110,7 +110,8 @@ class Pipeline:
         steps.append((self.fusion, 1024, None))
         return steps
 
-    def _run_steps(self, chunk: Dataset, scratch: Path, steps, first: int, last: int, output_features) -> Dataset:
+    def _run_steps(self, chunk: Dataset, scratch: Path, steps, first: int, last: int, output_features,
+                   workers=None) -> Dataset:
         scratch.mkdir(parents=True, exist_ok=True)
         for i in range(first, last):
             stage, batch_size, procs = steps[i]
@@ -119,13 +120,18 @@ class Pipeline:
             later = {c for s, _, _ in steps[i + 1 :] for c in s.input_columns()} | set(output_features)
             present = set(chunk.column_names) | set(stage.features())
             drop = sorted(c for c in present if (c.startswith(TEMP_PREFIX) or c == "image") and c not in later)
-            chunk = self._map(chunk, stage, scratch, step=i, batch_size=batch_size, num_proc=procs, remove=drop)
+            chunk = self._map(chunk, stage, scratch, step=i, batch_size=batch_size, num_proc=procs, remove=drop,
+                              workers=workers)
         return chunk
 
-    def cpu_part(self, chunk: Dataset, scratch: Path, num_proc: int | None = None) -> Dataset:
-        """The CPU stages (decode, tags) over ``chunk``; may run ahead of the device part of another chunk."""
+    def cpu_part(self, chunk: Dataset, scratch: Path, num_proc: int | None = None, workers=None) -> Dataset:
+        """The CPU stages (decode, tags) over ``chunk``; may run ahead of the device part of another chunk.
+
+        With ``num_proc`` > 1 the rows are shared out over worker processes started by a forkserver (never
+        forked from this process, so safe while a model runs in another thread): ``workers``, a
+        :class:`~charattr_hf.workers.CpuWorkers` kept for the whole run, or a pool made for this call."""
         steps = self._steps(len(chunk), num_proc)
-        return self._run_steps(chunk, scratch, steps, 0, 1, self.output_features(chunk.features))
+        return self._run_steps(chunk, scratch, steps, 0, 1, self.output_features(chunk.features), workers=workers)
 
     def device_part(self, chunk: Dataset, scratch: Path, output_features: Features) -> Dataset:
         """The model stages and fusion over the output of :meth:`cpu_part`, then the output columns."""
@@ -145,13 +151,13 @@ class Pipeline:
             chunk = chunk.cast(output_features)
         return chunk
 
-    def process_chunk(self, chunk: Dataset, scratch: Path, num_proc: int | None = None) -> Dataset:
+    def process_chunk(self, chunk: Dataset, scratch: Path, num_proc: int | None = None, workers=None) -> Dataset:
         """Run every stage over ``chunk`` (which has an ``index`` column) and keep the output columns."""
         output_features = self.output_features(chunk.features)
-        return self.device_part(self.cpu_part(chunk, scratch, num_proc), scratch, output_features)
+        return self.device_part(self.cpu_part(chunk, scratch, num_proc, workers), scratch, output_features)
 
     def _map(self, ds: Dataset, stage: Stage, scratch: Path, *, step: int, batch_size: int, num_proc=None,
-             remove=()) -> Dataset:
+             remove=(), workers=None) -> Dataset:
         feats = {c: f for c, f in ds.features.items()}
         feats.update(stage.features())
         feats = {c: f for c, f in feats.items() if c not in remove}
@@ -159,11 +165,21 @@ class Pipeline:
         # the Arrow file lives in this chunk's scratch folder, which is never read back (load_from_cache_file is
         # off) and is deleted after the chunk: the fingerprint only has to name this step of this chunk
         fp = stable_hash(str(scratch), step, stage.fingerprint(), sorted(remove))
+        if num_proc and num_proc > 1:
+            from .workers import CpuWorkers
+
+            own = workers is None
+            workers = workers if workers is not None else CpuWorkers(num_proc)
+            try:
+                return workers.map(ds, stage, features=Features(feats), batch_size=batch_size, remove=list(remove),
+                                   scratch=scratch, fingerprint=fp)
+            finally:
+                if own:
+                    workers.close()
         return ds.map(
             stage,
             batched=True,
             batch_size=batch_size,
-            num_proc=num_proc,
             features=Features(feats),
             remove_columns=[c for c in remove if c in ds.column_names] or None,
             new_fingerprint=fp,

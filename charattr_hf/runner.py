@@ -221,10 +221,15 @@ def run(
     def prepare(k: int, start: int, make) -> Dataset:
         chunk = make()
         chunk = chunk.add_column("index", list(range(start, start + len(chunk))), feature=Value("int64"))
-        return pipeline.cpu_part(chunk, scratch / f"chunk-{k:06d}", num_proc=num_proc)
+        return pipeline.cpu_part(chunk, scratch / f"chunk-{k:06d}", num_proc=num_proc, workers=workers)
 
-    # With prefetch, the CPU stages of the next chunk run in a background thread (its decode workers are
-    # forked processes that never touch torch) while this thread drives the accelerator on the current one.
+    # With prefetch, the CPU stages of the next chunk run in a background thread while this thread drives the
+    # accelerator on the current one. The decode workers are not forked from this process (whose other thread
+    # may be inside torch, holding locks a forked child would wait on forever) but from a forkserver started
+    # fresh: safe by construction. One pool serves every chunk of the run.
+    from .workers import CpuWorkers
+
+    workers = CpuWorkers(num_proc) if num_proc and num_proc > 1 else None
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="charattr-prefetch") if prefetch else None
     submit = (lambda *a: pool.submit(prepare, *a)) if pool else (lambda *a: _Deferred(prepare, *a))
     start_time = time.perf_counter()
@@ -257,6 +262,8 @@ def run(
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        if workers is not None:
+            workers.close()
         if was_enabled:
             datasets.enable_progress_bars()
         bar.close()

@@ -392,3 +392,38 @@ def test_the_dataset_card_declares_each_splits_own_features(tmp_path):
                      progress=False)
     both = datasets.load_dataset(str(out))
     assert both["train"].num_rows == 3 and both["test"].num_rows == 2
+
+
+# --- 5. prefetch: CPU workers are safe next to a running model ----------------------------------------------
+
+
+def test_cpu_workers_never_inherit_locks_held_by_the_model_thread(tmp_path):
+    """The CPU part runs in a background thread (as with prefetch) while the main thread holds a lock, as torch
+    holds its own while a model runs. Workers forked from this process would inherit the lock held and wait
+    forever; workers from the forkserver start clean, so the chunk finishes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from datasets import Value
+
+    from charattr_hf.schema import load_schema
+    from charattr_hf.stages.decode import DecodeStage
+    from charattr_hf.stages.fusion import SimpleFusion
+    from charattr_hf.stages.identity import Identify
+    from charattr_hf.workers import CpuWorkers
+    from tests import fork_probe
+    from tests.test_pipeline import image_dataset
+
+    schema = load_schema("default")
+    pipeline = Pipeline(schema, cpu=[Identify(), DecodeStage(), fork_probe.Probe()], device=[],
+                        fusion=SimpleFusion(schema, []))
+    chunk = image_dataset(256).add_column("index", list(range(256)), feature=Value("int64"))
+    with CpuWorkers(2) as workers, ThreadPoolExecutor(1) as background:
+        with fork_probe.LOCK:  # held by "the model" for the whole CPU part
+            done = background.submit(pipeline.cpu_part, chunk, tmp_path / "scratch", 2, workers)
+            out = done.result(timeout=120)
+        again = pipeline.cpu_part(chunk, tmp_path / "scratch2", 2, workers)  # the same pool serves the next chunk
+    assert out.num_rows == 256 and out["index"] == list(range(256))  # every row, in order
+    pids = set(out["worker_pid"])
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert os.getpid() not in set(out["worker_parent"])  # not forked from this process
+    assert set(again["worker_pid"]) == pids and out["sha256"] == again["sha256"]
