@@ -427,3 +427,39 @@ def test_cpu_workers_never_inherit_locks_held_by_the_model_thread(tmp_path):
     assert len(pids) == 2 and os.getpid() not in pids
     assert os.getpid() not in set(out["worker_parent"])  # not forked from this process
     assert set(again["worker_pid"]) == pids and out["sha256"] == again["sha256"]
+
+
+def test_model_load_errors_say_what_to_do(monkeypatch):
+    """The Hub's answers (test doubles of its errors: the Hub is not reachable here) become one line each."""
+    import httpx
+    from huggingface_hub import errors as hub
+
+    from charattr_hf.loading import model_load_error
+
+    response = httpx.Response(401, request=httpx.Request("GET", "https://huggingface.co/x"))
+
+    def wrapped(exc):  # as open_clip and transformers raise them: their own error, the Hub's as its cause
+        try:
+            raise exc
+        except Exception as inner:
+            try:
+                raise RuntimeError("Failed to download weights") from inner
+            except RuntimeError as outer:
+                return outer
+
+    cases = {
+        hub.GatedRepoError("gated", response=response): "hf auth login",
+        hub.RepositoryNotFoundError("404", response=response): "check the name",
+        hub.RevisionNotFoundError("no rev", response=response): "revision",
+        hub.LocalEntryNotFoundError("not cached"): "HF_HUB_OFFLINE=1",
+        ConnectionError("network unreachable"): "HF_HUB_OFFLINE=1",
+        FileNotFoundError("no such folder"): "check the path",
+    }
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for exc, advice in cases.items():
+        message = str(model_load_error("CLIP model", "org/model", wrapped(exc)))
+        assert message.startswith("cannot load the CLIP model org/model: ") and advice in message, message
+        assert "\n" not in message
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    message = str(model_load_error("BLIP-2 model", "org/blip", hub.LocalEntryNotFoundError("not cached")))
+    assert "not in the local cache and HF_HUB_OFFLINE=1" in message

@@ -7,8 +7,10 @@ A stage is a top-level, picklable callable: ``stage(batch) -> dict of new column
 
 Failures are sorted by whose fault they are:
 
-- ``setup()`` failing (weights that do not load, a device that is gone) is systemic: it propagates and fails
-  the chunk, which a rerun retries. So does any failure of a stage with ``isolate_rows = False`` (model
+- ``load()`` (``setup()`` once per process, before the first chunk) failing is the user's to fix: model stages
+  raise :class:`~charattr_hf.errors.ModelLoadError` there, which stops the run at once. ``setup()`` failing
+  later (a device that is gone) is systemic: it propagates and fails the chunk, which a rerun retries. So does
+  any failure of a stage with ``isolate_rows = False`` (model
   stages: their inputs are uniform tensors, a failure there is never one image's fault), a batch whose first
   rows, retried one by one, all fail with the same exception and message (``SYSTEMIC_PROBE_ROWS``), and a
   batch in which every row fails with the same exception type.
