@@ -463,3 +463,17 @@ def test_model_load_errors_say_what_to_do(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     message = str(model_load_error("BLIP-2 model", "org/blip", hub.LocalEntryNotFoundError("not cached")))
     assert "not in the local cache and HF_HUB_OFFLINE=1" in message
+
+
+def test_a_streamed_copy_elsewhere_is_another_input(tmp_path, monkeypatch):
+    from charattr_hf.inputs import InputSpec, input_identity
+
+    image_folder(tmp_path / "x" / "images", n=2)
+    shutil.copytree(tmp_path / "x" / "images", tmp_path / "y" / "images")
+    ids = []
+    for where in ("x", "y"):
+        monkeypatch.chdir(tmp_path / where)
+        ids.append(input_identity(InputSpec(dataset="images", streaming=True)))
+    assert ids[0] != ids[1]  # same relative name, same files and times: still not the same rows (paths)
+    monkeypatch.chdir(tmp_path / "x")
+    assert input_identity(InputSpec(dataset="images", streaming=True)) == ids[0]
