@@ -9,7 +9,8 @@ locks or torch state, whichever thread asks for it and whatever runs meanwhile.
 
 :class:`CpuWorkers` is a pool of such processes, created once per run and reused for every chunk; each worker
 maps its contiguous shard of the chunk with ``datasets.map`` into an Arrow file of the chunk's scratch folder,
-and the parent concatenates the shards in order, as ``datasets.map(num_proc=N)`` does.
+and the parent concatenates the shards in order, as ``datasets.map(num_proc=N)`` does. The workers end with the
+run; the forkserver itself (one small idle process) stays until the process that started it exits.
 """
 
 from __future__ import annotations

@@ -158,6 +158,19 @@ def test_damaged_weights_fail_once_before_any_chunk(tiny_clip_dir, tmp_path):
                          options=PipelineOptions(model=f"local-dir:{broken}", use_cache=False), chunk_size=3,
                          progress=False)
     _assert_nothing_ran(tmp_path / "out")
+    # the weights repaired, the same command does the whole run, as one that never failed
+    weights = "open_clip_model.safetensors"
+    (broken / weights).write_bytes((tiny_clip_dir / weights).read_bytes())
+    result, _ = annotate_to_disk(image_dataset(6), tmp_path / "out",
+                                 options=PipelineOptions(model=f"local-dir:{broken}", use_cache=False), chunk_size=3,
+                                 progress=False)
+    clean, _ = annotate_to_disk(image_dataset(6), tmp_path / "clean",
+                                options=PipelineOptions(model=f"local-dir:{tiny_clip_dir}", use_cache=False),
+                                chunk_size=3, progress=False)
+    assert result.complete and result.rows_processed == 6
+    a = datasets.load_dataset(str(tmp_path / "out"), split="train")
+    b = datasets.load_dataset(str(tmp_path / "clean"), split="train")
+    assert a["probs_clip"][:] == b["probs_clip"][:] and a["hair_color"][:] == b["hair_color"][:]
 
 
 def test_recipe_offline_with_an_uncached_model_exits_at_once_with_one_line(tmp_path):
