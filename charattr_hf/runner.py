@@ -149,9 +149,6 @@ def run(
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
     pipeline.output_features(ds.features)  # a column clash is a clear error now, not a failure per chunk
-    # every model is loaded in this process before the first chunk: one that cannot be loaded raises
-    # ModelLoadError once, here, instead of failing (and re-downloading for) every chunk
-    pipeline.load()
     state = get_state()
     rank, world = state.process_index, state.num_processes
     output_dir = Path(output_dir)
@@ -170,7 +167,7 @@ def run(
     if streaming:
         n_chunks, total_rows, skipped = None, None, 0
         chunks: Iterator = _streaming_chunks(ds, chunk_size, rank, world, counter)
-        my_rows = None
+        my_rows, mine = None, None
     else:
         total_rows = len(ds)
         n_chunks = math.ceil(total_rows / chunk_size)
@@ -188,6 +185,12 @@ def run(
         chunks = ((k, start, make, _expected_rows(k, chunk_size, total_rows))
                   for k, start, make in _map_style_chunks(ds, chunk_size, mine))
         my_rows = sum(_expected_rows(k, chunk_size, total_rows) for k in mine)
+
+    if streaming or mine:
+        # every model is loaded in this process before its first chunk: one that cannot be loaded raises
+        # ModelLoadError once, here, instead of failing (and re-downloading for) every chunk; a process with
+        # nothing to do (a rerun of a finished run) loads nothing
+        pipeline.load()
 
     from tqdm.auto import tqdm
 

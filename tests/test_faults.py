@@ -490,3 +490,16 @@ def test_a_streamed_copy_elsewhere_is_another_input(tmp_path, monkeypatch):
     assert ids[0] != ids[1]  # same relative name, same files and times: still not the same rows (paths)
     monkeypatch.chdir(tmp_path / "x")
     assert input_identity(InputSpec(dataset="images", streaming=True)) == ids[0]
+
+
+def test_a_rerun_with_nothing_to_do_loads_no_model(tiny_clip_dir, tmp_path, monkeypatch):
+    from charattr_hf.api import annotate_to_disk
+    from charattr_hf.pipeline import PipelineOptions
+    from tests.test_pipeline import image_dataset
+
+    opts = PipelineOptions(model=f"local-dir:{tiny_clip_dir}", use_cache=False)
+    first, _ = annotate_to_disk(image_dataset(4), tmp_path / "out", options=opts, chunk_size=2, progress=False)
+    loads = []
+    monkeypatch.setattr(Pipeline, "load", lambda self: loads.append(1))
+    again, _ = annotate_to_disk(image_dataset(4), tmp_path / "out", options=opts, chunk_size=2, progress=False)
+    assert first.complete and again.complete and again.chunks_skipped == 2 and not loads
