@@ -175,8 +175,11 @@ def push_dataset(
     commit_message: str = "Upload annotations made with charattr-hf",
     token: str | None = None,
     api=None,
+    extra_patterns: tuple[str, ...] = ("images/*.png", "curation.json"),
 ) -> str:
-    """Upload ``data/`` and README.md of ``output_dir`` to the dataset repository ``repo_id``; returns its URL."""
+    """Upload ``data/`` and README.md of ``output_dir`` to the dataset repository ``repo_id``; returns its URL.
+
+    ``extra_patterns``: other files to upload when present (the curated card's pictures and report)."""
     from huggingface_hub import HfApi
 
     output_dir = Path(output_dir)
@@ -191,7 +194,7 @@ def push_dataset(
         repo_id=repo_id,
         repo_type="dataset",
         revision=revision,
-        allow_patterns=["data/*.parquet", "README.md", "summary.json"],
+        allow_patterns=["data/*.parquet", "README.md", "summary.json", *extra_patterns],
         delete_patterns=[f"data/{name}-*.parquet" for name in splits],
         commit_message=commit_message,
     )

@@ -34,6 +34,9 @@ What a row gets (see :meth:`DecodeStage.features`):
     - ``sharpness``: variance ``v`` of the 4-neighbour Laplacian of luma on the thumbnail, mapped to
       [0, 1) by ``v / (v + SHARPNESS_SCALE)`` (0.5 means ``v == SHARPNESS_SCALE``). On a fixed-size
       thumbnail it measures blur relative to the image's size, the scale a 224-px model sees.
+``signature``
+    near-duplicate signatures of the decoded image (struct of ``phash`` and ``thumb`` bytes; see
+    :mod:`charattr_hf.curation.signatures`), for ``recipes/curate.py``. ``signatures=False`` leaves it null.
 ``_pixels``
     only when ``image_size`` is set: ``uint8`` RGB, ``height x width x 3``, C order, resized and cropped
     exactly as open_clip's eval transform would (``open_clip.transform.image_transform(size,
@@ -91,6 +94,7 @@ import numpy as np
 from datasets import List, Value
 from PIL import Image, ImageColor, UnidentifiedImageError
 
+from ..curation.signatures import SIGNATURE_FEATURES, SIGNATURE_VERSION, compute_signature
 from ..schema import QUALITY_FEATURES, QUALITY_FIELDS
 from .base import ERROR, Stage
 
@@ -257,6 +261,7 @@ class DecodeStage(Stage):
         column: the input column holding the images.
         extra_pixels: more pixel columns for other models, ``{column: {"image_size": ..., "resize_mode": ...,
             "interpolation": ...}}`` (column names start with ``_``: working columns, dropped before writing).
+        signatures: compute the near-duplicate ``signature`` column (cheap: two small resizes of the image).
     """
 
     name = "decode"
@@ -278,6 +283,7 @@ class DecodeStage(Stage):
         thresholds: FlagThresholds | Mapping[str, Any] | None = None,
         column: str = "image",
         extra_pixels: Mapping[str, Mapping[str, Any]] | None = None,
+        signatures: bool = True,
     ):
         self.image_size = _as_size(image_size)
         if resize_mode not in _RESIZE_MODES:
@@ -319,6 +325,7 @@ class DecodeStage(Stage):
                 raise ValueError(f"extra_pixels[{name!r}]: need an image_size, a resize_mode in {_RESIZE_MODES} and "
                                  f"an interpolation in {sorted(_RESAMPLING)}; got {dict(spec)}")
             self.extra_pixels[name] = (size, mode, interp)
+        self.signatures = bool(signatures)
 
     # -- description --------------------------------------------------------------------------
     def params(self) -> dict:
@@ -337,6 +344,8 @@ class DecodeStage(Stage):
             # only when there are some, so that a stage without them keeps its fingerprint
             **({"extra_pixels": {k: [list(v[0]), v[1], v[2]] for k, v in sorted(self.extra_pixels.items())}}
                if self.extra_pixels else {}),
+            # near-duplicate signatures (curation, #11)
+            "signatures": SIGNATURE_VERSION if self.signatures else None,
         }
 
     def with_extra_pixels(self, **columns: Mapping[str, Any]) -> "DecodeStage":
@@ -358,6 +367,7 @@ class DecodeStage(Stage):
             "width": Value("int32"),
             "height": Value("int32"),
             "quality": dict(QUALITY_FEATURES),
+            "signature": dict(SIGNATURE_FEATURES),  # curation (#11)
         }
         if self.image_size is not None:
             feats["_pixels"] = Value("binary")
@@ -474,6 +484,7 @@ class DecodeStage(Stage):
 
         quality, gray, sharpness_measured = self._quality(rgb)
         row["quality"] = quality
+        row["signature"] = compute_signature(rgb) if self.signatures else None  # curation (#11)
         if gray:
             flags.add("grayscale")
         th = self.thresholds
