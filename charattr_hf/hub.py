@@ -20,6 +20,7 @@ from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from . import __version__
+from .markdown import markdown_table
 from .summary import features_of, format_summary, summarize
 
 if TYPE_CHECKING:
@@ -38,8 +39,6 @@ in `error`, so the row count equals the input's.
 
 ## Pipeline
 
-| setting | value |
-|---|---|
 {settings}
 
 ## Columns
@@ -113,7 +112,7 @@ def write_dataset_card(output_dir: Path, split: str, pipeline: "Pipeline", extra
     DatasetInfosDict(infos).to_dataset_card_data(card_data)
 
     settings = {**pipeline.description, **(extra or {})}
-    rows = "\n".join(f"| {k} | {_cell(v)} |" for k, v in settings.items())
+    rows = markdown_table(["setting", "value"], [[k, _cell(v)] for k, v in settings.items()])
     attrs = "\n".join(
         f"- `{a.name}`{' (multi-label)' if a.multi_label else ''}: {', '.join(a.label_names)}"
         for a in pipeline.schema
@@ -160,10 +159,10 @@ def _files_digest(files: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any) -> str | None:
     if isinstance(value, (list, tuple)):
-        return ", ".join(map(str, value)) or "-"
-    return str(value).replace("|", "\\|") if value is not None else "-"
+        return ", ".join(map(str, value)) or None
+    return None if value is None else str(value)
 
 
 def push_dataset(
