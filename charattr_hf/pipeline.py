@@ -49,6 +49,7 @@ class PipelineOptions:
     keep_images: bool = False
     cache_dir: str | None = None
     use_cache: bool = True
+    cache_url: str | None = None  # redis://host:port/db: model outputs in Redis, shared by machines
     device: str | None = None
 
 
@@ -197,7 +198,8 @@ def build_pipeline(
     from .stages.decode import DecodeStage
 
     if clip_spec is not None:
-        from .cache import FeatureCache, default_cache_dir
+        from .cache import default_cache_dir
+        from .cache_redis import open_feature_cache
         from .stages.clip import ClipZeroShot
 
         clip = ClipZeroShot(
@@ -210,7 +212,7 @@ def build_pipeline(
         )
         if options.use_cache:
             root = Path(options.cache_dir).expanduser() if options.cache_dir else default_cache_dir()
-            clip.cache = FeatureCache(root, clip.cache_namespace(), writer=writer)
+            clip.cache = open_feature_cache(options.cache_url, root, clip.cache_namespace(), writer=writer)
         cpu.append(clip.decode)
         device.append(clip)
         sources.append("clip")

@@ -112,6 +112,11 @@ class RunArguments:
         default=None, metadata={"help": "Model-output cache keyed by image sha256 (default: $HF_HOME/charattr_hf)."}
     )
     no_cache: bool = field(default=False, metadata={"help": "Do not read or write the model-output cache."})
+    cache_url: Optional[str] = field(
+        default=None,
+        metadata={"help": "Keep the model-output cache in Redis, shared by every machine: redis://host:port/db "
+                  "(default: SQLite files in --cache_dir). A cache that fails never fails the run."},
+    )
     prefetch: str = field(
         default="auto",
         metadata={"help": "Decode the next chunk while the model works on this one: auto (on with a GPU), on, off."},
@@ -170,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         keep_images=run_args.keep_images,
         cache_dir=run_args.cache_dir,
         use_cache=not run_args.no_cache,
+        cache_url=run_args.cache_url,
     )
     start = time.perf_counter()
     result, pipeline = annotate_to_disk(
