@@ -33,6 +33,7 @@ def annotate_to_disk(
     max_shard_rows: int = 100_000,
     progress: bool = True,
     prefetch: bool | None = None,
+    card_extra: dict | None = None,
     **option_kwargs: Any,
 ) -> tuple[RunResult, Any]:
     """Annotate into ``output_dir`` (resumable) and return the run result and the pipeline used.
@@ -42,7 +43,8 @@ def annotate_to_disk(
     :class:`PipelineOptions` fields (``model``, ``schema``, ``fusion``, ``batch_size``...). ``input_id``
     names the input for resuming; it is required for an ``IterableDataset`` object, which has no fingerprint.
     ``prefetch`` runs the CPU stages of the next chunk while the models work on the current one (default:
-    on when a GPU is used).
+    on when a GPU is used). ``card_extra``: more rows for the card's settings table; its ``command`` entry is
+    shown as the command that reproduces the labels (the recipe passes its command line; by default, this call).
     """
     if options is not None and option_kwargs:
         raise TypeError(f"pass either options= or option keywords, not both (got {sorted(option_kwargs)})")
@@ -80,6 +82,9 @@ def annotate_to_disk(
     if state.is_main_process:
         for message in pipeline.messages:
             logger.warning(message)
+    card_extra = dict(card_extra or {})
+    if "command" not in card_extra:
+        card_extra["command"] = _python_call(dataset, spec, output_dir, options, input_id, chunk_size)
     result = run(
         ds,
         pipeline,
@@ -91,8 +96,29 @@ def annotate_to_disk(
         max_shard_rows=max_shard_rows,
         progress=progress,
         prefetch=prefetch,
+        card_extra=card_extra,
     )
     return result, pipeline
+
+
+def _python_call(dataset, spec: InputSpec, output_dir, options: PipelineOptions, input_id: str, chunk_size: int) -> str:
+    """This call, written out for the dataset card (as a Python comment when the input was an in-memory object)."""
+    from dataclasses import fields
+
+    defaults = PipelineOptions()
+    opts = ", ".join(f"{f.name}={getattr(options, f.name)!r}" for f in fields(options)
+                     if getattr(options, f.name) != getattr(defaults, f.name))
+    spec_defaults = InputSpec()
+    spec_args = ", ".join(f"{f.name}={getattr(spec, f.name)!r}" for f in fields(spec)
+                          if f.name != "dataset" and getattr(spec, f.name) != getattr(spec_defaults, f.name))
+    if isinstance(dataset, (Dataset, IterableDataset)):
+        source = f"<a datasets object in memory, input id {input_id}>"
+    else:
+        source = repr(spec.dataset)
+    call = (f"annotate_to_disk({source}, {str(output_dir)!r}, input_spec=InputSpec({spec_args}), "
+            f"options=PipelineOptions({opts}), chunk_size={chunk_size})")
+    return ("# Python, charattr-hf\nfrom charattr_hf.api import annotate_to_disk\n"
+            "from charattr_hf.inputs import InputSpec\nfrom charattr_hf.pipeline import PipelineOptions\n" + call)
 
 
 def annotate(

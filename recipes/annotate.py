@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         max_shard_rows=run_args.max_shard_rows,
         progress=not run_args.quiet,
         prefetch={"auto": None, "on": True, "off": False}[run_args.prefetch],
+        card_extra={"command": _command_line(argv)},
     )
     if not state.is_main_process:
         return 1 if result.failed_chunks else 0
@@ -223,6 +224,18 @@ def main(argv: list[str] | None = None) -> int:
         url = push_dataset(run_args.output_dir, run_args.push_to_hub, private=run_args.hub_private)
         print(f"\npublished: {url}")
     return 0
+
+
+def _command_line(argv: list[str] | None) -> str:
+    """This run's command, for the dataset card (it reproduces the labels; any process count gives the same)."""
+    import os
+    import shlex
+
+    script = os.path.relpath(__file__)
+    if script.startswith(".."):
+        script = "recipes/annotate.py"
+    args = sys.argv[1:] if argv is None else list(argv)
+    return f"accelerate launch {shlex.quote(script)} {shlex.join(args)}".rstrip()
 
 
 if __name__ == "__main__":

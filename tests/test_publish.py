@@ -68,7 +68,8 @@ def test_push_dataset_uploads_the_layout_and_load_dataset_reads_it_back(hub, ann
     local = {p.relative_to(annotated).as_posix(): p.read_bytes()
              for p in annotated.rglob("*") if p.is_file() and ".charattr" not in p.parts}
     expected = {p for p in local if p.startswith(("data/", "images/")) or p in ("README.md", "summary.json")}
-    assert {"data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet", "README.md"} <= expected
+    assert {"data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet", "README.md",
+            "images/train-labels.png", "images/train-confidence.png", "images/train-agreement.png"} <= expected
     assert set(files) - {".gitattributes"} == expected  # nothing else (no work files, no run_info)
     for path in expected:
         assert files[path] == local[path], path
@@ -76,6 +77,10 @@ def test_push_dataset_uploads_the_layout_and_load_dataset_reads_it_back(hub, ann
     commit = hub.commits("dataset", "someone/characters")[-1]
     kinds = {op["value"]["path"]: op["key"] for op in commit["operations"]}
     assert kinds["data/train-00000-of-00002.parquet"] == "lfsFile" and kinds["README.md"] == "file"
+    assert kinds["images/train-labels.png"] == "lfsFile"
+    # the card's example names the repository, and the Hub accepted its YAML header
+    assert 'load_dataset("someone/characters", split="train")' in files["README.md"].decode()
+    assert hub.validated and "task_categories" in hub.validated[-1]
     assert ("POST", "/datasets/someone/characters.git/info/lfs/objects/batch") in hub.requests
     # the token was sent (the double checks it) and never printed
     out = capsys.readouterr()
