@@ -25,7 +25,14 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClipSpec", "DEMO_MODEL", "demo_model_dir", "preprocess_config", "load_model", "label_embeddings"]
+__all__ = [
+    "ClipSpec", "DEMO_MODEL", "PRECISIONS", "check_precision", "demo_model_dir", "preprocess_config", "load_model",
+    "label_embeddings", "quantize_int8",
+]
+
+#: ``--precision`` values: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16, and int8 (CPU only: dynamic int8
+#: quantization of the image tower's Linear layers).
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 
 DEMO_MODEL = "demo"
 _LOCAL = "local-dir:"
@@ -199,20 +206,62 @@ def preprocess_config(spec: ClipSpec) -> PreprocessConfig:
     )
 
 
+def check_precision(precision: str, device: str | None = None) -> None:
+    """Raise :class:`~charattr_hf.errors.UserError` for a precision that cannot run (checked before any work)."""
+    from .errors import UserError
+
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "int8":
+        import torch
+
+        target = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if not str(target).startswith("cpu"):
+            raise UserError("--precision int8 runs on CPU only (dynamic int8 quantization); on a GPU use fp16")
+
+
+def quantize_int8(model):
+    """Dynamic int8 quantization of the image tower's ``nn.Linear`` layers, in place; returns the model.
+
+    Weights are stored in int8 (per-tensor scale), activations are quantized on the fly per batch, and the matrix
+    products run in int8 (fbgemm/onednn kernels, VNNI where the CPU has it). Only the image tower is quantized:
+    the text tower runs once per schema, to embed the label prompts, so it stays in fp32. The attention's QKV
+    projection of ``nn.MultiheadAttention`` is not an ``nn.Linear`` and stays fp32 too.
+
+    ``torch.ao.quantization.quantize_dynamic`` is used (torchao, its successor, is not a dependency; its int8
+    dynamic path on CPU relies on ``torch.compile``).
+    """
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
+        model.visual = torch.ao.quantization.quantize_dynamic(model.visual, {torch.nn.Linear}, dtype=torch.qint8)
+    return model
+
+
 def load_model(spec: ClipSpec, device: Any, precision: str = "auto"):
-    """Build the model on ``device`` in eval mode and its tokenizer. ``precision`` auto = fp16 on CUDA."""
+    """Build the model on ``device`` in eval mode and its tokenizer. ``precision`` auto = fp16 on CUDA;
+    int8 = fp32 weights loaded, then the image tower quantized (:func:`quantize_int8`, CPU only)."""
     import open_clip
     import torch
 
     device = torch.device(device)
     if precision == "auto":
         precision = "fp16" if device.type == "cuda" else "fp32"
+    int8 = precision == "int8"
+    if int8:
+        check_precision("int8", str(device))
+        precision = "fp32"
     folder = spec.local_dir()
     name = f"{_LOCAL}{folder}" if folder is not None else spec.model
     if spec.is_random:
         logger.warning("%s: random weights (pretrained='none'); outputs are meaningless", spec.model)
     model = open_clip.create_model(name, pretrained=spec.pretrained, device=device, precision=precision)
     model.eval()
+    if int8:
+        model = quantize_int8(model)
     tokenizer = open_clip.get_tokenizer(name)
     return model, tokenizer
 

@@ -174,10 +174,11 @@ def build_pipeline(
     """Choose and configure the stages for ``options``; sources that cannot run are skipped with a message.
 
     ``id_root``: the local folder the input was read from; image paths under it give relative ids."""
-    from .openclip import ClipSpec, demo_model_dir
+    from .openclip import ClipSpec, check_precision, demo_model_dir
 
     messages: list[str] = []
     clip_spec = None
+    check_precision(options.precision, options.device)
     if options.model:
         if options.model == "demo" and demo_model_dir() is None:
             messages.append("CLIP source skipped: no --model given and this installation ships no demo model.")

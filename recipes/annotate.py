@@ -94,7 +94,8 @@ class ModelArguments:
         default="confidence",
         metadata={"help": "Fusion rule when no --fusion policy is given: confidence (weighted mean), mean, vote."},
     )
-    precision: str = field(default="auto", metadata={"help": "Model precision: auto (fp16 on GPU, fp32 on CPU), fp32, fp16, bf16."})
+    precision: str = field(default="auto", metadata={"help": "Model precision: auto (fp16 on GPU, fp32 on CPU), fp32, fp16, bf16, int8 (CPU only: dynamic int8 "
+                  "quantization of the image tower, see benchmarks/README.md)."})
     batch_size: int = field(default=32, metadata={"help": "Images per model forward pass."})
     keep_embedding: bool = field(default=False, metadata={"help": "Store the CLIP image embedding (float16) in the output."})
 
