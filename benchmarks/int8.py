@@ -6,7 +6,8 @@
   turns (``--rounds`` times each) so that the machine's drift hits both alike; ViT-B-32 with random weights.
 - ``end to end``: ``annotate_to_disk`` on the same synthetic PNGs (feature cache off, model already loaded by a
   warm-up run on other images), fp32 then int8 then fp32 again (the two fp32 runs are averaged).
-- ``accuracy``: the shipped demo CLIP in fp32 and int8 on the synthetic benchmark's mixed ``test`` split
+- ``accuracy``: the shipped demo CLIP (a small ModifiedResNet: in int8 only its attention pool's projections
+  are quantized, the convolutions stay fp32) in fp32 and int8 on the synthetic benchmark's mixed ``test`` split
   (seed 0, as in benchmarks/accuracy.py): accuracy of CLIP alone (top label of ``probs_clip``) and of the fused
   labels (confidence rule with the tags), mean over the single-label attributes.
 Each part runs with its own temporary ``HF_HOME`` and feature cache.
@@ -122,6 +123,7 @@ def accuracy(args, tmp: Path, num_proc: int) -> dict:
     for precision in ("fp32", "int8"):
         result, pipeline = annotate_to_disk(test, tmp / f"acc-{precision}", options=PipelineOptions(
             precision=precision, use_cache=False), chunk_size=1024, num_proc=num_proc, progress=False)
+        assert result.complete, f"accuracy run ({precision}) incomplete"
         table = pq.read_table([str(f) for f in result.data_files][0]).to_pydict()
         scores: dict[str, dict[str, float]] = {"clip": {}, "fused": {}}
         for attr in pipeline.schema:

@@ -331,8 +331,10 @@ def _draw_samples(output_dir, split, files, features, attrs, best, thumb_size, m
     for fi, row in wanted:
         by_file.setdefault(fi, set()).add(row)
     for fi, rows in by_file.items():
-        offset = 0
+        offset, last = 0, max(rows)
         for batch in pq.ParquetFile(files[fi]).iter_batches(batch_size=1024, columns=[source]):
+            if offset > last:
+                break
             here = [r for r in rows if offset <= r < offset + batch.num_rows]
             if here:
                 column = batch.column(0)

@@ -226,7 +226,10 @@ def quantize_int8(model):
     Weights are stored in int8 (per-tensor scale), activations are quantized on the fly per batch, and the matrix
     products run in int8 (fbgemm/onednn kernels, VNNI where the CPU has it). Only the image tower is quantized:
     the text tower runs once per schema, to embed the label prompts, so it stays in fp32. The attention's QKV
-    projection of ``nn.MultiheadAttention`` is not an ``nn.Linear`` and stays fp32 too.
+    projection of ``nn.MultiheadAttention`` is not an ``nn.Linear`` and stays fp32 too. In the ModifiedResNet
+    towers (the demo model, RN50...) the convolutions stay fp32 (dynamic quantization covers Linear layers only)
+    and the attention pool's projections become int8: the pool is switched to calling its Linear modules (it
+    reads their weights directly otherwise), which gives the same result in fp32.
 
     ``torch.ao.quantization.quantize_dynamic`` is used (torchao, its successor, is not a dependency; its int8
     dynamic path on CPU relies on ``torch.compile``).
@@ -235,10 +238,46 @@ def quantize_int8(model):
 
     import torch
 
+    _attention_pools_through_modules(model.visual)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
         model.visual = torch.ao.quantization.quantize_dynamic(model.visual, {torch.nn.Linear}, dtype=torch.qint8)
     return model
+
+
+_MODULE_POOL: Any = None
+
+
+def _attention_pools_through_modules(visual) -> None:
+    """Make open_clip's ``AttentionPool2d`` call its q/k/v/c projections as modules (so that they can be swapped
+    for quantized ones) instead of passing their weights to ``F.multi_head_attention_forward``."""
+    global _MODULE_POOL
+    try:
+        from open_clip.modified_resnet import AttentionPool2d
+    except ImportError:  # pragma: no cover - another open_clip layout
+        return
+    if _MODULE_POOL is None:
+        _MODULE_POOL = type("ModuleAttentionPool2d", (AttentionPool2d,), {"forward": _module_attention_pool_forward})
+    for module in visual.modules():
+        if type(module) is AttentionPool2d:
+            module.__class__ = _MODULE_POOL
+
+
+def _module_attention_pool_forward(self, x):
+    import torch
+    import torch.nn.functional as F
+
+    x = x.reshape(x.shape[0], x.shape[1], x.shape[2] * x.shape[3]).permute(2, 0, 1)  # NCHW -> (HW)NC
+    x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)
+    x = x + self.positional_embedding[:, None, :].to(x.dtype)
+    length, batch, dim = x.shape
+    heads = self.num_heads
+    # only the first (pooled) position is returned: it is the only query needed
+    q = self.q_proj(x[:1]).reshape(1, batch * heads, dim // heads).transpose(0, 1)
+    k = self.k_proj(x).reshape(length, batch * heads, dim // heads).transpose(0, 1)
+    v = self.v_proj(x).reshape(length, batch * heads, dim // heads).transpose(0, 1)
+    out = F.scaled_dot_product_attention(q, k, v)  # (batch * heads, 1, head_dim)
+    return self.c_proj(out.transpose(0, 1).reshape(batch, dim))
 
 
 def load_model(spec: ClipSpec, device: Any, precision: str = "auto"):

@@ -48,3 +48,26 @@ def test_unusable_precision_is_a_user_error_before_work(precision, device, tiny_
         check_precision(precision, device)
     with pytest.raises(UserError, match="precision"):
         build_pipeline(PipelineOptions(model=f"local-dir:{tiny_clip_dir}", precision=precision, device=device), ["image"])
+
+
+def test_int8_demo_resnet_attention_pool():
+    """The demo model is a ModifiedResNet: its attention pool reads its projections' weights directly, so it is
+    switched to calling them as modules (same result in fp32), and they become int8."""
+    import copy
+
+    from charattr_hf.openclip import _attention_pools_through_modules
+
+    spec = ClipSpec.parse("demo")
+    fp32, _ = load_model(spec, "cpu", "fp32")
+    switched = copy.deepcopy(fp32)
+    _attention_pools_through_modules(switched.visual)
+    assert type(switched.visual.attnpool).__name__ == "ModuleAttentionPool2d"
+    x = torch.randn(5, 3, 64, 64)
+    with torch.inference_mode():
+        ref = fp32.encode_image(x)
+        torch.testing.assert_close(switched.encode_image(x), ref, rtol=1e-4, atol=1e-5)
+        int8, _ = load_model(spec, "cpu", "int8")
+        assert isinstance(int8.visual.attnpool.q_proj, torch.ao.nn.quantized.dynamic.Linear)
+        out = int8.encode_image(x)
+    assert not torch.equal(out, ref)
+    assert torch.nn.functional.cosine_similarity(out, ref).min() > 0.99
