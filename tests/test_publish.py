@@ -7,6 +7,7 @@ exercised here.
 """
 
 import logging
+import re
 from pathlib import Path
 
 import datasets
@@ -163,3 +164,33 @@ def small_policy():
     config = CharattrFusionConfig.from_schema(load_schema("default"), sources=["clip", "tags"], hidden_size=8)
     torch.manual_seed(0)
     return CharattrFusionModel(config).eval()
+
+
+def test_annotate_recipe_publishes_with_push_to_hub(hub, tiny_clip_dir, tmp_path):
+    """The user's path: `recipes/annotate.py --push_to_hub`, a subprocess pointed at the double by HF_ENDPOINT."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    args = ["--sample_size", "12", "--model", f"local-dir:{tiny_clip_dir}", "--schema", "synthetic",
+            "--output_dir", str(out), "--no_cache", "--quiet", "--push_to_hub", "someone/sample",
+            "--keep_images"]
+    env = {**os.environ, "PYTHONPATH": str(root)}  # HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE=0 set by the fixture
+    proc = subprocess.run([sys.executable, str(root / "recipes" / "annotate.py"), *args], capture_output=True,
+                          text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert TOKEN not in proc.stdout + proc.stderr
+    assert f"published: {hub.endpoint}/datasets/someone/sample" in proc.stdout
+    files = hub.files("dataset", "someone/sample")
+    assert files["data/train-00000-of-00001.parquet"] == (out / "data" / "train-00000-of-00001.parquet").read_bytes()
+    pictures = sorted(p for p in files if p.startswith("images/"))
+    assert "images/train-labels.png" in pictures and "images/train-samples-hair_color.png" in pictures
+    card = files["README.md"].decode()
+    for rel in re.findall(r"\]\((images/[^)]+)\)", card):
+        assert rel in files, rel  # every picture the card shows was uploaded
+    assert "accelerate launch recipes/annotate.py --sample_size 12" in card  # the command that made it
+    rows = datasets.load_dataset("parquet", data_files={"train": str(write_tree(files, tmp_path / "clone")
+                                                                  / "data" / "train-*.parquet")}, split="train")
+    assert len(rows) == 12 and rows["index"] == list(range(12))
