@@ -33,9 +33,10 @@ __all__ = ["write_dataset_card", "push_dataset", "describe_models", "size_catego
 
 _BODY = """# Character attributes annotated with charattr-hf
 
-Per-image character attributes (the attributes and labels are listed below) made by charattr-hf {version}. Each row refers to one input image by `id`, `index` (position in the input) and
-`path` where there is one, with `sha256` of the image bytes; rows whose image could not be read keep their
-place with a message in `error`, so the row count equals the input's.
+Per-image character attributes (the attributes and labels are listed below) made by charattr-hf {version}.
+Each row refers to one input image by `id`, `index` (position in the input) and `path` where there is one,
+with `sha256` of the image bytes; rows whose image could not be read keep their place with a message in
+`error`, so the row count equals the input's.
 
 ## How the labels were made
 
