@@ -225,8 +225,10 @@ def quantize_int8(model):
 
     Weights are stored in int8 (per-tensor scale), activations are quantized on the fly per batch, and the matrix
     products run in int8 (fbgemm/onednn kernels, VNNI where the CPU has it). Only the image tower is quantized:
-    the text tower runs once per schema, to embed the label prompts, so it stays in fp32. The attention's QKV
-    projection of ``nn.MultiheadAttention`` is not an ``nn.Linear`` and stays fp32 too. In the ModifiedResNet
+    the text tower runs once per schema, to embed the label prompts, so it stays in fp32. In a ViT tower the
+    self-attention modules (``nn.MultiheadAttention``, whose QKV projection is a bare parameter) are replaced by
+    the same computation over two ``nn.Linear`` (QKV and output) and ``scaled_dot_product_attention``, so that
+    the attention projections are quantized too, not only the MLPs. In the ModifiedResNet
     towers (the demo model, RN50...) the convolutions stay fp32 (dynamic quantization covers Linear layers only)
     and the attention pool's projections become int8: the pool is switched to calling its Linear modules (it
     reads their weights directly otherwise), which gives the same result in fp32.
@@ -239,6 +241,7 @@ def quantize_int8(model):
     import torch
 
     _attention_pools_through_modules(model.visual)
+    _self_attention_through_linears(model.visual)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
         model.visual = torch.ao.quantization.quantize_dynamic(model.visual, {torch.nn.Linear}, dtype=torch.qint8)
@@ -246,6 +249,56 @@ def quantize_int8(model):
 
 
 _MODULE_POOL: Any = None
+
+
+def _self_attention_through_linears(visual) -> None:
+    """Replace ``nn.MultiheadAttention`` in open_clip's ``ResidualAttentionBlock`` by :class:`_LinearSelfAttention`."""
+    try:
+        from open_clip.transformer import ResidualAttentionBlock
+    except ImportError:  # pragma: no cover
+        return
+    import torch
+
+    for block in visual.modules():
+        if isinstance(block, ResidualAttentionBlock) and isinstance(block.attn, torch.nn.MultiheadAttention):
+            block.attn = _linear_self_attention(block.attn)
+
+
+def _linear_self_attention(mha):
+    import torch
+    import torch.nn.functional as F
+
+    class LinearSelfAttention(torch.nn.Module):
+        """Self-attention as ``nn.MultiheadAttention`` computes it (no dropout, eval), with ``nn.Linear``
+        projections that dynamic quantization can replace."""
+
+        def __init__(self, mha: torch.nn.MultiheadAttention):
+            super().__init__()
+            if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn:
+                raise ValueError("unsupported MultiheadAttention layout")
+            d = mha.embed_dim
+            self.num_heads, self.batch_first = mha.num_heads, mha.batch_first
+            self.qkv = torch.nn.Linear(d, 3 * d, bias=mha.in_proj_bias is not None)
+            self.out = torch.nn.Linear(d, d, bias=mha.out_proj.bias is not None)
+            with torch.no_grad():
+                self.qkv.weight.copy_(mha.in_proj_weight)
+                if mha.in_proj_bias is not None:
+                    self.qkv.bias.copy_(mha.in_proj_bias)
+                self.out.weight.copy_(mha.out_proj.weight)
+                if mha.out_proj.bias is not None:
+                    self.out.bias.copy_(mha.out_proj.bias)
+
+        def forward(self, query, key=None, value=None, need_weights=False, attn_mask=None, **_):
+            if (key is not None and key is not query) or (value is not None and value is not query):
+                raise ValueError("LinearSelfAttention handles self-attention only")
+            x = query if self.batch_first else query.transpose(0, 1)
+            n, length, d = x.shape
+            qkv = self.qkv(x).reshape(n, length, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+            out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_mask)
+            out = self.out(out.transpose(1, 2).reshape(n, length, d))
+            return (out if self.batch_first else out.transpose(0, 1)), None
+
+    return LinearSelfAttention(mha)
 
 
 def _attention_pools_through_modules(visual) -> None:

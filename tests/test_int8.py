@@ -19,12 +19,27 @@ def test_int8_quantizes_the_image_tower_linear_layers(tiny_clip_dir):
     kinds = [type(m) for m in model.visual.modules()]
     assert dynamic in kinds and torch.nn.Linear not in kinds  # every plain Linear of the image tower
     assert all(not isinstance(m, dynamic) for m in model.transformer.modules())  # the text tower stays fp32
+    assert not any(isinstance(m, torch.nn.MultiheadAttention) for m in model.visual.modules())  # QKV as Linear
     fp32, _ = load_model(spec, "cpu", "fp32")
     x = torch.randn(6, 3, 32, 32)
     with torch.inference_mode():
         a, b = fp32.encode_image(x, normalize=True), model.encode_image(x, normalize=True)
     assert not torch.equal(a, b)  # it is a different computation...
     assert torch.nn.functional.cosine_similarity(a, b).min() > 0.99  # ...with nearly the same result
+
+
+def test_self_attention_through_linears_is_the_same_computation(tiny_clip_dir):
+    import copy
+
+    from charattr_hf.openclip import _self_attention_through_linears
+
+    fp32, _ = load_model(ClipSpec.parse(f"local-dir:{tiny_clip_dir}"), "cpu", "fp32")
+    swapped = copy.deepcopy(fp32)
+    _self_attention_through_linears(swapped.visual)
+    assert type(swapped.visual.transformer.resblocks[0].attn).__name__ == "LinearSelfAttention"
+    x = torch.randn(4, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(swapped.encode_image(x), fp32.encode_image(x), rtol=1e-4, atol=1e-5)
 
 
 def test_int8_scores_close_to_fp32(tiny_clip_dir):
