@@ -155,13 +155,22 @@ def main() -> int:
     results: dict = {"args": vars(args), "torch": torch.__version__, "threads": threads,
                      "quantized_engine": torch.backends.quantized.engine, "cpu": platform.processor() or "cpu"}
     # the CPU stages fork decode workers: run the end-to-end part before this process does any torch work
+    def done(key):  # each part is printed and saved as soon as it is measured
+        print(f"{key}: {json.dumps(results[key])}", flush=True)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(results, indent=2))
+
     if "e2e" not in args.skip:
         results["end_to_end"] = end_to_end(args, tmp, num_proc)
+        done("end_to_end")
     if "accuracy" not in args.skip and args.accuracy_images:
         results["accuracy"] = accuracy(args, tmp, num_proc)
+        done("accuracy")
     if "model" not in args.skip:
         fresh_home(tmp, "model")
         results["model_only"] = model_only(ClipSpec.parse(args.model, args.pretrained), args)
+        done("model_only")
 
     print(f"\n{args.model} ({args.pretrained}), batch {args.batch_size}, torch {torch.__version__} "
           f"({results['quantized_engine']} kernels), {threads} threads")
