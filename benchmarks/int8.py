@@ -56,8 +56,10 @@ def model_only(spec, args) -> dict:
     from charattr_hf.openclip import load_model, preprocess_config
 
     t0 = time.perf_counter()
+    torch.manual_seed(0)  # the same random weights for both, so that their outputs can be compared
     models = {"fp32": load_model(spec, "cpu", "fp32")[0]}
     t1 = time.perf_counter()
+    torch.manual_seed(0)
     models["int8"] = load_model(spec, "cpu", "int8")[0]
     t2 = time.perf_counter()
     h, w = preprocess_config(spec).image_size
