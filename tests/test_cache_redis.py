@@ -136,3 +136,11 @@ def test_a_bad_cache_url_is_a_user_error(url):
     with pytest.raises(UserError, match="cache_url"):
         check_cache_url(url)
 
+
+
+def test_recipe_reports_a_bad_cache_url_before_work(tmp_path):
+    from .test_user_errors import annotate, assert_user_error
+
+    proc, seconds = annotate("--cache_url", "http://localhost:6379", "--output_dir", str(tmp_path / "o"))
+    assert_user_error(proc, seconds, "--cache_url", "redis://")
+    assert not (tmp_path / "o").exists()
