@@ -270,14 +270,11 @@ def push_dataset(
     api=None,
     extra_patterns: tuple[str, ...] = ("images/*.png", "curation.json"),
 ) -> str:
-<<<<<<< HEAD
-    """Upload ``data/``, ``images/``, README.md and summary.json of ``output_dir`` to the dataset repository
-    ``repo_id``; returns its URL. The card's ``load_dataset`` example is pointed at ``repo_id`` first."""
-=======
-    """Upload ``data/`` and README.md of ``output_dir`` to the dataset repository ``repo_id``; returns its URL.
+    """Upload ``data/``, the card's pictures in ``images/``, README.md and summary.json of ``output_dir`` to the
+    dataset repository ``repo_id``; returns its URL. The card's ``load_dataset`` example is pointed at ``repo_id``
+    first.
 
     ``extra_patterns``: other files to upload when present (the curated card's pictures and report)."""
->>>>>>> main
     from huggingface_hub import HfApi
 
     output_dir = Path(output_dir)
@@ -293,13 +290,9 @@ def push_dataset(
         repo_id=repo_id,
         repo_type="dataset",
         revision=revision,
-<<<<<<< HEAD
-        allow_patterns=["data/*.parquet", f"{IMAGES_DIR}/*.png", "README.md", "summary.json"],
+        allow_patterns=list(dict.fromkeys(["data/*.parquet", f"{IMAGES_DIR}/*.png", "README.md", "summary.json",
+                                           *extra_patterns])),
         delete_patterns=[f"data/{name}-*.parquet" for name in splits] + [f"{IMAGES_DIR}/{name}-*.png" for name in splits],
-=======
-        allow_patterns=["data/*.parquet", "README.md", "summary.json", *extra_patterns],
-        delete_patterns=[f"data/{name}-*.parquet" for name in splits],
->>>>>>> main
         commit_message=commit_message,
     )
     url = getattr(repo, "url", None) or f"https://huggingface.co/datasets/{repo_id}"
