@@ -22,6 +22,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from . import __version__
 from .card import IMAGES_DIR
+from .markdown import markdown_table
 from .summary import features_of, format_summary, summarize
 
 if TYPE_CHECKING:
@@ -54,8 +55,6 @@ To make them again (same input, same models and revisions, same settings):
 
 ## Pipeline settings
 
-| setting | value |
-|---|---|
 {settings}
 
 ## Columns
@@ -140,7 +139,7 @@ def write_dataset_card(output_dir: Path, split: str, pipeline: "Pipeline", extra
         figures = CardFigures(notes=[f"the pictures could not be drawn ({type(exc).__name__})"])
 
     settings = {**pipeline.description, **extra}
-    rows = "\n".join(f"| {k} | {_cell(v)} |" for k, v in settings.items())
+    rows = markdown_table(["setting", "value"], [[k, _cell(v)] for k, v in settings.items()])
     attrs = "\n".join(
         f"- `{a.name}`{' (multi-label)' if a.multi_label else ''}: {', '.join(a.label_names)}"
         for a in pipeline.schema
@@ -193,9 +192,7 @@ def describe_models(pipeline: "Pipeline") -> str:
         row = _model_row(stage)
         if row is not None:
             rows.append(row)
-    lines = ["| part | model | revision / weights |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    return "\n".join(lines)
+    return markdown_table(["part", "model", "revision / weights"], rows)
 
 
 def _hub_link(repo_id: str, revision: str | None = None, kind: str = "") -> str:
@@ -253,10 +250,10 @@ def _model_row(stage) -> tuple[str, str, str] | None:
     return None
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any) -> str | None:
     if isinstance(value, (list, tuple)):
-        return ", ".join(map(str, value)) or "-"
-    return str(value).replace("|", "\\|") if value is not None else "-"
+        return ", ".join(map(str, value)) or None
+    return None if value is None else str(value)
 
 
 def push_dataset(

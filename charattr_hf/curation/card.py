@@ -19,6 +19,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image, ImageDraw, ImageFont
 
 from .. import __version__
+from ..markdown import markdown_table
 
 if TYPE_CHECKING:
     from .config import CurateConfig
@@ -200,32 +201,31 @@ def write_curation_card(output_dir: Path, source: str, cfg: "CurateConfig", resu
     lines = [f"# Curated character dataset (charattr-hf {__version__})", "",
              f"Curated from `{source}` with `recipes/curate.py` (config: {cfg.source}). Every input row is in "
              "exactly one split: `train` (kept) or `quarantine` (removed, with its `reasons`).", "",
-             "| rows in | train | quarantine | duplicate groups |", "|---|---|---|---|",
-             f"| {result.rows} | {result.train} | {result.quarantine} | {result.groups} |", "",
-             "## Filters", "", "A row can fail several filters; each count is the rows that failed that one.", "",
-             "| filter | what it removes | threshold | rows |", "|---|---|---|---|",
-             f"| error | {_DESCRIPTIONS['error']} | - | {result.removed_by.get('error', 0)} |"]
-    for f in cfg.filters:
-        lines.append(f"| {f.name} | {_DESCRIPTIONS.get(f.name, '')} | {f.describe()} | "
-                     f"{result.removed_by.get(f.name, 0)} |")
+             markdown_table(["rows in", "train", "quarantine", "duplicate groups"],
+                            [[result.rows, result.train, result.quarantine, result.groups]]), "",
+             "## Filters", "", "A row can fail several filters; each count is the rows that failed that one.", ""]
+    filters = [["error", _DESCRIPTIONS["error"], None, result.removed_by.get("error", 0)]]
+    filters += [[f.name, _DESCRIPTIONS.get(f.name, ""), f.describe(), result.removed_by.get(f.name, 0)]
+                for f in cfg.filters]
+    lines.append(markdown_table(["filter", "what it removes", "threshold", "rows"], filters))
     lines += ["", "## Duplicates", "",
               "Groups are found over the whole dataset at once. One row per group is kept: a row that passes the "
               "filters first, then the highest resolution, then the sharpest, then the fewest flags. The others "
-              "go to quarantine with `duplicate_of` set to the kept row's id; all members share `dup_group`.", "",
-              "| kind | how | threshold | pairs | rows removed |", "|---|---|---|---|---|"]
+              "go to quarantine with `duplicate_of` set to the kept row's id; all members share `dup_group`.", ""]
     by_kind = {p.kind: p for p in pairs}
+    kinds = []
     if cfg.exact:
-        lines.append(f"| exact | same sha256 of the file | - | {len(by_kind['exact'])} | "
-                     f"{result.removed_by.get('exact_duplicate', 0)} |")
+        kinds.append(["exact", "same sha256 of the file", None, len(by_kind["exact"]),
+                      result.removed_by.get("exact_duplicate", 0)])
     if cfg.near is not None:
-        lines.append(f"| near | 16x16 colour thumbnail of the centre (compared within k-means cells) and "
-                     f"64-bit luma pHash | phash <= {cfg.near.phash_radius} bits and thumbnail "
-                     f"distance <= {cfg.near.thumb_threshold:g} | {len(by_kind['near'])} | "
-                     f"{result.removed_by.get('near_duplicate', 0)} |")
+        kinds.append(["near", "16x16 colour thumbnail of the centre (compared within k-means cells) and 64-bit luma pHash",
+                      f"phash <= {cfg.near.phash_radius} bits and thumbnail distance <= {cfg.near.thumb_threshold:g}",
+                      len(by_kind["near"]), result.removed_by.get("near_duplicate", 0)])
     if cfg.semantic is not None:
-        lines.append(f"| semantic | CLIP image embeddings, k-means clusters, cosine within a cluster (SemDeDup) | "
-                     f"cosine >= {cfg.semantic.threshold:g} | {len(by_kind['semantic'])} | "
-                     f"{result.removed_by.get('semantic_duplicate', 0)} |")
+        kinds.append(["semantic", "CLIP image embeddings, k-means clusters, cosine within a cluster (SemDeDup)",
+                      f"cosine >= {cfg.semantic.threshold:g}", len(by_kind["semantic"]),
+                      result.removed_by.get("semantic_duplicate", 0)])
+    lines.append(markdown_table(["kind", "how", "threshold", "pairs", "rows removed"], kinds))
     lines += ["", f"![distance distribution]({DISTANCES_PNG})", "", "### Example groups", ""]
     if not groups:
         lines.append("No duplicate groups.")
@@ -234,13 +234,13 @@ def write_curation_card(output_dir: Path, source: str, cfg: "CurateConfig", resu
             lines += [f"![example groups]({EXAMPLES_PNG})", "",
                       "Each line is one group; the kept row comes first, framed in green.", ""]
         paths = _paths(files, {r for g in groups for r in g})
-        lines += ["| group | kept | quarantined |", "|---|---|---|"]
-        for g in groups:
-            def show(r: int) -> str:
-                p = paths.get(r)
-                return f"`{ids[r]}`" + (f" ({p})" if p and p != ids[r] else "")
-            lines.append(f"| {int(group[g[0]])} | {show(g[0])} | {', '.join(show(r) for r in g[1:8])}"
-                         f"{' ...' if len(g) > 8 else ''} |")
+        def show(r: int) -> str:
+            p = paths.get(r)
+            return f"`{ids[r]}`" + (f" ({p})" if p and p != ids[r] else "")
+
+        lines.append(markdown_table(["group", "kept", "quarantined"], [
+            [int(group[g[0]]), show(g[0]), ", ".join(show(r) for r in g[1:8]) + (" ..." if len(g) > 8 else "")]
+            for g in groups]))
     lines += ["", "## Use", "", "```python", "from datasets import load_dataset",
               f'train = load_dataset("{output_dir}", split="train")',
               f'quarantine = load_dataset("{output_dir}", split="quarantine")  # see its `reasons` column',
