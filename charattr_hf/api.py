@@ -35,6 +35,7 @@ def annotate_to_disk(
     progress: bool = True,
     prefetch: bool | None = None,
     run_options: RunOptions | None = None,
+    card_extra: dict | None = None,
     **option_kwargs: Any,
 ) -> tuple[RunResult, Any]:
     """Annotate into ``output_dir`` (resumable) and return the run result and the pipeline used.
@@ -45,7 +46,9 @@ def annotate_to_disk(
     names the input for resuming; it is required for an ``IterableDataset`` object, which has no fingerprint.
     ``prefetch`` runs the CPU stages of the next chunk while the models work on the current one (default:
     on when a GPU is used). ``run_options`` (a :class:`RunOptions`) gives ``chunk_size``, ``num_proc``,
-    ``max_shard_rows``, ``progress`` and ``prefetch`` at once, as the recipe parses them.
+    ``max_shard_rows``, ``progress`` and ``prefetch`` at once, as the recipe parses them. ``card_extra``: more
+    rows for the card's settings table; its ``command`` entry is shown as the command that reproduces the labels
+    (the recipe passes its command line; by default, this call written out).
 
     The shipped demo model on an input without ground truth (real images, most likely) is run, with a warning
     in the log, in the pipeline description (``pipeline.description["warning"]``) and in the dataset card.
@@ -95,6 +98,9 @@ def annotate_to_disk(
             logger.warning("*" * 100)
             logger.warning("DEMO MODEL ON REAL IMAGES: %s", DEMO_MODEL_WARNING)
             logger.warning("*" * 100)
+    card_extra = dict(card_extra or {})
+    if "command" not in card_extra:
+        card_extra["command"] = _python_call(dataset, spec, output_dir, options, input_id, chunk_size)
     result = run(
         ds,
         pipeline,
@@ -106,8 +112,29 @@ def annotate_to_disk(
         max_shard_rows=max_shard_rows,
         progress=progress,
         prefetch=prefetch,
+        card_extra=card_extra,
     )
     return result, pipeline
+
+
+def _python_call(dataset, spec: InputSpec, output_dir, options: PipelineOptions, input_id: str, chunk_size: int) -> str:
+    """This call, written out for the dataset card (as a Python comment when the input was an in-memory object)."""
+    from dataclasses import fields
+
+    defaults = PipelineOptions()
+    opts = ", ".join(f"{f.name}={getattr(options, f.name)!r}" for f in fields(options)
+                     if getattr(options, f.name) != getattr(defaults, f.name))
+    spec_defaults = InputSpec()
+    spec_args = ", ".join(f"{f.name}={getattr(spec, f.name)!r}" for f in fields(spec)
+                          if f.name != "dataset" and getattr(spec, f.name) != getattr(spec_defaults, f.name))
+    if isinstance(dataset, (Dataset, IterableDataset)):
+        source = f"<a datasets object in memory, input id {input_id}>"
+    else:
+        source = repr(spec.dataset)
+    call = (f"annotate_to_disk({source}, {str(output_dir)!r}, input_spec=InputSpec({spec_args}), "
+            f"options=PipelineOptions({opts}), chunk_size={chunk_size})")
+    return ("# Python, charattr-hf\nfrom charattr_hf.api import annotate_to_disk\n"
+            "from charattr_hf.inputs import InputSpec\nfrom charattr_hf.pipeline import PipelineOptions\n" + call)
 
 
 def annotate(

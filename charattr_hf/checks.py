@@ -179,3 +179,7 @@ def check_run(spec: InputSpec, options: PipelineOptions, run: RunOptions) -> Non
     check_writable(run.output_dir, "--output_dir")
     if options.use_cache and options.cache_dir:
         check_writable(options.cache_dir, "--cache_dir")
+    if options.use_cache and options.cache_url:
+        from .cache_redis import check_cache_url  # imports redis only when a URL is given
+
+        check_cache_url(options.cache_url)

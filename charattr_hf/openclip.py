@@ -25,7 +25,14 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClipSpec", "DEMO_MODEL", "demo_model_dir", "preprocess_config", "load_model", "label_embeddings"]
+__all__ = [
+    "ClipSpec", "DEMO_MODEL", "PRECISIONS", "check_precision", "demo_model_dir", "preprocess_config", "load_model",
+    "label_embeddings", "quantize_int8",
+]
+
+#: ``--precision`` values: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16, and int8 (CPU only: dynamic int8
+#: quantization of the image tower's Linear layers).
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 
 DEMO_MODEL = "demo"
 _LOCAL = "local-dir:"
@@ -216,20 +223,154 @@ def preprocess_config(spec: ClipSpec) -> PreprocessConfig:
     )
 
 
+def check_precision(precision: str, device: str | None = None) -> None:
+    """Raise :class:`~charattr_hf.errors.UserError` for a precision that cannot run (checked before any work)."""
+    from .errors import UserError
+
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "int8":
+        import torch
+
+        target = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if not str(target).startswith("cpu"):
+            raise UserError("--precision int8 runs on CPU only (dynamic int8 quantization); on a GPU use fp16")
+
+
+def quantize_int8(model):
+    """Dynamic int8 quantization of the image tower's ``nn.Linear`` layers, in place; returns the model.
+
+    Weights are stored in int8 (per-tensor scale), activations are quantized on the fly per batch, and the matrix
+    products run in int8 (fbgemm/onednn kernels, VNNI where the CPU has it). Only the image tower is quantized:
+    the text tower runs once per schema, to embed the label prompts, so it stays in fp32. In a ViT tower the
+    self-attention modules (``nn.MultiheadAttention``, whose QKV projection is a bare parameter) are replaced by
+    the same computation over two ``nn.Linear`` (QKV and output) and ``scaled_dot_product_attention``, so that
+    the attention projections are quantized too, not only the MLPs. In the ModifiedResNet
+    towers (the demo model, RN50...) the convolutions stay fp32 (dynamic quantization covers Linear layers only)
+    and the attention pool's projections become int8: the pool is switched to calling its Linear modules (it
+    reads their weights directly otherwise), which gives the same result in fp32.
+
+    ``torch.ao.quantization.quantize_dynamic`` is used (torchao, its successor, is not a dependency; its int8
+    dynamic path on CPU relies on ``torch.compile``).
+    """
+    import warnings
+
+    import torch
+
+    _attention_pools_through_modules(model.visual)
+    _self_attention_through_linears(model.visual)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
+        model.visual = torch.ao.quantization.quantize_dynamic(model.visual, {torch.nn.Linear}, dtype=torch.qint8)
+    return model
+
+
+_MODULE_POOL: Any = None
+
+
+def _self_attention_through_linears(visual) -> None:
+    """Replace ``nn.MultiheadAttention`` in open_clip's ``ResidualAttentionBlock`` by :class:`_LinearSelfAttention`."""
+    try:
+        from open_clip.transformer import ResidualAttentionBlock
+    except ImportError:  # pragma: no cover
+        return
+    import torch
+
+    for block in visual.modules():
+        if isinstance(block, ResidualAttentionBlock) and isinstance(block.attn, torch.nn.MultiheadAttention):
+            block.attn = _linear_self_attention(block.attn)
+
+
+def _linear_self_attention(mha):
+    import torch
+    import torch.nn.functional as F
+
+    class LinearSelfAttention(torch.nn.Module):
+        """Self-attention as ``nn.MultiheadAttention`` computes it (no dropout, eval), with ``nn.Linear``
+        projections that dynamic quantization can replace."""
+
+        def __init__(self, mha: torch.nn.MultiheadAttention):
+            super().__init__()
+            if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn:
+                raise ValueError("unsupported MultiheadAttention layout")
+            d = mha.embed_dim
+            self.num_heads, self.batch_first = mha.num_heads, mha.batch_first
+            self.qkv = torch.nn.Linear(d, 3 * d, bias=mha.in_proj_bias is not None)
+            self.out = torch.nn.Linear(d, d, bias=mha.out_proj.bias is not None)
+            with torch.no_grad():
+                self.qkv.weight.copy_(mha.in_proj_weight)
+                if mha.in_proj_bias is not None:
+                    self.qkv.bias.copy_(mha.in_proj_bias)
+                self.out.weight.copy_(mha.out_proj.weight)
+                if mha.out_proj.bias is not None:
+                    self.out.bias.copy_(mha.out_proj.bias)
+
+        def forward(self, query, key=None, value=None, need_weights=False, attn_mask=None, **_):
+            if (key is not None and key is not query) or (value is not None and value is not query):
+                raise ValueError("LinearSelfAttention handles self-attention only")
+            x = query if self.batch_first else query.transpose(0, 1)
+            n, length, d = x.shape
+            qkv = self.qkv(x).reshape(n, length, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+            out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_mask)
+            out = self.out(out.transpose(1, 2).reshape(n, length, d))
+            return (out if self.batch_first else out.transpose(0, 1)), None
+
+    return LinearSelfAttention(mha)
+
+
+def _attention_pools_through_modules(visual) -> None:
+    """Make open_clip's ``AttentionPool2d`` call its q/k/v/c projections as modules (so that they can be swapped
+    for quantized ones) instead of passing their weights to ``F.multi_head_attention_forward``."""
+    global _MODULE_POOL
+    try:
+        from open_clip.modified_resnet import AttentionPool2d
+    except ImportError:  # pragma: no cover - another open_clip layout
+        return
+    if _MODULE_POOL is None:
+        _MODULE_POOL = type("ModuleAttentionPool2d", (AttentionPool2d,), {"forward": _module_attention_pool_forward})
+    for module in visual.modules():
+        if type(module) is AttentionPool2d:
+            module.__class__ = _MODULE_POOL
+
+
+def _module_attention_pool_forward(self, x):
+    import torch
+    import torch.nn.functional as F
+
+    x = x.reshape(x.shape[0], x.shape[1], x.shape[2] * x.shape[3]).permute(2, 0, 1)  # NCHW -> (HW)NC
+    x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)
+    x = x + self.positional_embedding[:, None, :].to(x.dtype)
+    length, batch, dim = x.shape
+    heads = self.num_heads
+    # only the first (pooled) position is returned: it is the only query needed
+    q = self.q_proj(x[:1]).reshape(1, batch * heads, dim // heads).transpose(0, 1)
+    k = self.k_proj(x).reshape(length, batch * heads, dim // heads).transpose(0, 1)
+    v = self.v_proj(x).reshape(length, batch * heads, dim // heads).transpose(0, 1)
+    out = F.scaled_dot_product_attention(q, k, v)  # (batch * heads, 1, head_dim)
+    return self.c_proj(out.transpose(0, 1).reshape(batch, dim))
+
+
 def load_model(spec: ClipSpec, device: Any, precision: str = "auto"):
-    """Build the model on ``device`` in eval mode and its tokenizer. ``precision`` auto = fp16 on CUDA."""
+    """Build the model on ``device`` in eval mode and its tokenizer. ``precision`` auto = fp16 on CUDA;
+    int8 = fp32 weights loaded, then the image tower quantized (:func:`quantize_int8`, CPU only)."""
     import open_clip
     import torch
 
     device = torch.device(device)
     if precision == "auto":
         precision = "fp16" if device.type == "cuda" else "fp32"
+    int8 = precision == "int8"
+    if int8:
+        check_precision("int8", str(device))
+        precision = "fp32"
     folder = spec.local_dir()
     name = f"{_LOCAL}{folder}" if folder is not None else spec.model
     if spec.is_random:
         logger.warning("%s: random weights (pretrained='none'); outputs are meaningless", spec.model)
     model = open_clip.create_model(name, pretrained=spec.pretrained, device=device, precision=precision)
     model.eval()
+    if int8:
+        model = quantize_int8(model)
     tokenizer = open_clip.get_tokenizer(name)
     return model, tokenizer
 

@@ -116,8 +116,9 @@ class PipelineOptions:
     precision: str = field(
         default="auto",
         metadata={
-            "help": "Model precision: auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16.",
-            "choices": ("auto", "fp32", "fp16", "bf16"),
+            "help": "Model precision: auto (fp16 on GPU, fp32 on CPU), fp32, fp16, bf16, or int8 (CPU only: dynamic "
+            "int8 quantization of the image tower, see benchmarks/README.md).",
+            "choices": ("auto", "fp32", "fp16", "bf16", "int8"),
         },
     )
     keep_embedding: bool = field(
@@ -130,6 +131,11 @@ class PipelineOptions:
     )
     use_cache: bool = field(
         default=True, metadata={"help": "Do not read or write the model-output cache.", "flag": "no_cache"}
+    )
+    cache_url: Optional[str] = field(
+        default=None,
+        metadata={"help": "Keep the model-output cache in Redis, shared by every machine: redis://host:port/db. "
+                  "Default: SQLite files in --cache_dir. A cache that fails never fails the run."},
     )
     device: Optional[str] = None
 

@@ -177,12 +177,13 @@ def build_pipeline(
     """Choose and configure the stages for ``options``; sources that cannot run are skipped with a message.
 
     ``id_root``: the local folder the input was read from; image paths under it give relative ids."""
-    from .openclip import ClipSpec, demo_model_dir
+    from .openclip import ClipSpec, check_precision, demo_model_dir
 
     from .loading import model_load_error
 
     messages: list[str] = []
     clip_spec = None
+    check_precision(options.precision, options.device)
     if options.model:
         if options.model == "demo" and demo_model_dir() is None:
             messages.append("CLIP source skipped: no --model given and this installation ships no demo model.")
@@ -207,7 +208,8 @@ def build_pipeline(
     from .stages.decode import DecodeStage
 
     if clip_spec is not None:
-        from .cache import FeatureCache, default_cache_dir
+        from .cache import default_cache_dir
+        from .cache_redis import open_feature_cache
         from .stages.clip import ClipZeroShot
 
         clip = ClipZeroShot(
@@ -220,7 +222,7 @@ def build_pipeline(
         )
         if options.use_cache:
             root = Path(options.cache_dir).expanduser() if options.cache_dir else default_cache_dir()
-            clip.cache = FeatureCache(root, clip.cache_namespace(), writer=writer)
+            clip.cache = open_feature_cache(options.cache_url, root, clip.cache_namespace(), writer=writer)
         decode_at = len(cpu)
         cpu.append(clip.decode)
         device.append(clip)

@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = configure_torch_threads(run_opts.torch_threads)
     run_opts = replace(run_opts, num_proc=run_opts.num_proc or max(1, threads))
     start = time.perf_counter()
-    result, pipeline = annotate_to_disk(None, run_opts.output_dir, input_spec=spec, options=options, run_options=run_opts)
+    result, pipeline = annotate_to_disk(None, run_opts.output_dir, input_spec=spec, options=options, run_options=run_opts,
+                                        card_extra={"command": _command_line(argv)})
     if not state.is_main_process:
         return 1 if result.failed_chunks else 0
     if not result.data_files:
@@ -118,6 +119,18 @@ def main(argv: list[str] | None = None) -> int:
         url = push_dataset(run_opts.output_dir, publish.push_to_hub, private=publish.hub_private)
         print(f"\npublished: {url}")
     return 0
+
+
+def _command_line(argv: list[str] | None) -> str:
+    """This run's command, for the dataset card (it reproduces the labels; any process count gives the same)."""
+    import os
+    import shlex
+
+    script = os.path.relpath(__file__)
+    if script.startswith(".."):
+        script = "recipes/annotate.py"
+    args = sys.argv[1:] if argv is None else list(argv)
+    return f"accelerate launch {shlex.quote(script)} {shlex.join(args)}".rstrip()
 
 
 if __name__ == "__main__":

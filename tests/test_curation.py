@@ -477,4 +477,5 @@ def test_hub_dataset_id_in_and_push_out(tiny_annotated, tmp_path, monkeypatch):
     assert url.endswith("someone/curated")
     upload = api.uploads[0]
     assert "images/*.png" in upload["allow_patterns"] and "data/*.parquet" in upload["allow_patterns"]
-    assert sorted(upload["delete_patterns"]) == ["data/quarantine-*.parquet", "data/train-*.parquet"]
+    assert sorted(upload["delete_patterns"]) == ["data/quarantine-*.parquet", "data/train-*.parquet",
+                                                 "images/quarantine-*.png", "images/train-*.png"]
