@@ -11,8 +11,9 @@ train and test, trains
 and prints (and with ``--output`` writes) Markdown tables of accuracy and ECE on the test images, per
 attribute, per style and per method. The baselines are the ones a careful user would deploy: each source
 alone; ``mean``, ``confidence`` (confidence-weighted) and ``vote`` (majority vote) from ``SimpleFusion``;
-``fitted``, the confidence rule with per-source, per-attribute weights fitted by log-loss on the same train
-images (:func:`~charattr_hf.stages.fusion.fit_source_weights`); and, as a reference no method can deploy, the
+``fitted``, the confidence rule with per-source, per-attribute weights fitted on the same train images by
+accuracy, the log-loss breaking ties (``fitted-ll``: by log-loss alone; both
+:func:`~charattr_hf.stages.fusion.fit_source_weights`); and, as a reference no method can deploy, the
 ``oracle`` that picks the best single source for each style after seeing the test results. ``--sources`` picks
 the sources compared (a deliberately broken source belongs in a separate robustness run, not in the headline).
 
@@ -193,21 +194,24 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"feedback: {len(feedback_log)} events (accept rate {np.mean(feedback_log['reward']):.2f}), "
           f"best epoch {res_fb.best_epoch}, {t_fb:.1f} s", flush=True)
 
-    weights = fit_source_weights(train.inputs["source_probs"], train.inputs["source_mask"], train.labels,
-                                 config.attributes, config.sources)
-    fitted = SimpleFusion(config.to_schema(), config.sources, "confidence", source_weights=weights)
+    fit_args = (train.inputs["source_probs"], train.inputs["source_mask"], train.labels, config.attributes,
+                config.sources)
+    weights = fit_source_weights(*fit_args, objective="accuracy")
+    weights_ll = fit_source_weights(*fit_args, objective="log_loss")
 
     test_columns = test_ds.to_dict()
     records = ft.compare_methods(test_columns, test, config, policies={"supervised": supervised, "feedback": learner})
-    records += ft.score(*padded(fitted.fuse(test_columns), config, len(test)), test.labels, config, "fitted",
-                        test.groups)
+    for method, w in (("fitted", weights), ("fitted-ll", weights_ll)):
+        rule = SimpleFusion(config.to_schema(), config.sources, "confidence", source_weights=w)
+        records += ft.score(*padded(rule.fuse(test_columns), config, len(test)), test.labels, config, method,
+                            test.groups)
     speed = throughput(test_columns, supervised, config)
 
     # ------------------------------------------------------------------ summary against the targets
     sources = list(config.sources)
     styles = sorted({str(g) for g in test.groups})
     records += oracle_records(records, sources, styles)
-    baselines = sources + ["mean", "confidence", "vote", "fitted"]
+    baselines = sources + ["mean", "confidence", "vote", "fitted", "fitted-ll"]
     acc = {m: ft.summarize(records, m) for m in baselines + ["oracle", "supervised", "feedback"]}
     best_baseline = max(baselines, key=lambda m: acc[m])
     deficits = {
@@ -230,6 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
         "feedback_events": len(feedback_log),
         "accuracy": acc,
         "fitted_weights": weights,
+        "fitted_weights_log_loss": weights_ll,
         "best_baseline": best_baseline,
         "gain_over_best_baseline": acc["supervised"] - acc[best_baseline],
         "gain_over_fitted": acc["supervised"] - acc["fitted"],
