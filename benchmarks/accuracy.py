@@ -1,6 +1,6 @@
 """Accuracy of the shipped demo CLIP, the tags, the default fusion rule and the shipped demo fusion policy on the
 synthetic benchmark's test splits, measured the way a user would: ``recipes/annotate.py`` then
-``recipes/evaluate.py`` on each split.
+``recipes/evaluate_annotations.py`` on each split.
 
     python benchmarks/accuracy.py --output_dir runs/accuracy
 
@@ -13,7 +13,7 @@ Steps (each skipped when its output is already there, so an interrupted run resu
 2. ``python recipes/annotate.py --dataset <benchmark> --split <split> --output_dir <annotated>/<split>``
    (defaults otherwise: the demo model, the tag parser, confidence-weighted fusion), and again with
    ``--fusion demo`` into ``<annotated_policy>/<split>`` (the feature cache answers for CLIP the second time);
-3. ``python recipes/evaluate.py --dataset <annotated>/<split> --split <split> --output_dir <eval>/<split>``,
+3. ``python recipes/evaluate_annotations.py --dataset <annotated>/<split> --split <split> --output_dir <eval>/<split>``,
    and the same for the policy's output;
 4. one table over the splits, per attribute and source (``fused``: the confidence rule; ``policy``: the demo
    fusion policy), written to ``accuracy.md`` and ``accuracy.json``.
@@ -27,6 +27,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+from charattr_hf.markdown import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("clip", "tags", "fused", "policy")
@@ -60,7 +62,7 @@ def table(reports: dict[str, dict]) -> tuple[str, dict]:
     attrs = list(next(iter(reports.values()))["attributes"])
     multi = {a: reports[splits[0]]["attributes"][a]["multi_label"] for a in attrs}
     header = ["split", "source"] + [f"{a} (F1)" if multi[a] else a for a in attrs] + ["mean single-label"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     summary: dict = {}
     for sp in splits:
         for src in SOURCES:
@@ -73,19 +75,19 @@ def table(reports: dict[str, dict]) -> tuple[str, dict]:
             mean = reports[sp]["summary"].get(src, {}).get("all", {}).get("mean_accuracy")
             summary[sp][src]["mean_single_label"] = mean
             row.append(fmt(mean))
-            lines.append("| " + " | ".join(row) + " |")
+            rows.append(row)
 
     colour = [a for a in ("hair_color", "eye_color", "top_color") if a in attrs]
     conf_sources = ("clip", "fused", "policy")
-    conf = ["| split | source | " + " | ".join(f"{a}: acc % / mean conf. / ECE / coverage %" for a in colour) + " |",
-            "|---|---|" + "---|" * len(colour)]
+    conf = []
     for sp in splits:
         for src in conf_sources:
             cells = [reports[sp]["attributes"][a]["results"].get(src, {}).get("all") for a in colour]
-            conf.append(f"| {sp} | {src} | " + " | ".join(
-                "-" if c is None else f"{fmt(c['accuracy'])} / {fmt(c['mean_confidence'], False)} / "
-                f"{fmt(c['ece'], False)} / {fmt(c['coverage'])}" for c in cells) + " |")
-    return "\n".join(lines) + "\n\n" + "\n".join(conf) + "\n", summary
+            conf.append([sp, src, *(
+                None if c is None else f"{fmt(c['accuracy'])} / {fmt(c['mean_confidence'], False)} / "
+                f"{fmt(c['ece'], False)} / {fmt(c['coverage'])}" for c in cells)])
+    conf_header = ["split", "source", *(f"{a}: acc % / mean conf. / ECE / coverage %" for a in colour)]
+    return markdown_table(header, rows) + "\n\n" + markdown_table(conf_header, conf) + "\n", summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             if not (annotated / "README.md").is_file():
                 run([sys.executable, "recipes/annotate.py", "--dataset", str(bench), "--split", split,
                      "--output_dir", str(annotated), "--num_proc", str(args.num_proc), "--quiet", *extra])
-            run([sys.executable, "recipes/evaluate.py", "--dataset", str(annotated), "--split", split,
+            run([sys.executable, "recipes/evaluate_annotations.py", "--dataset", str(annotated), "--split", split,
                  "--output_dir", str(evaluated), "--abstain_threshold", str(args.abstain_threshold)])
         report = json.loads((out / "eval" / split / "eval.json").read_text())
         policy = json.loads((out / "eval_policy" / split / "eval.json").read_text())

@@ -15,7 +15,9 @@ Steps (every number from one run, on images no model was trained on):
    a simulated reviewer accepts or rejects each (the feedback-log format of
    :data:`charattr_hf.fusion_training.FEEDBACK_FEATURES`, which the review app writes); the events are taken in
    image order, and ``before`` is continued (``train_from_feedback``) from the first 100, 300 and 1000 of them:
-   no labels are used. The largest is saved as ``DIR/adapted``;
+   no labels are used. The training data is every train image (as the deployed policy annotated them); the
+   images without events anchor the policy's earlier answers (``--anchor_weight``, learning without
+   forgetting; 0 turns it off). The largest is saved as ``DIR/adapted``;
 5. ``reference``: a policy trained with labels on the train images of all six styles, lit included (the upper
    reference for what the events could teach).
 
@@ -46,12 +48,16 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=11, help="synthetic images' seed (the demo CLIP saw seed 0)")
     p.add_argument("--schema", default=None,
                    help="attribute schema of --annotated (default: its charattr_schema.yaml, else the demo model's)")
+    p.add_argument("--sources", default=None,
+                   help="comma-separated sources the policies fuse (default: every real source, i.e. not blip2)")
     p.add_argument("--tagger", default=None, help="also run this tagger source (e.g. demo) when annotating")
     p.add_argument("--events", default="100,300,1000", help="feedback event counts to measure after")
     p.add_argument("--epsilon", type=float, default=0.2, help="exploration of the deployed policy")
     p.add_argument("--test_fraction", type=float, default=0.4)
     p.add_argument("--style", default="lit", help="the new style learnt from feedback")
     p.add_argument("--max_epochs", type=int, default=200)
+    p.add_argument("--anchor_weight", type=float, default=1.0,
+                   help="keep the earlier answers on images without events (0: plain continued training)")
     p.add_argument("--num_proc", type=int, default=2)
     p.add_argument("--train_seed", type=int, default=0)
     return p.parse_args(argv)
@@ -165,11 +171,14 @@ def main(argv=None) -> dict:
     new_ds = train_ds.select(np.flatnonzero(styles == args.style))
     if len(new_ds) == 0:
         sys.exit(f"no {args.style!r} images in the train split")
-    config = ft.build_config(schema, train_ds)
+    present = [c[len("probs_"):] for c in data.column_names if c.startswith("probs_")]
+    sources = args.sources.split(",") if args.sources else [s for s in present if s != "blip2"] or present
+    config = ft.build_config(schema, train_ds, sources=sources)
     old = ft.build_features(old_ds, config, group_column="style")
-    new_unlabelled = ft.build_features(new_ds, config, label_column=None, group_column="style")
+    # what the reviewers' policy annotated: every train image, no labels (the events name the lit ones)
+    pool = ft.build_features(train_ds, config, label_column=None, group_column="style")
     test = ft.build_features(test_ds, config, group_column="style")
-    targs = ft.FusionTrainingConfig(seed=args.train_seed, max_epochs=args.max_epochs)
+    targs = ft.FusionTrainingConfig(seed=args.train_seed, max_epochs=args.max_epochs, anchor_weight=args.anchor_weight)
     print(f"{annotated}: {len(old)} labelled train images in the default styles, {len(new_ds)} unlabelled "
           f"{args.style} images, {len(test)} test images; sources {config.sources}", flush=True)
 
@@ -204,7 +213,7 @@ def main(argv=None) -> dict:
             continue
         events = first_events(log, k)
         model = CharattrFusionModel.from_pretrained(out / "before")
-        ft.train_from_feedback(model, new_unlabelled, events, args=targs, data_name=f"{args.style} feedback")
+        ft.train_from_feedback(model, pool, events, args=targs, data_name=f"{args.style} feedback")
         acc[f"adapted-{k}"] = accuracy_by_style(model, test, config, f"adapted-{k}")
         rows.append(summary_row(f"adapted ({len(events)} events)", len(events), acc[f"adapted-{k}"]))
         adapted = model

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from charattr_hf import fusion_training as ft
+from charattr_hf.markdown import markdown_table
 from charattr_hf.schema import load_schema
 from charattr_hf.stages.fusion import SimpleFusion, fit_source_weights
 from charattr_hf.stages.policy import PolicyFusion
@@ -80,8 +81,7 @@ def _num(value) -> float:
 
 def table(records: list[dict], methods: list[str], attributes: list[str], style: str | None) -> str:
     rows = {(r["attribute"], r["method"]): r for r in records if r.get("style") == style}
-    head = "| attribute | " + " | ".join(methods) + " |"
-    lines = [head, "|---|" + "---:|" * len(methods)]
+    body = []
     for a in attributes + ["**mean**"]:
         cells = []
         for m in methods:
@@ -93,29 +93,15 @@ def table(records: list[dict], methods: list[str], attributes: list[str], style:
                 r = rows.get((a, m))
                 acc, ece = (_num(r["accuracy"]), _num(r["ece"])) if r else (float("nan"), float("nan"))
             cells.append(f"{100 * acc:.1f} / {ece:.3f}")
-        lines.append(f"| {a} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append([a, *cells])
+    return markdown_table(["attribute", *methods], body, align="lr")
 
 
 def style_table(records: list[dict], methods: list[str], styles: list[str]) -> str:
     """Mean accuracy (%) over attributes per style (rows) and method (columns)."""
-    lines = ["| style | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
-    for s in [None, *styles]:
-        cells = [f"{100 * ft.summarize(records, m, s):.1f}" for m in methods]
-        lines.append(f"| {'**all**' if s is None else s} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def padded(vectors: dict, config, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-attribute lists of fused vectors (None = no answer) -> padded ``(N, A, L)`` probs and ``(N, A)``."""
-    A, L = config.num_attributes, config.max_labels
-    probs, avail = np.zeros((n, A, L), np.float32), np.zeros((n, A), bool)
-    for a, attr in enumerate(config.attributes):
-        for r, vec in enumerate(vectors[attr["name"]]):
-            if vec is not None:
-                probs[r, a, : len(vec)] = vec
-                avail[r, a] = True
-    return probs, avail
+    body = [["**all**" if s is None else s, *(f"{100 * ft.summarize(records, m, s):.1f}" for m in methods)]
+            for s in [None, *styles]]
+    return markdown_table(["style", *methods], body, align="lr")
 
 
 def oracle_records(records: list[dict], sources: list[str], styles: list[str]) -> list[dict]:
@@ -159,12 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     schema = load_schema(args.schema)
     t0 = time.perf_counter()
-    if args.simulate:
-        data = ft.simulate_annotated(schema, args.rows, seed=args.seed)
-        name = f"simulated test bed ({args.rows} rows, seed {args.seed})"
-    else:
-        data = ft.load_table(args.dataset, args.split)
-        name = args.dataset
+    data, name = ft.open_annotated(None if args.simulate else args.dataset, args.split, schema=schema,
+                                   simulate_rows=args.rows, seed=args.seed)
     for col in ("truth", args.style_column, "id"):
         if col not in data.column_names:
             sys.exit(f"the benchmark dataset needs a {col!r} column")
@@ -203,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     records = ft.compare_methods(test_columns, test, config, policies={"supervised": supervised, "feedback": learner})
     for method, w in (("fitted", weights), ("fitted-ll", weights_ll)):
         rule = SimpleFusion(config.to_schema(), config.sources, "confidence", source_weights=w)
-        records += ft.score(*padded(rule.fuse(test_columns), config, len(test)), test.labels, config, method,
+        records += ft.score(*ft.method_probs(rule, test_columns, config), test.labels, config, method,
                             test.groups)
     speed = throughput(test_columns, supervised, config)
 
@@ -273,23 +255,23 @@ def main(argv: list[str] | None = None) -> dict:
         "",
         "## Summary",
         "",
-        "| check | value | target | met |",
-        "|---|---:|---:|:---:|",
-        f"| supervised - fitted-weight rule, points | {100 * summary['gain_over_fitted']:.1f} | "
-        f">= {100 * TARGETS['gain_over_fitted']:.0f} | {met('gain_over_fitted')} |",
-        f"| supervised - fitted-weight rule on lit, points | {100 * gain_lit:.1f} | "
-        f">= {100 * TARGETS['gain_over_fitted_lit']:.0f} | {met('gain_over_fitted_lit')} |",
-        f"| supervised - best deployable baseline ({best_baseline}), points | "
-        f"{100 * summary['gain_over_best_baseline']:.1f} | (for information) | |",
-        "| worst style: best single source - supervised, points (< 0: policy better) | "
-        f"{100 * summary['max_style_deficit']:.1f} | "
-        f"<= {100 * TARGETS['max_style_deficit']:.0f} | {met('max_style_deficit')} |",
-        f"| ECE supervised (mean over attributes) | {ece['supervised']:.3f} | "
-        f"<= {TARGETS['ece']:.2f} | {met('ece')} |",
-        f"| feedback policy: share of the supervised gain over mean fusion; its ECE | {ratio:.2f}; "
-        f"{ece['feedback']:.3f} | (for information) | |",
-        f"| ECE supervised / feedback, worst attribute | {ece_max['supervised']:.3f} / {ece_max['feedback']:.3f} | "
-        "(for information) | |",
+        markdown_table(["check", "value", "target", "met"], [
+            ["supervised - fitted-weight rule, points", f"{100 * summary['gain_over_fitted']:.1f}",
+             f">= {100 * TARGETS['gain_over_fitted']:.0f}", met("gain_over_fitted")],
+            ["supervised - fitted-weight rule on lit, points", f"{100 * gain_lit:.1f}",
+             f">= {100 * TARGETS['gain_over_fitted_lit']:.0f}", met("gain_over_fitted_lit")],
+            [f"supervised - best deployable baseline ({best_baseline}), points",
+             f"{100 * summary['gain_over_best_baseline']:.1f}", "(for information)", None],
+            ["worst style: best single source - supervised, points (< 0: policy better)",
+             f"{100 * summary['max_style_deficit']:.1f}", f"<= {100 * TARGETS['max_style_deficit']:.0f}",
+             met("max_style_deficit")],
+            ["ECE supervised (mean over attributes)", f"{ece['supervised']:.3f}", f"<= {TARGETS['ece']:.2f}",
+             met("ece")],
+            ["feedback policy: share of the supervised gain over mean fusion; its ECE",
+             f"{ratio:.2f}; {ece['feedback']:.3f}", "(for information)", None],
+            ["ECE supervised / feedback, worst attribute",
+             f"{ece_max['supervised']:.3f} / {ece_max['feedback']:.3f}", "(for information)", None],
+        ], align="lrrc", missing=""),
         "",
         "Fusion stage throughput (same batch, same process): "
         + ", ".join(f"{k} {v:,.0f} rows/s" for k, v in speed.items())

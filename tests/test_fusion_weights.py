@@ -46,7 +46,7 @@ def test_fitted_weights_beat_the_unweighted_rule_on_held_out_rows(bed):
     weighted = SimpleFusion(config.to_schema(), config.sources, "confidence", source_weights=fitted)
     acc = {}
     for name, stage in (("plain", plain), ("fitted", weighted)):
-        records = ft.score(*_padded(stage.fuse(columns), config, len(test)), test.labels, config, name)
+        records = ft.score(*ft.method_probs(stage, columns, config), test.labels, config, name)
         acc[name] = np.mean([r["accuracy"] for r in records])
     assert acc["fitted"] > acc["plain"] + 0.01, acc
 
@@ -59,13 +59,3 @@ def test_fit_is_deterministic_and_keeps_one_source(bed):
     for attr in config.attribute_names:
         assert any(first[s][attr] > 0 for s in config.sources)
 
-
-def _padded(vectors, config, n):
-    A, L = config.num_attributes, config.max_labels
-    probs, avail = np.zeros((n, A, L), np.float32), np.zeros((n, A), bool)
-    for a, attr in enumerate(config.attributes):
-        for r, vec in enumerate(vectors[attr["name"]]):
-            if vec is not None:
-                probs[r, a, : len(vec)] = vec
-                avail[r, a] = True
-    return probs, avail
