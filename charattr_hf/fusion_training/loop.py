@@ -53,6 +53,11 @@ class FusionTrainingConfig:
     reviewer_noise: float = field(
         default=0.0, metadata={"help": "Assumed probability that a reviewer's accept/reject is wrong."}
     )
+    anchor_weight: float = field(
+        default=1.0,
+        metadata={"help": "Continued feedback training: weight of keeping the policy's earlier answers on the "
+                  "images without feedback (learning without forgetting; 0 = off)."},
+    )
 
     def check(self) -> None:
         if self.objective not in ("likelihood", "snips"):
@@ -63,6 +68,8 @@ class FusionTrainingConfig:
             raise ValueError("reviewer_noise must be in [0, 0.5)")
         if not 0.0 < self.propensity_floor <= 1.0:
             raise ValueError("propensity_floor must be in (0, 1]")
+        if not self.anchor_weight >= 0.0:
+            raise ValueError("anchor_weight must be >= 0")
 
 
 @dataclass

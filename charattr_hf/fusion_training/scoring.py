@@ -48,15 +48,16 @@ def _policy_vectors(policy: Any, columns: Mapping[str, Sequence], config: Charat
 
 
 def method_probs(
-    method: str, columns: Mapping[str, Sequence], config: CharattrFusionConfig
+    method: Any, columns: Mapping[str, Sequence], config: CharattrFusionConfig
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Padded probabilities of a fixed method: ``"source:<name>"`` (one source alone) or a
-    :class:`~charattr_hf.stages.fusion.SimpleFusion` rule (``"mean"``, ``"confidence"``, ``"vote"``)."""
+    """Padded probabilities of a fixed method: ``"source:<name>"`` (one source alone), a
+    :class:`~charattr_hf.stages.fusion.SimpleFusion` rule name (``"mean"``, ``"confidence"``, ``"vote"``) or any
+    fusion stage (e.g. a ``SimpleFusion`` with fitted weights)."""
     n = len(columns["id"]) if "id" in columns else len(next(iter(columns.values())))
     A, L = config.num_attributes, config.max_labels
     probs = np.zeros((n, A, L), dtype=np.float32)
     avail = np.zeros((n, A), dtype=bool)
-    if method.startswith("source:"):
+    if isinstance(method, str) and method.startswith("source:"):
         col = columns.get(probs_column(method.split(":", 1)[1])) or [None] * n
         vectors = {a: [(cell or {}).get(a) for cell in col] for a in config.attribute_names}
     else:

@@ -1,0 +1,58 @@
+"""Continued training from reviewer feedback on a new kind of image: it learns the new style without
+forgetting the others (the anchor term keeps the earlier answers on images without feedback)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from charattr_hf import fusion_training as ft
+
+NEW = "pixel_art"
+
+
+@pytest.fixture(scope="module")
+def adapted():
+    torch.set_num_threads(1)
+    data = ft.simulate_annotated("default", 1600, seed=2)
+    config = ft.build_config("default", data)
+    train_idx, test_idx = ft.split_by_id(data["id"], 0.4, 0, salt="test")
+    train_ds, test_ds = data.select(train_idx), data.select(test_idx)
+    styles = np.asarray(train_ds["style"])
+    old = ft.build_features(train_ds.select(np.flatnonzero(styles != NEW)), config)
+    pool = ft.build_features(train_ds, config, label_column=None)  # every image, no labels
+    test = ft.build_features(test_ds, config, group_column="style")
+    before = ft.build_model(config, seed=0)
+    ft.train_supervised(before, old, args=ft.FusionTrainingConfig(seed=0, max_epochs=60))
+    # the deployed policy shows labels on new-style images only; a simulated reviewer accepts or rejects
+    log = ft.simulate_feedback(train_ds.select(np.flatnonzero(styles == NEW)), config, before, epsilon=0.2, seed=0)
+    log = log.select(range(min(1000, len(log))))
+
+    def accuracy(model):
+        probs, avail = ft.predict(model, test)
+        records = ft.score(probs, avail, test.labels, config, "m", test.groups)
+        return {s: ft.summarize(records, "m", s) for s in sorted(set(test.groups))}
+
+    results = {"before": accuracy(before)}
+    for name, weight in (("anchored", 1.0), ("plain", 0.0)):
+        model = ft.build_model(config, seed=0)
+        model.load_state_dict(before.state_dict())
+        model.config.training_info = list(before.config.training_info)  # a policy trained before: continued
+        ft.train_from_feedback(model, pool, log, args=ft.FusionTrainingConfig(seed=0, max_epochs=60,
+                                                                              anchor_weight=weight))
+        results[name] = accuracy(model)
+    return results
+
+
+def test_feedback_on_a_new_style_improves_it(adapted):
+    assert adapted["anchored"][NEW] >= adapted["before"][NEW] + 0.05, adapted
+
+
+def test_the_old_styles_are_kept(adapted):
+    others = [s for s in adapted["before"] if s != NEW]
+    loss = {s: adapted["before"][s] - adapted["anchored"][s] for s in others}
+    assert max(loss.values()) <= 0.03, loss
+    # without the anchor, the same events pull the policy away from what it knew
+    plain_loss = {s: adapted["before"][s] - adapted["plain"][s] for s in others}
+    assert max(plain_loss.values()) > max(loss.values()) + 0.05, (loss, plain_loss)
