@@ -50,6 +50,12 @@ class PipelineOptions:
     cache_dir: str | None = None
     use_cache: bool = True
     device: str | None = None
+    # the WD tagger source (#9): a Hub id, hf-hub:, local-dir: or "demo"; None: off
+    tagger: str | None = None
+    tagger_revision: str | None = None
+    tagger_threshold: float = 0.35
+    tagger_character_threshold: float = 0.85
+    tagger_mcut: bool = False
 
 
 @dataclass
@@ -84,6 +90,8 @@ class Pipeline:
             emb_feat = next((s.features()["embedding"] for s in self.device if "embedding" in s.features()), None)
             emb = emb_feat.length if emb_feat is not None else None
         feats = dict(self.schema.output_features(self.sources, embedding_dim=emb))
+        for stage in self.device:  # a source's own columns besides probs_<source> (tagger_tags, ...)
+            feats.update(getattr(stage, "output_features", dict)())
         clash = sorted(c for c in self.keep_columns if c in feats or c == "image")
         if clash:
             raise ValueError(f"input column(s) {clash} would overwrite output columns of the same name; rename them")
@@ -217,6 +225,25 @@ def build_pipeline(
     else:
         cpu.append(DecodeStage())
 
+    tagger_desc = None
+    if options.tagger:
+        from .stages.tagger import TaggerSpec, TaggerStage
+
+        tagger = TaggerStage(
+            schema,
+            TaggerSpec.parse(options.tagger, options.tagger_revision),
+            threshold=options.tagger_threshold,
+            character_threshold=options.tagger_character_threshold,
+            mcut=options.tagger_mcut,
+            batch_size=options.batch_size,
+            precision=options.precision,
+            device=options.device,
+        )
+        cpu.append(tagger.preprocess)  # after decode: rows it quarantined are skipped
+        device.append(tagger)
+        sources.append("tagger")
+        tagger_desc = tagger.spec.describe()
+
     if options.tags:
         if "tags" in input_columns or "caption" in input_columns:
             from .stages.tags import TagStage
@@ -246,6 +273,7 @@ def build_pipeline(
         "schema": schema.name,
         "schema_fingerprint": schema.fingerprint(),
         "model": clip_spec.describe() if clip_spec else None,
+        "tagger": tagger_desc,
         "sources": sources,
         "fusion": options.fusion or f"simple ({options.fusion_method})",
     }

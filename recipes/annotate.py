@@ -94,6 +94,25 @@ class ModelArguments:
         default="confidence",
         metadata={"help": "Fusion rule when no --fusion policy is given: confidence (weighted mean), mean, vote."},
     )
+    tagger: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Add the WD tagger source: a Hub id (SmilingWolf/wd-vit-tagger-v3, with --tagger_revision), "
+            "'hf-hub:org/repo', 'local-dir:/path' (config.json, model.safetensors, selected_tags.csv) or 'demo' "
+            "(shipped, synthetic domain only)."
+        },
+    )
+    tagger_revision: Optional[str] = field(default=None, metadata={"help": "Revision (commit) of a Hub tagger."})
+    tagger_threshold: float = field(default=0.35, metadata={"help": "Score above which a general tag goes to tagger_tags."})
+    tagger_character_threshold: float = field(
+        default=0.85, metadata={"help": "Score above which a character tag goes to tagger_characters."}
+    )
+    tagger_mcut: bool = field(default=False, metadata={"help": "Use MCut thresholds for the tagger's tags instead."})
+    write_captions: Optional[str] = field(
+        default=None,
+        metadata={"help": "Write kohya-style caption files <name>.txt (the tagger's tags, joined by ', ') into this folder."},
+    )
+    overwrite_captions: bool = field(default=False, metadata={"help": "Replace caption files that already exist there."})
     precision: str = field(default="auto", metadata={"help": "Model precision: auto (fp16 on GPU, fp32 on CPU), fp32, fp16, bf16."})
     batch_size: int = field(default=32, metadata={"help": "Images per model forward pass."})
     keep_embedding: bool = field(default=False, metadata={"help": "Store the CLIP image embedding (float16) in the output."})
@@ -170,7 +189,16 @@ def main(argv: list[str] | None = None) -> int:
         keep_images=run_args.keep_images,
         cache_dir=run_args.cache_dir,
         use_cache=not run_args.no_cache,
+        tagger=model_args.tagger or None,
+        tagger_revision=model_args.tagger_revision,
+        tagger_threshold=model_args.tagger_threshold,
+        tagger_character_threshold=model_args.tagger_character_threshold,
+        tagger_mcut=model_args.tagger_mcut,
     )
+    if model_args.write_captions and not model_args.tagger:
+        from charattr_hf.errors import UserError
+
+        raise UserError("--write_captions writes the tagger's tags: give --tagger too (e.g. --tagger demo)")
     start = time.perf_counter()
     result, pipeline = annotate_to_disk(
         None,
@@ -195,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"annotated dataset: {Path(run_args.output_dir).resolve()}")
     print(f"  load it with: datasets.load_dataset({str(run_args.output_dir)!r}, split={data_args.split!r})")
     desc = pipeline.description
-    print(f"  schema: {desc['schema']}   model: {desc['model']}   sources: {', '.join(desc['sources']) or '-'}"
+    print(f"  schema: {desc['schema']}   model: {desc['model']}" + (f"   tagger: {desc['tagger']}" if desc.get("tagger") else "")
+          + f"   sources: {', '.join(desc['sources']) or '-'}"
           f"   fusion: {desc['fusion']}   processes: {state.num_processes}   threads: {threads}")
     skipped = f" ({result.chunks_skipped} chunk(s) reused from an earlier run)" if result.chunks_skipped else ""
     print(f"  this run: {result.rows_processed} images in {result.seconds:.1f}s{skipped}")
@@ -211,6 +240,14 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": round(time.perf_counter() - start, 3),
     }
     (Path(run_args.output_dir) / "run_info.json").write_text(json.dumps(run_info, indent=2))
+    if model_args.write_captions:
+        from charattr_hf.captions import write_captions
+
+        done = write_captions(run_args.output_dir, model_args.write_captions, split=data_args.split,
+                              overwrite=model_args.overwrite_captions)
+        print(f"\ncaptions: {done.written} written, {done.unchanged} unchanged, {done.skipped_existing} kept "
+              f"(already there; --overwrite_captions replaces them), {done.skipped_rows} rows without tags "
+              f"-> {Path(model_args.write_captions).resolve()}")
     if run_args.push_to_hub:
         from charattr_hf.hub import push_dataset
 
