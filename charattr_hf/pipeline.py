@@ -72,7 +72,8 @@ class Pipeline:
 
     @property
     def sources(self) -> list[str]:
-        return list(self.fusion.sources)
+        # every source that ran, also those a learned policy ignores (their probs_<source> are kept)
+        return list(getattr(self.fusion, "run_sources", self.fusion.sources))
 
     def fingerprint(self) -> str:
         return stable_hash(

@@ -256,3 +256,17 @@ def test_demo_tagger_ships_small_and_reads_synthetic_colours():
     assert right >= 22, f"demo tagger: hair colour right on {right}/24 flat images"
     assert json.loads((folder / "config.json").read_text())["pretrained_cfg"]["mean"] == [0.5, 0.5, 0.5]
     assert schema["hair_color"].num_labels == len(probs["hair_color"])
+
+
+def test_demo_fusion_policy_runs_with_the_tagger_as_an_extra_source(fixed_tagger):
+    from charattr_hf import synthetic
+    from charattr_hf.pipeline import PipelineOptions, build_pipeline
+
+    options = PipelineOptions(model="demo", tagger=f"local-dir:{fixed_tagger}", fusion="demo", use_cache=False)
+    pipeline = build_pipeline(options, ["image", "tags", "caption"])
+    assert pipeline.description["sources"] == ["clip", "tagger", "tags"]
+    assert "tagger" not in pipeline.fusion.sources  # the policy was trained on clip and tags: it masks the tagger
+    out = annotate(synthetic.generate(6, seed=3), model="demo", tagger=f"local-dir:{fixed_tagger}", fusion="demo",
+                   use_cache=False, progress=False)
+    assert out.num_rows == 6 and all(h is not None for h in out["hair_color"])
+    assert all(p is not None for p in out["probs_tagger"]) and out[0]["tagger_rating"] == "general"
