@@ -34,6 +34,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output_dir", default="runs/tagger-accuracy")
     p.add_argument("--n_test_per_style", type=int, default=500)
     p.add_argument("--num_proc", type=int, default=2)
+    p.add_argument("--torch_threads", type=int, default=0, help="torch threads of the annotate runs (0: all cores)")
     return p.parse_args(argv)
 
 
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         annotated, evaluated = out / f"annotated{kind}", out / f"eval{kind}"
         if not (annotated / "README.md").is_file():
             run([sys.executable, "recipes/annotate.py", "--dataset", str(bench), "--split", "styles", "--tagger", "demo",
-                 "--output_dir", str(annotated), "--num_proc", str(args.num_proc), "--quiet", *extra])
+                 "--output_dir", str(annotated), "--num_proc", str(args.num_proc), "--torch_threads", str(args.torch_threads), "--quiet", *extra])
         run([sys.executable, "recipes/evaluate.py", "--dataset", str(annotated), "--split", "styles",
              "--output_dir", str(evaluated)])
         reports[kind] = json.loads((evaluated / "eval.json").read_text())
