@@ -41,7 +41,6 @@ def parse(argv=None) -> argparse.Namespace:
 
 def build_folder(folder: Path, num_tags: int) -> Path:
     import timm
-    from safetensors.torch import save_file
 
     from charattr_hf.demo_tagger import save_tagger, wd_config
 
@@ -50,7 +49,6 @@ def build_folder(folder: Path, num_tags: int) -> Path:
     vocab += [(f"tag_{i}", 0, None, None) for i in range(num_tags - 4)]
     config = wd_config(num_tags, model.num_features, 448, "vit_base_patch16_224", WD_VIT_ARGS)
     save_tagger(model, folder, config, vocab, dtype="fp32")
-    del save_file
     return folder
 
 

@@ -58,7 +58,7 @@ from PIL import Image, ImageOps
 
 from ..errors import ModelLoadError, UserError
 from ..schema import Schema, load_schema, probs_column
-from .base import ERROR, Stage, stable_hash
+from .base import ERROR, Stage
 
 logger = logging.getLogger(__name__)
 
@@ -432,14 +432,16 @@ _REGISTRY: dict[tuple, Any] = {}
 
 
 def _load_model(folder: Path, config: TaggerConfig, device: str, precision: str):
-    """The timm model of a tagger folder: built from its config (``local-dir:``, no download, no weights), then the
-    safetensors weights loaded into it (strict)."""
+    """The timm model of a tagger folder: built from its config as timm's ``hf-hub:``/``local-dir:`` loaders build it
+    (``architecture`` with ``model_args`` and ``num_classes``; no download, no weights), then the safetensors weights
+    loaded into it (strict)."""
     import timm
     import torch
     from safetensors.torch import load_file
 
     try:
-        model = timm.create_model(f"local-dir:{folder}", pretrained=False)
+        model = timm.create_model(config.architecture, pretrained=False, num_classes=config.num_classes,
+                                  **config.model_args)
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"tagger {folder}: timm cannot build {config.architecture!r} from config.json "
                              f"({type(exc).__name__}: {exc})") from exc
