@@ -35,6 +35,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--image_size", type=int, default=512, help="side of the synthetic PNGs")
     p.add_argument("--num_tags", type=int, default=10861)
     p.add_argument("--num_proc", type=int, default=None)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
 
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
     from charattr_hf.cli import configure_torch_threads
     from charattr_hf.pipeline import PipelineOptions
 
-    threads = configure_torch_threads(0)
+    threads = configure_torch_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="tagger-bench-"))
     os.environ["HF_HOME"] = str(tmp / "hf")
     t = time.perf_counter()
@@ -97,9 +98,9 @@ def main(argv=None) -> int:
     before = model_only(folder, args.batch_size, args.images)
     print(f"model only (before): {before:.2f} images/s", flush=True)
     t = time.perf_counter()
-    annotate_to_disk(warm, tmp / "warm", options=options, num_proc=args.num_proc, progress=False)
+    annotate_to_disk(warm, tmp / "warm", options=options, num_proc=args.num_proc or 1, progress=False)
     startup = time.perf_counter() - t
-    result, _ = annotate_to_disk(ds, tmp / "out", options=options, num_proc=args.num_proc, progress=False,
+    result, _ = annotate_to_disk(ds, tmp / "out", options=options, num_proc=args.num_proc or 1, progress=False,
                                  chunk_size=max(args.images, 1))
     pipe = result.images_per_second
     print(f"pipeline: {pipe:.2f} images/s", flush=True)
