@@ -274,10 +274,11 @@ def build_pipeline(
         "schema": schema.name,
         "schema_fingerprint": schema.fingerprint(),
         "model": clip_spec.describe() if clip_spec else None,
-        "tagger": tagger_desc,
         "sources": sources,
         "fusion": options.fusion or f"simple ({options.fusion_method})",
     }
+    if tagger_desc is not None:
+        description["tagger"] = tagger_desc
     return Pipeline(
         schema=schema,
         cpu=cpu,
