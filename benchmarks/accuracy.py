@@ -1,6 +1,6 @@
 """Accuracy of the shipped demo CLIP, the tags, the default fusion rule and the shipped demo fusion policy on the
 synthetic benchmark's test splits, measured the way a user would: ``recipes/annotate.py`` then
-``recipes/evaluate.py`` on each split.
+``recipes/evaluate_annotations.py`` on each split.
 
     python benchmarks/accuracy.py --output_dir runs/accuracy
 
@@ -13,7 +13,7 @@ Steps (each skipped when its output is already there, so an interrupted run resu
 2. ``python recipes/annotate.py --dataset <benchmark> --split <split> --output_dir <annotated>/<split>``
    (defaults otherwise: the demo model, the tag parser, confidence-weighted fusion), and again with
    ``--fusion demo`` into ``<annotated_policy>/<split>`` (the feature cache answers for CLIP the second time);
-3. ``python recipes/evaluate.py --dataset <annotated>/<split> --split <split> --output_dir <eval>/<split>``,
+3. ``python recipes/evaluate_annotations.py --dataset <annotated>/<split> --split <split> --output_dir <eval>/<split>``,
    and the same for the policy's output;
 4. one table over the splits, per attribute and source (``fused``: the confidence rule; ``policy``: the demo
    fusion policy), written to ``accuracy.md`` and ``accuracy.json``.
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             if not (annotated / "README.md").is_file():
                 run([sys.executable, "recipes/annotate.py", "--dataset", str(bench), "--split", split,
                      "--output_dir", str(annotated), "--num_proc", str(args.num_proc), "--quiet", *extra])
-            run([sys.executable, "recipes/evaluate.py", "--dataset", str(annotated), "--split", split,
+            run([sys.executable, "recipes/evaluate_annotations.py", "--dataset", str(annotated), "--split", split,
                  "--output_dir", str(evaluated), "--abstain_threshold", str(args.abstain_threshold)])
         report = json.loads((out / "eval" / split / "eval.json").read_text())
         policy = json.loads((out / "eval_policy" / split / "eval.json").read_text())

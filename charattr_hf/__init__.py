@@ -1,19 +1,32 @@
 """charattr-hf: annotate images of characters with attributes on Hugging Face datasets.
 
-``import charattr_hf`` stays light (no torch): the pipeline's decode workers are forked processes that must
-not load it. Heavier entry points are imported on first use.
+``import charattr_hf`` is light (no torch, no datasets): the recipes parse their arguments and check them before
+anything heavy is imported, and the pipeline's decode workers are forked processes that must not load torch.
+Every public name is imported on first use.
 """
 
 __version__ = "0.1.0"
 
-from .schema import Attribute, Label, Schema, list_schemas, load_schema
-
 __all__ = ["Attribute", "Label", "Schema", "annotate", "annotate_to_disk", "list_schemas", "load_schema", "__version__"]
+
+_LAZY = {
+    "annotate": "api",
+    "annotate_to_disk": "api",
+    "Attribute": "schema",
+    "Label": "schema",
+    "Schema": "schema",
+    "list_schemas": "schema",
+    "load_schema": "schema",
+}
 
 
 def __getattr__(name):
-    if name in ("annotate", "annotate_to_disk"):
-        from . import api
+    if name in _LAZY:
+        import importlib
 
-        return getattr(api, name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'charattr_hf' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

@@ -13,6 +13,7 @@ from datasets import Dataset, IterableDataset
 
 from .distributed import get_state
 from .inputs import InputSpec, _normalise, image_folder_root, input_identity, open_dataset
+from .options import DEMO_MODEL_WARNING, RunOptions
 from .pipeline import PipelineOptions, build_pipeline
 from .runner import RunResult, run
 
@@ -33,6 +34,7 @@ def annotate_to_disk(
     max_shard_rows: int = 100_000,
     progress: bool = True,
     prefetch: bool | None = None,
+    run_options: RunOptions | None = None,
     **option_kwargs: Any,
 ) -> tuple[RunResult, Any]:
     """Annotate into ``output_dir`` (resumable) and return the run result and the pipeline used.
@@ -42,8 +44,15 @@ def annotate_to_disk(
     :class:`PipelineOptions` fields (``model``, ``schema``, ``fusion``, ``batch_size``...). ``input_id``
     names the input for resuming; it is required for an ``IterableDataset`` object, which has no fingerprint.
     ``prefetch`` runs the CPU stages of the next chunk while the models work on the current one (default:
-    on when a GPU is used).
+    on when a GPU is used). ``run_options`` (a :class:`RunOptions`) gives ``chunk_size``, ``num_proc``,
+    ``max_shard_rows``, ``progress`` and ``prefetch`` at once, as the recipe parses them.
+
+    The shipped demo model on an input without ground truth (real images, most likely) is run, with a warning
+    in the log, in the pipeline description (``pipeline.description["warning"]``) and in the dataset card.
     """
+    if run_options is not None:
+        chunk_size, num_proc, max_shard_rows = run_options.chunk_size, run_options.num_proc, run_options.max_shard_rows
+        progress, prefetch = not run_options.quiet, run_options.prefetch_flag
     if options is not None and option_kwargs:
         raise TypeError(f"pass either options= or option keywords, not both (got {sorted(option_kwargs)})")
     spec = replace(input_spec) if input_spec is not None else InputSpec()
@@ -77,9 +86,15 @@ def annotate_to_disk(
         writer=f"rank-{state.process_index}",
         id_root=id_root,
     )
+    if options.model == "demo" and "truth" not in ds.features:
+        pipeline.description["warning"] = DEMO_MODEL_WARNING
     if state.is_main_process:
         for message in pipeline.messages:
             logger.warning(message)
+        if "warning" in pipeline.description:
+            logger.warning("*" * 100)
+            logger.warning("DEMO MODEL ON REAL IMAGES: %s", DEMO_MODEL_WARNING)
+            logger.warning("*" * 100)
     result = run(
         ds,
         pipeline,

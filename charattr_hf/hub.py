@@ -110,6 +110,9 @@ def write_dataset_card(output_dir: Path, split: str, pipeline: "Pipeline", extra
         repo_hint=(extra or {}).get("repo_id", str(output_dir)),
         split=split,
     )
+    if pipeline.description.get("warning"):  # e.g. the demo model run on real images
+        title, rest = body.split("\n\n", 1)
+        body = f"{title}\n\n> **Warning**: {pipeline.description['warning']}.\n\n{rest}"
     card = DatasetCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
     path = output_dir / "README.md"
     tmp = path.with_name(".README.md.tmp")

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, Union
 
 import datasets
 from datasets import Dataset, Image, IterableDataset, Value
+
+from .options import InputSpec
 
 logger = logging.getLogger(__name__)
 
@@ -30,25 +31,6 @@ _TAG_NAMES = ("tags", "tag_string", "tag_string_general", "general_tags", "danbo
 _CAPTION_NAMES = ("caption", "text", "prompt", "description")
 _ID_NAMES = ("id", "image_id", "post_id", "uid", "key", "__key__")
 _KEEP_DEFAULT = ("truth", "style")
-
-
-@dataclass
-class InputSpec:
-    """Where the images come from and which columns mean what."""
-
-    dataset: str | None = None
-    split: str = "train"
-    config: str | None = None
-    revision: str | None = None
-    image_column: str = "image"
-    tags_column: str | None = None
-    caption_column: str | None = None
-    id_column: str | None = None
-    keep_columns: Sequence[str] = field(default_factory=tuple)
-    streaming: bool = False
-    limit: int | None = None
-    sample_size: int = 256
-    sample_image_size: int = 64
 
 
 def open_dataset(spec: InputSpec) -> AnyDataset:
@@ -82,7 +64,8 @@ def _load(spec: InputSpec) -> AnyDataset:
     if not spec.dataset:
         from .synthetic import sample_dataset
 
-        ds = sample_dataset(n=spec.sample_size, size=spec.sample_image_size)
+        n = spec.sample_size if spec.limit is None else min(spec.sample_size, spec.limit)  # draw only what is used
+        ds = sample_dataset(n=n, size=spec.sample_image_size)
         return ds.to_iterable_dataset() if spec.streaming else ds
     path = Path(spec.dataset).expanduser()
     kwargs = {"split": spec.split, "streaming": spec.streaming}
@@ -146,6 +129,9 @@ def _normalise(ds: AnyDataset, spec: InputSpec) -> AnyDataset:
 
     image_feature = features[spec.image_column]
     if isinstance(image_feature, Image):
+        ds = ds.cast_column(spec.image_column, Image(decode=False))
+    elif isinstance(image_feature, dict) and {"bytes", "path"} & set(image_feature):
+        # what plain pyarrow (or pandas) writes for images: a struct {bytes, path} with no datasets metadata
         ds = ds.cast_column(spec.image_column, Image(decode=False))
     elif not (isinstance(image_feature, Value) and image_feature.dtype in ("string", "large_string", "binary")):
         raise ValueError(

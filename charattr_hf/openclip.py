@@ -172,18 +172,35 @@ class PreprocessConfig:
     resize_mode: str = "shortest"
 
 
-def preprocess_config(spec: ClipSpec) -> PreprocessConfig:
-    """The model's eval preprocessing (read from configs; no weights loaded)."""
-    import open_clip
-    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+# open_clip.transform.PreprocessCfg's defaults (tests/test_user_errors.py checks they agree)
+_OPEN_CLIP_PREPROCESS_DEFAULTS = {
+    "size": 224,
+    "mode": "RGB",
+    "mean": (0.48145466, 0.4578275, 0.40821073),
+    "std": (0.26862954, 0.26130258, 0.27577711),
+    "interpolation": "bicubic",
+    "resize_mode": "shortest",
+    "fill_color": 0,
+}
 
-    cfg = asdict(PreprocessCfg())
+
+def preprocess_config(spec: ClipSpec) -> PreprocessConfig:
+    """The model's eval preprocessing (read from configs; no weights loaded).
+
+    A model folder's config is read without importing open_clip (which imports torchvision and torch's
+    compiler: seconds that a rerun with nothing to do need not spend); the defaults are open_clip's
+    ``PreprocessCfg``'s."""
     folder = spec.local_dir()
     if folder is not None:
         raw = json.loads((folder / "open_clip_config.json").read_text())
         model_cfg = raw.get("model_cfg", raw)
-        cfg = merge_preprocess_dict(cfg, raw.get("preprocess_cfg", {}))
+        cfg = dict(_OPEN_CLIP_PREPROCESS_DEFAULTS)
+        cfg.update({k: v for k, v in (raw.get("preprocess_cfg") or {}).items() if k in cfg and v is not None})
     else:
+        import open_clip
+        from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+        cfg = asdict(PreprocessCfg())
         model_cfg = open_clip.get_model_config(spec.model)
         if spec.pretrained:
             cfg = merge_preprocess_dict(cfg, open_clip.get_pretrained_cfg(spec.model, spec.pretrained) or {})

@@ -19,6 +19,7 @@ from typing import Sequence
 
 from datasets import Dataset, Features, Image, Value
 
+from .options import PipelineOptions  # defined with the other option dataclasses; imported from here too
 from .schema import Schema, load_schema
 from .stages.base import ERROR, TEMP_PREFIX, Compose, Stage, stable_hash
 from .stages.fusion import FusionStage, SimpleFusion
@@ -27,35 +28,6 @@ from .stages.identity import Identify
 logger = logging.getLogger(__name__)
 
 __all__ = ["Pipeline", "PipelineOptions", "build_pipeline"]
-
-
-@dataclass
-class PipelineOptions:
-    """Library-level options (the recipe maps its command line onto these)."""
-
-    schema: str | None = None
-    model: str | None = "demo"
-    pretrained: str | None = None
-    model_revision: str | None = None
-    tags: bool = True
-    blip2: str | None = None
-    blip2_revision: str | None = None
-    fusion: str | None = None
-    fusion_revision: str | None = None
-    fusion_method: str = "confidence"
-    batch_size: int = 32
-    precision: str = "auto"
-    keep_embedding: bool = False
-    keep_images: bool = False
-    cache_dir: str | None = None
-    use_cache: bool = True
-    device: str | None = None
-    # the WD tagger source (#9): a Hub id, hf-hub:, local-dir: or "demo"; None: off
-    tagger: str | None = None
-    tagger_revision: str | None = None
-    tagger_threshold: float = 0.35
-    tagger_character_threshold: float = 0.85
-    tagger_mcut: bool = False
 
 
 @dataclass

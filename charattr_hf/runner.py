@@ -60,6 +60,20 @@ class RunResult:
     data_files: list[Path] = field(default_factory=list)
     failed_chunks: list[int] = field(default_factory=list)
     missing_chunks: list[int] = field(default_factory=list)
+    # the whole launch, on the main process: each rank's record (rank-N.json) and the run folder
+    ranks: list[dict] = field(default_factory=list)
+    run_dir: Path | None = None
+
+    @property
+    def total_rows_processed(self) -> int:
+        """Rows annotated by every process of this launch (this process's own share without rank records)."""
+        return sum(r["rows_processed"] for r in self.ranks) if self.ranks else self.rows_processed
+
+    @property
+    def total_images_per_second(self) -> float:
+        """The whole launch's throughput: all ranks' rows over the slowest rank's time."""
+        seconds = max((r["seconds"] for r in self.ranks), default=self.seconds)
+        return self.total_rows_processed / seconds if seconds > 0 else float("nan")
 
     @property
     def complete(self) -> bool:
@@ -180,6 +194,11 @@ def run(
                     pending.append(k)
         pending = broadcast(pending)
         skipped = n_chunks - len(pending)
+        if state.is_main_process and 0 < len(pending) < world:
+            logger.warning(
+                "%d chunk(s) to do for %d processes: %d process(es) have nothing to do (lower --chunk_size to "
+                "share the work out)", len(pending), world, world - len(pending),
+            )
         mine = pending[rank * len(pending) // world : (rank + 1) * len(pending) // world]
         chunks = ((k, start, make, _expected_rows(k, chunk_size, total_rows))
                   for k, start, make in _map_style_chunks(ds, chunk_size, mine))
@@ -262,8 +281,14 @@ def run(
               "chunks_failed": failed, "rows_processed": processed, "seconds": seconds}
     _write_json_atomic(run_dir / f"rank-{rank}.json", record)
     state.wait_for_everyone()
-    result = RunResult(output_dir, total_rows, processed, n_chunks, skipped, seconds, failed_chunks=failed)
+    result = RunResult(output_dir, total_rows, processed, n_chunks, skipped, seconds, failed_chunks=failed,
+                       run_dir=run_dir)
     if state.is_main_process:
+        for r in range(world):
+            try:
+                result.ranks.append(json.loads((run_dir / f"rank-{r}.json").read_text()))
+            except (OSError, ValueError):
+                pass
         result.missing_chunks = [
             k for k in range(n_chunks)
             if not chunk_is_valid(chunk_path(run_dir, k), k, chunk_size, _expected_rows(k, chunk_size, total_rows))

@@ -39,7 +39,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from charattr_hf.cli import configure_torch_threads, parse_args
+from charattr_hf.cli import configure_torch_threads, parse_args, run_main
+from charattr_hf.errors import UserError
 
 logger = logging.getLogger("train_demo_clip")
 
@@ -116,7 +117,7 @@ def load_model_config(value: Optional[str]) -> dict:
     cfg = cfg.get("model_cfg", cfg)
     for key in ("embed_dim", "vision_cfg", "text_cfg"):
         if key not in cfg:
-            raise SystemExit(f"--model_config: missing {key!r}")
+            raise UserError(f"--model_config: missing {key!r}")
     return cfg
 
 
@@ -130,7 +131,7 @@ def lr_factor(progress: float, step: int, warmup: int) -> float:
 def main(argv: Optional[list[str]] = None) -> Path:
     margs, dargs, targs = parse_args((ModelArguments, DataArguments, TrainArguments), argv, description=__doc__)
     if targs.max_steps <= 0 and targs.time_budget_minutes <= 0:
-        raise SystemExit("give --max_steps or --time_budget_minutes (or both)")
+        raise UserError("give --max_steps or --time_budget_minutes (or both)")
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logger.setLevel(logging.INFO)
     wall_start = time.time()
@@ -410,4 +411,4 @@ def model_card(info: dict, model_cfg: dict, results: Optional[dict]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

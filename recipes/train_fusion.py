@@ -42,6 +42,8 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from charattr_hf import cli
+from charattr_hf.cli import run_main
+from charattr_hf.errors import UserError
 from charattr_hf import fusion_training as ft
 from charattr_hf.models.fusion import CharattrFusionModel, render_metrics_table
 from charattr_hf.schema import load_schema
@@ -94,7 +96,7 @@ class ModelArguments:
 @dataclass
 class RunArguments:
     output_dir: str = field(default="runs/fusion-policy", metadata={"help": "Where the policy is saved."})
-    mode: str = field(default="supervised", metadata={"help": "'supervised' (labels) or 'feedback' (reviewer events)."})
+    mode: str = field(default="supervised", metadata={"help": "'supervised' (labels) or 'feedback' (reviewer events).", "choices": ("supervised", "feedback")})
     policy_version: Optional[str] = field(
         default=None, metadata={"help": "Version recorded in the config (default: v<number of training rounds>)."}
     )
@@ -114,9 +116,9 @@ def parse_args(argv: Optional[list[str]] = None):
 def main(argv: Optional[list[str]] = None) -> Path:
     data_args, model_args, run_args, train_args = parse_args(argv)
     if run_args.mode not in ("supervised", "feedback"):
-        raise SystemExit(f"--mode must be 'supervised' or 'feedback', got {run_args.mode!r}")
+        raise UserError(f"--mode must be 'supervised' or 'feedback', got {run_args.mode!r}")
     if not data_args.simulate and not data_args.dataset:
-        raise SystemExit("give --dataset (an annotated dataset) or --simulate")
+        raise UserError("give --dataset (an annotated dataset) or --simulate")
     train_args.check()
     command = "accelerate launch recipes/train_fusion.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -164,7 +166,7 @@ def main(argv: Optional[list[str]] = None) -> Path:
     # ---------------------------------------------------------------- train
     if run_args.mode == "supervised":
         if train_data.labels is None:
-            raise SystemExit("supervised training needs a 'truth' column or --labels")
+            raise UserError("supervised training needs a 'truth' column or --labels")
         result = ft.train_supervised(
             model, train_data, args=train_args, accelerator=accelerator, log=log, data_name=data_name,
             command=command, policy_version=run_args.policy_version,
@@ -181,7 +183,7 @@ def main(argv: Optional[list[str]] = None) -> Path:
             say(f"simulated {len(feedback)} reviewer events (logging policy: "
                 f"{feedback[0]['policy_version'] if len(feedback) else '-'})")
         else:
-            raise SystemExit("--mode feedback needs --feedback (a log) or a 'truth' column to simulate one")
+            raise UserError("--mode feedback needs --feedback (a log) or a 'truth' column to simulate one")
         result = ft.train_from_feedback(
             model, train_data, feedback, args=train_args, accelerator=accelerator, log=log, data_name=data_name,
             command=command, policy_version=run_args.policy_version,
@@ -208,7 +210,7 @@ def main(argv: Optional[list[str]] = None) -> Path:
         say(f"saved policy {config.policy_version} to {out_dir}")
         if run_args.push_to_hub:
             if not run_args.hub_model_id:
-                raise SystemExit("--push_to_hub needs --hub_model_id")
+                raise UserError("--push_to_hub needs --hub_model_id")
             model.push_to_hub(run_args.hub_model_id, revision=run_args.hub_revision)
             say(f"pushed to {run_args.hub_model_id}")
     accelerator.wait_for_everyone()
@@ -216,4 +218,4 @@ def main(argv: Optional[list[str]] = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

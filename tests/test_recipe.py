@@ -98,6 +98,27 @@ def test_two_processes_split_the_work_and_agree(single_run, input_parquet, tiny_
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_plain_num_processes_on_cpu_starts_that_many_processes(input_parquet, tiny_clip_dir, tmp_path):
+    """`accelerate launch --num_processes 2` (no --multi_gpu) on a machine without GPU: 2 real CPU processes, each
+    annotating its own chunks, and a summary of the whole run (both ranks' rows), not rank 0's share."""
+    out = tmp_path / "plain"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", str(RECIPE)]
+    proc = run([*launch, *common(input_parquet, tiny_clip_dir, out)])
+    ranks = [json.loads((run_dir(out) / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world"] == 2 for r in ranks)
+    done = [set(r["chunks_processed"]) for r in ranks]
+    assert done[0] and done[1] and not (done[0] & done[1]) and done[0] | done[1] == set(range(8))
+    assert "processes: 2" in proc.stdout and "this run: 40 images" in proc.stdout
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["rows_processed"] == 40 and [r["rows_processed"] for r in info["ranks"]] == [
+        r["rows_processed"] for r in ranks] and all(r["rows_processed"] for r in info["ranks"])
+    # fewer chunks than processes: said so
+    few = tmp_path / "few"
+    proc = run([*launch, *common(input_parquet, tiny_clip_dir, few, "--limit", "5")])
+    assert "this run: 5 images" in proc.stdout and "1 of 2 processes had no chunk" in proc.stdout
+
+
 def test_killed_run_resumes_to_the_same_output(single_run, input_parquet, tiny_clip_dir, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, str(RECIPE), *common(input_parquet, tiny_clip_dir, out, "--num_proc", "1")]

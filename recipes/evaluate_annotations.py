@@ -3,19 +3,19 @@
 An annotated dataset that carries its ground truth (a ``truth`` column, as with the synthetic sample),
 broken down by the ``style`` column when there is one:
 
-    python recipes/evaluate.py --dataset outputs/annotated --output_dir outputs/eval
+    python recipes/evaluate_annotations.py --dataset outputs/annotated --output_dir outputs/eval
 
 Ground truth kept elsewhere, joined by id (a Parquet/JSONL/CSV file or a dataset folder with an ``id``
 column and a ``truth`` struct, or one column per attribute holding label indices or label names):
 
-    python recipes/evaluate.py --dataset outputs/annotated \
+    python recipes/evaluate_annotations.py --dataset outputs/annotated \
         --labels path/to/labels.parquet --labels_id_column id \
         --group_by none --abstain_threshold 0.7 --output_dir outputs/eval
 
 Options can come from a YAML file (keys are the option names below), command-line flags overriding it:
 
     printf 'dataset: outputs/annotated\noutput_dir: outputs/eval\nabstain_threshold: 0.7\n' > eval.yaml
-    python recipes/evaluate.py --config eval.yaml --sources clip fused
+    python recipes/evaluate_annotations.py --config eval.yaml --sources clip fused
 
 Writes ``eval.md`` (the tables printed here) and ``eval.json`` (every number, with reliability bins and
 coverage/accuracy curves) to ``--output_dir``. Works offline: the metrics ship with the package.
@@ -25,34 +25,9 @@ except in ECE and coverage, where they are abstentions.
 
 from __future__ import annotations
 
-import importlib
-import os
 import sys
-
-# Running ``python recipes/evaluate.py`` puts this folder first on ``sys.path``, where ``import evaluate`` would
-# find this script instead of the Hugging Face library; so would an import from any script run from this folder.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _without_this_folder(paths: list[str]) -> list[str]:
-    return [p for p in paths if os.path.abspath(p or os.curdir) != _HERE]
-
-
-if __name__ == "evaluate":
-    # Imported in place of the library: import the library with this folder left out of the path and hand it
-    # over in this module's place (the import system returns whatever ``sys.modules`` holds afterwards).
-    _saved = sys.path[:]
-    sys.path[:] = _without_this_folder(sys.path)
-    del sys.modules["evaluate"]
-    try:
-        sys.modules["evaluate"] = importlib.import_module("evaluate")
-    finally:
-        sys.path[:] = _saved
-else:
-    sys.path[:] = _without_this_folder(sys.path)
-
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Optional  # noqa: E402
+from dataclasses import dataclass, field
+from typing import Optional
 
 
 @dataclass
@@ -108,11 +83,19 @@ class EvaluateArguments:
 
 def main(argv: list[str] | None = None) -> int:
     from charattr_hf.cli import parse_args
+    from charattr_hf.errors import UserError
 
     args = parse_args([EvaluateArguments], argv, description=__doc__.split("\n\n")[0])
     if not args.dataset:
-        print("error: --dataset is required (or 'dataset:' in --config)", file=sys.stderr)
-        return 2
+        raise UserError("--dataset is required (or 'dataset:' in --config): the annotated dataset to score")
+    from charattr_hf.checks import check_input, check_schema, check_writable
+    from charattr_hf.options import InputSpec
+
+    check_input(InputSpec(dataset=args.dataset, split=args.split))
+    if args.labels:
+        check_input(InputSpec(dataset=args.labels))
+    check_schema(args.schema)
+    check_writable(args.output_dir, "--output_dir")
     # imported after parsing: `evaluate` pulls in transformers' pipelines, seconds that --help need not wait
     from charattr_hf.evaluation import EvaluationError, evaluate_annotations, to_markdown, write_report
 
@@ -131,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             split=args.split,
         )
     except (EvaluationError, FileNotFoundError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        raise UserError(str(exc).strip("'\"")) from exc
     print(to_markdown(report))
     md, js = write_report(report, args.output_dir)
     print(f"wrote {md} and {js}")
@@ -140,4 +122,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from charattr_hf.cli import run_main
+
+    sys.exit(run_main(main))

@@ -1,0 +1,181 @@
+"""The options of an annotation run, as dataclasses: the library takes them as they are and the recipes parse
+them from the command line and YAML (:mod:`charattr_hf.cli`): each ``field(metadata={"help": ...})`` is one
+option, written once. This module imports nothing heavy, so ``--help`` is fast.
+
+- :class:`InputSpec`: where the images come from and which columns mean what (``charattr_hf.inputs``).
+- :class:`PipelineOptions`: sources, model, schema, fusion (``charattr_hf.pipeline``).
+- :class:`RunOptions`: output folder, chunks, workers, progress (``charattr_hf.api.annotate_to_disk``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+__all__ = ["InputSpec", "PipelineOptions", "RunOptions", "DEMO_MODEL_WARNING", "REAL_MODEL_HINT"]
+
+REAL_MODEL_HINT = "--model ViT-B-32 --pretrained laion2b_s34b_b79k"
+DEMO_MODEL_WARNING = (
+    "the demo model (--model demo, the default) was trained only on synthetic drawings and its labels on real "
+    f"images are confident nonsense; for real images use a real CLIP checkpoint, e.g. {REAL_MODEL_HINT}"
+)
+
+
+@dataclass
+class InputSpec:
+    """Where the images come from and which columns mean what."""
+
+    dataset: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Images to annotate: a local image folder, Parquet/Arrow file(s) or folder, a folder saved with "
+            "save_to_disk, or a Hub dataset id. Default: the embedded synthetic sample."
+        },
+    )
+    split: str = field(default="train", metadata={"help": "Split to annotate."})
+    config: Optional[str] = field(
+        default=None, metadata={"help": "Config (subset) name of a Hub dataset.", "flag": "dataset_config"}
+    )
+    revision: Optional[str] = field(
+        default=None, metadata={"help": "Revision (branch, tag, commit) of a Hub dataset.", "flag": "dataset_revision"}
+    )
+    image_column: str = field(default="image", metadata={"help": "Column holding images (or paths/bytes)."})
+    tags_column: Optional[str] = field(
+        default=None, metadata={"help": "Column of danbooru-style tags. Default: 'tags' or similar when present."}
+    )
+    caption_column: Optional[str] = field(
+        default=None, metadata={"help": "Column of free-text captions. Default: 'caption'/'text' when present."}
+    )
+    id_column: Optional[str] = field(
+        default=None,
+        metadata={"help": "Column holding a stable row id. Default: 'id' when present, else the path, else the index."},
+    )
+    keep_columns: Sequence[str] = field(
+        default_factory=tuple,
+        metadata={"help": "Extra input columns to copy into the output (truth/style are kept when present)."},
+    )
+    streaming: bool = field(
+        default=False, metadata={"help": "Stream the input instead of downloading/preparing it first."}
+    )
+    limit: Optional[int] = field(default=None, metadata={"help": "Annotate only the first N rows.", "min": 0})
+    sample_size: int = field(
+        default=256, metadata={"help": "Rows of the synthetic sample when no --dataset is given.", "min": 1}
+    )
+    sample_image_size: int = 64
+
+
+@dataclass
+class PipelineOptions:
+    """Which sources run, with which models, schema and fusion."""
+
+    schema: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Attribute schema: a shipped name (default, synthetic) or a YAML path. Default: the model's own "
+            "schema when it ships one, else 'default'."
+        },
+    )
+    model: Optional[str] = field(
+        default="demo",
+        metadata={
+            "help": "open_clip model: 'demo' (the default: shipped, trained on synthetic drawings only, not for real "
+            f"images), a built-in name such as ViT-B-32 (with --pretrained; real images: {REAL_MODEL_HINT}), "
+            "'hf-hub:org/repo' or 'local-dir:/path'. Empty string: no CLIP source."
+        },
+    )
+    pretrained: Optional[str] = field(
+        default=None,
+        metadata={"help": "Pretrained tag of a built-in model, e.g. laion2b_s34b_b79k ('none' = random weights)."},
+    )
+    model_revision: Optional[str] = field(default=None, metadata={"help": "Revision of an hf-hub: model."})
+    tags: bool = field(
+        default=True, metadata={"help": "Do not use the tags/caption columns as a source.", "flag": "no_tags"}
+    )
+    blip2: Optional[str] = field(
+        default=None,
+        metadata={"help": "Add the BLIP-2 question-answering source, e.g. Salesforce/blip2-opt-2.7b (slow)."},
+    )
+    blip2_revision: Optional[str] = field(default=None, metadata={"help": "Revision of the BLIP-2 model."})
+    fusion: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Learned fusion policy: a folder saved with save_pretrained, a Hub model id, or 'demo' (shipped: "
+            "demo model + tags, synthetic schema; write ./demo for a local folder of that name). Default: the "
+            "--fusion_method rule."
+        },
+    )
+    fusion_revision: Optional[str] = field(default=None, metadata={"help": "Revision of the fusion policy on the Hub."})
+    fusion_method: str = field(
+        default="confidence",
+        metadata={
+            "help": "Fusion rule when no --fusion policy is given: confidence (weighted mean), mean or vote.",
+            "choices": ("confidence", "mean", "vote"),
+        },
+    )
+    batch_size: int = field(default=32, metadata={"help": "Images per model forward pass.", "min": 1})
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "Model precision: auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16.",
+            "choices": ("auto", "fp32", "fp16", "bf16"),
+        },
+    )
+    keep_embedding: bool = field(
+        default=False, metadata={"help": "Store the CLIP image embedding (float16) in the output."}
+    )
+    keep_images: bool = field(default=False, metadata={"help": "Copy the image bytes into the output."})
+    cache_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Model-output cache keyed by image sha256. Default: $HF_HOME/charattr_hf."},
+    )
+    use_cache: bool = field(
+        default=True, metadata={"help": "Do not read or write the model-output cache.", "flag": "no_cache"}
+    )
+    device: Optional[str] = None
+    # the WD tagger source (#9)
+    tagger: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Add the WD tagger source: a Hub id (SmilingWolf/wd-vit-tagger-v3, with --tagger_revision), "
+            "'hf-hub:org/repo', 'local-dir:/path' (config.json, model.safetensors, selected_tags.csv) or 'demo' "
+            "(shipped, synthetic drawings only)."
+        },
+    )
+    tagger_revision: Optional[str] = field(default=None, metadata={"help": "Revision (commit) of a Hub tagger."})
+    tagger_threshold: float = field(
+        default=0.35, metadata={"help": "Score above which a general tag goes to tagger_tags.", "min": 0}
+    )
+    tagger_character_threshold: float = field(
+        default=0.85, metadata={"help": "Score above which a character tag goes to tagger_characters.", "min": 0}
+    )
+    tagger_mcut: bool = field(
+        default=False, metadata={"help": "MCut thresholds (the largest gap in the scores) for the tagger's tags."}
+    )
+
+
+@dataclass
+class RunOptions:
+    """Where the output goes and how the work is cut and shared."""
+
+    output_dir: str = field(default="outputs/annotated", metadata={"help": "Where the annotated dataset is written."})
+    chunk_size: int = field(default=1024, metadata={"help": "Rows per work unit (the unit of resume).", "min": 1})
+    num_proc: Optional[int] = field(
+        default=None,
+        metadata={"help": "Worker processes for decoding and tag parsing. Default: cores per process.", "min": 1},
+    )
+    max_shard_rows: int = field(default=100_000, metadata={"help": "Rows per output Parquet file.", "min": 1})
+    prefetch: str = field(
+        default="auto",
+        metadata={
+            "help": "Decode the next chunk while the model works on this one: auto (on with a GPU), on or off.",
+            "choices": ("auto", "on", "off"),
+        },
+    )
+    torch_threads: int = field(
+        default=0, metadata={"help": "torch threads per process on CPU; 0: cores / local processes.", "min": 0}
+    )
+    quiet: bool = field(default=False, metadata={"help": "No progress bars (none at all, datasets' included)."})
+
+    @property
+    def prefetch_flag(self) -> Optional[bool]:
+        return {"auto": None, "on": True, "off": False}[self.prefetch]
