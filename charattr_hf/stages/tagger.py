@@ -156,6 +156,8 @@ class TaggerSpec:
 
 
 def _check_folder(folder: Path, what: str) -> None:
+    if not folder.is_dir():
+        raise ModelLoadError(f"--tagger {what}: no such folder {str(folder)!r}; check the path after 'local-dir:'")
     missing = [f for f in TAGGER_FILES if not (folder / f).is_file()]
     if not missing:
         return
