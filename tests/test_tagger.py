@@ -270,3 +270,20 @@ def test_demo_fusion_policy_runs_with_the_tagger_as_an_extra_source(fixed_tagger
                    use_cache=False, progress=False)
     assert out.num_rows == 6 and all(h is not None for h in out["hair_color"])
     assert all(p is not None for p in out["probs_tagger"]) and out[0]["tagger_rating"] == "general"
+
+
+def test_recipe_checks_tagger_options_before_work(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("annotate_recipe2", Path(__file__).parents[1] / "recipes" / "annotate.py")
+    recipe = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "annotate_recipe2", recipe)
+    spec.loader.exec_module(recipe)
+    out = str(tmp_path / "out")
+    with pytest.raises(UserError, match="give --tagger too"):
+        recipe.main(["--write_captions", str(tmp_path / "caps"), "--output_dir", out])
+    with pytest.raises(UserError, match="no such folder"):
+        recipe.main(["--tagger", f"local-dir:{tmp_path / 'missing'}", "--output_dir", out])
+    with pytest.raises(UserError, match=r"must be in \[0, 1\]"):
+        recipe.main(["--tagger", "demo", "--tagger_threshold", "1.5", "--output_dir", out])
+    assert not (tmp_path / "out").exists()  # nothing started
