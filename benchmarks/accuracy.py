@@ -28,6 +28,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from charattr_hf.markdown import markdown_table
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("clip", "tags", "fused", "policy")
 
@@ -60,7 +62,7 @@ def table(reports: dict[str, dict]) -> tuple[str, dict]:
     attrs = list(next(iter(reports.values()))["attributes"])
     multi = {a: reports[splits[0]]["attributes"][a]["multi_label"] for a in attrs}
     header = ["split", "source"] + [f"{a} (F1)" if multi[a] else a for a in attrs] + ["mean single-label"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     summary: dict = {}
     for sp in splits:
         for src in SOURCES:
@@ -73,19 +75,19 @@ def table(reports: dict[str, dict]) -> tuple[str, dict]:
             mean = reports[sp]["summary"].get(src, {}).get("all", {}).get("mean_accuracy")
             summary[sp][src]["mean_single_label"] = mean
             row.append(fmt(mean))
-            lines.append("| " + " | ".join(row) + " |")
+            rows.append(row)
 
     colour = [a for a in ("hair_color", "eye_color", "top_color") if a in attrs]
     conf_sources = ("clip", "fused", "policy")
-    conf = ["| split | source | " + " | ".join(f"{a}: acc % / mean conf. / ECE / coverage %" for a in colour) + " |",
-            "|---|---|" + "---|" * len(colour)]
+    conf = []
     for sp in splits:
         for src in conf_sources:
             cells = [reports[sp]["attributes"][a]["results"].get(src, {}).get("all") for a in colour]
-            conf.append(f"| {sp} | {src} | " + " | ".join(
-                "-" if c is None else f"{fmt(c['accuracy'])} / {fmt(c['mean_confidence'], False)} / "
-                f"{fmt(c['ece'], False)} / {fmt(c['coverage'])}" for c in cells) + " |")
-    return "\n".join(lines) + "\n\n" + "\n".join(conf) + "\n", summary
+            conf.append([sp, src, *(
+                None if c is None else f"{fmt(c['accuracy'])} / {fmt(c['mean_confidence'], False)} / "
+                f"{fmt(c['ece'], False)} / {fmt(c['coverage'])}" for c in cells)])
+    conf_header = ["split", "source", *(f"{a}: acc % / mean conf. / ECE / coverage %" for a in colour)]
+    return markdown_table(header, rows) + "\n\n" + markdown_table(conf_header, conf) + "\n", summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from charattr_hf import fusion_training as ft
+from charattr_hf.markdown import markdown_table
 from charattr_hf.schema import load_schema
 from charattr_hf.stages.fusion import SimpleFusion
 from charattr_hf.stages.policy import PolicyFusion
@@ -71,8 +72,7 @@ def _num(value) -> float:
 
 def table(records: list[dict], methods: list[str], attributes: list[str], style: str | None) -> str:
     rows = {(r["attribute"], r["method"]): r for r in records if r.get("style") == style}
-    head = "| attribute | " + " | ".join(methods) + " |"
-    lines = [head, "|---|" + "---:|" * len(methods)]
+    body = []
     for a in attributes + ["**mean**"]:
         cells = []
         for m in methods:
@@ -84,17 +84,15 @@ def table(records: list[dict], methods: list[str], attributes: list[str], style:
                 r = rows.get((a, m))
                 acc, ece = (_num(r["accuracy"]), _num(r["ece"])) if r else (float("nan"), float("nan"))
             cells.append(f"{100 * acc:.1f} / {ece:.3f}")
-        lines.append(f"| {a} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append([a, *cells])
+    return markdown_table(["attribute", *methods], body, align="lr")
 
 
 def style_table(records: list[dict], methods: list[str], styles: list[str]) -> str:
     """Mean accuracy (%) over attributes per style (rows) and method (columns)."""
-    lines = ["| style | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
-    for s in [None, *styles]:
-        cells = [f"{100 * ft.summarize(records, m, s):.1f}" for m in methods]
-        lines.append(f"| {'**all**' if s is None else s} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    body = [["**all**" if s is None else s, *(f"{100 * ft.summarize(records, m, s):.1f}" for m in methods)]
+            for s in [None, *styles]]
+    return markdown_table(["style", *methods], body, align="lr")
 
 
 def throughput(columns: dict, policy, config, repeats: int = 3) -> dict:
@@ -120,12 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     schema = load_schema(args.schema)
     t0 = time.perf_counter()
-    if args.simulate:
-        data = ft.simulate_annotated(schema, args.rows, seed=args.seed)
-        name = f"simulated test bed ({args.rows} rows, seed {args.seed})"
-    else:
-        data = ft.load_table(args.dataset, args.split)
-        name = args.dataset
+    data, name = ft.open_annotated(None if args.simulate else args.dataset, args.split, schema=schema,
+                                   simulate_rows=args.rows, seed=args.seed)
     for col in ("truth", args.style_column, "id"):
         if col not in data.column_names:
             sys.exit(f"the benchmark dataset needs a {col!r} column")
@@ -212,19 +206,20 @@ def main(argv: list[str] | None = None) -> dict:
         "",
         "## Summary",
         "",
-        "| check | value | target | met |",
-        "|---|---:|---:|:---:|",
-        f"| supervised - best baseline ({best_baseline}), points | {100 * summary['gain_over_best_baseline']:.1f} | "
-        f">= {100 * TARGETS['gain_over_best_baseline']:.0f} | {'yes' if checks['gain_over_best_baseline'] else 'no'} |",
-        "| worst style: best single source - supervised, points (< 0: policy better) | "
-        f"{100 * summary['max_style_deficit']:.1f} | "
-        f"<= {100 * TARGETS['max_style_deficit']:.0f} | {'yes' if checks['max_style_deficit'] else 'no'} |",
-        f"| feedback gain / supervised gain over mean fusion | {ratio:.2f} | >= {TARGETS['feedback_gain_ratio']:.2f} | "
-        f"{'yes' if checks['feedback_gain_ratio'] else 'no'} |",
-        f"| ECE supervised / feedback (mean over attributes) | {ece['supervised']:.3f} / {ece['feedback']:.3f} | "
-        f"<= {TARGETS['ece']:.2f} | {'yes' if checks['ece'] else 'no'} |",
-        f"| ECE supervised / feedback, worst attribute | {ece_max['supervised']:.3f} / {ece_max['feedback']:.3f} | "
-        "(for information) | |",
+        markdown_table(["check", "value", "target", "met"], [
+            [f"supervised - best baseline ({best_baseline}), points", f"{100 * summary['gain_over_best_baseline']:.1f}",
+             f">= {100 * TARGETS['gain_over_best_baseline']:.0f}",
+             "yes" if checks["gain_over_best_baseline"] else "no"],
+            ["worst style: best single source - supervised, points (< 0: policy better)",
+             f"{100 * summary['max_style_deficit']:.1f}", f"<= {100 * TARGETS['max_style_deficit']:.0f}",
+             "yes" if checks["max_style_deficit"] else "no"],
+            ["feedback gain / supervised gain over mean fusion", f"{ratio:.2f}",
+             f">= {TARGETS['feedback_gain_ratio']:.2f}", "yes" if checks["feedback_gain_ratio"] else "no"],
+            ["ECE supervised / feedback (mean over attributes)", f"{ece['supervised']:.3f} / {ece['feedback']:.3f}",
+             f"<= {TARGETS['ece']:.2f}", "yes" if checks["ece"] else "no"],
+            ["ECE supervised / feedback, worst attribute",
+             f"{ece_max['supervised']:.3f} / {ece_max['feedback']:.3f}", "(for information)", None],
+        ], align="lrrc", missing=""),
         "",
         "Fusion stage throughput (same batch, same process): "
         + ", ".join(f"{k} {v:,.0f} rows/s" for k, v in speed.items())

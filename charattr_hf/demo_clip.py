@@ -62,6 +62,8 @@ import numpy as np
 import torch
 
 from . import synthetic
+from .markdown import markdown_table
+from .metrics import core as metrics_core
 from .schema import Schema, load_schema
 
 __all__ = [
@@ -612,47 +614,44 @@ def evaluate_zero_shot(
 
 
 def _score(schema: Schema, probs: list[dict | None], truths: list[dict]) -> dict[str, dict[str, Any]]:
+    """Per attribute, the metrics of :mod:`charattr_hf.metrics.core` on the rows with ground truth (a row without
+    probabilities counts as wrong). Single-label: ``accuracy``, ``confidence`` (mean top-label probability),
+    ``ece``, ``chance`` (1 / labels); multi-label (presence at the schema's threshold): ``labels`` (F1,
+    precision, recall, support per label), ``macro_f1`` and ``exact`` (whole set right)."""
     out: dict[str, dict[str, Any]] = {}
     for attr in schema:
         rows = [(p[attr.name] if p else None, t.get(attr.name)) for p, t in zip(probs, truths)]
         rows = [(p, t) for p, t in rows if t is not None]
         if not rows:
             continue
+        k = attr.num_labels
+        prob = np.array([p if p is not None else [np.nan] * k for p, _ in rows], dtype=np.float64).reshape(-1, k)
+        known = np.isfinite(prob).all(axis=1)
         if attr.multi_label:
-            per_label = {}
-            exact = 0
-            pred_sets = []
-            for p, t in rows:
-                pred = set() if p is None else {k for k, v in enumerate(p) if v >= attr.threshold}
-                pred_sets.append((pred, set(t)))
-                exact += pred == set(t)
-            for k, lab in enumerate(attr.labels):
-                tp = sum(k in pr and k in tr for pr, tr in pred_sets)
-                fp = sum(k in pr and k not in tr for pr, tr in pred_sets)
-                fn = sum(k not in pr and k in tr for pr, tr in pred_sets)
-                prec = tp / (tp + fp) if tp + fp else 0.0
-                rec = tp / (tp + fn) if tp + fn else 0.0
-                f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-                per_label[lab.name] = {"f1": f1, "precision": prec, "recall": rec, "support": tp + fn}
+            ref = np.zeros((len(rows), k), dtype=np.int64)
+            for r, (_, t) in enumerate(rows):
+                ref[r, list(t)] = 1
+            pred = np.where(known[:, None], (prob >= attr.threshold).astype(np.int64), -1)
+            m = metrics_core.score_multi_label(pred, ref, prob, label_threshold=attr.threshold)
+            per = m["per_label"]
             out[attr.name] = {
-                "labels": per_label,
-                "macro_f1": float(np.mean([v["f1"] for v in per_label.values()])),
-                "exact": exact / len(rows),
-                "n": len(rows),
+                "labels": {lab.name: {key: per[key][j] for key in ("f1", "precision", "recall", "support")}
+                           for j, lab in enumerate(attr.labels)},
+                "macro_f1": m["macro_f1"],
+                "exact": m["subset_accuracy"],
+                "n": m["n"],
             }
         else:
-            correct, conf = 0, 0.0
-            for p, t in rows:
-                if p is None:
-                    continue
-                k = int(np.argmax(p))
-                correct += k == t
-                conf += float(p[k])
+            ref = np.array([t for _, t in rows], dtype=np.int64)
+            pred = np.where(known, np.nan_to_num(prob).argmax(axis=1), -1)
+            conf = np.where(known, np.nan_to_num(prob).max(axis=1), np.nan)
+            m = metrics_core.score_single_label(pred, ref, conf)
             out[attr.name] = {
-                "accuracy": correct / len(rows),
-                "confidence": conf / len(rows),
+                "accuracy": m["accuracy"],
+                "confidence": m["mean_confidence"] if m["mean_confidence"] is not None else 0.0,
+                "ece": m["ece"],
                 "chance": 1.0 / attr.num_labels,
-                "n": len(rows),
+                "n": m["n"],
             }
     return out
 
@@ -672,20 +671,15 @@ def format_results(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> st
     first = results[styles[0]]
     single = [a for a, m in first.items() if "accuracy" in m]
     multi = [a for a, m in first.items() if "labels" in m]
-    lines = ["accuracy (mean top-label confidence; chance = 1/labels)", ""]
-    lines.append("| style | " + " | ".join(single) + " | mean |")
-    lines.append("|---" * (len(single) + 2) + "|")
-    for style in styles:
-        cells = [f"{results[style][a]['accuracy']:.3f} ({results[style][a]['confidence']:.2f})" for a in single]
-        lines.append(f"| {style} | " + " | ".join(cells) + f" | {single_label_mean(results[style]):.3f} |")
-    lines.append("| chance | " + " | ".join(f"{first[a]['chance']:.3f}" for a in single) + " | |")
+    rows = [[style, *(f"{results[style][a]['accuracy']:.3f} ({results[style][a]['confidence']:.2f})" for a in single),
+             f"{single_label_mean(results[style]):.3f}"] for style in styles]
+    rows.append(["chance", *(f"{first[a]['chance']:.3f}" for a in single), ""])
+    lines = ["accuracy (mean top-label confidence; chance = 1/labels)", "",
+             markdown_table(["style", *single, "mean"], rows, missing="")]
     for attr in multi:
         labels = list(first[attr]["labels"])
         lines += ["", f"{attr}: F1 per label (threshold from the schema), macro F1, exact-set accuracy", ""]
-        lines.append("| style | " + " | ".join(labels) + " | macro F1 | exact |")
-        lines.append("|---" * (len(labels) + 3) + "|")
-        for style in styles:
-            m = results[style][attr]
-            cells = [f"{m['labels'][lab]['f1']:.3f}" for lab in labels]
-            lines.append(f"| {style} | " + " | ".join(cells) + f" | {m['macro_f1']:.3f} | {m['exact']:.3f} |")
+        rows = [[style, *(results[style][attr]["labels"][lab]["f1"] for lab in labels),
+                 results[style][attr]["macro_f1"], results[style][attr]["exact"]] for style in styles]
+        lines.append(markdown_table(["style", *labels, "macro F1", "exact"], rows))
     return "\n".join(lines)

@@ -6,7 +6,8 @@ joined by id from another dataset), :func:`evaluate_annotations` scores every so
 single-label attributes, ``p >= threshold`` per label for multi-label ones) and the fused output
 (``source = "fused"``), overall (``group = "all"``) and per group (the ``style`` column by default).
 
-Metrics (computed by the offline ``evaluate`` modules of :mod:`charattr_hf.metrics`):
+Metrics (computed by :mod:`charattr_hf.metrics.core`, the arithmetic behind the offline ``evaluate`` modules
+of :mod:`charattr_hf.metrics`, so a report and those modules always agree):
 
 * single-label: accuracy, macro-F1 (and support-weighted F1), top-label ECE, coverage and accuracy when
   abstaining below ``abstain_threshold`` (plus a small coverage/accuracy curve);
@@ -38,13 +39,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import ClassLabel, Dataset, DatasetDict, Features, LargeList, List, load_dataset, load_from_disk
+from datasets import ClassLabel, Dataset, DatasetDict, Features, LargeList, List
 
-import evaluate
-
-from .inputs import is_saved_dataset
-from .metrics import CalibrationError, LabelAccuracy, LabelF1, SelectiveAccuracy
-from .metrics._core import DEFAULT_CURVE_THRESHOLDS
+from .markdown import markdown_table
+from .metrics import core
+from .metrics.core import DEFAULT_CURVE_THRESHOLDS
+from .reader import read_dataset
 from .schema import SOURCES, Attribute, Label, Schema, load_schema
 
 __all__ = [
@@ -52,6 +52,8 @@ __all__ = [
     "ALL_GROUP",
     "evaluate_annotations",
     "schema_from_features",
+    "read_truth",
+    "fused_prediction",
     "load_annotations",
     "to_markdown",
     "write_report",
@@ -145,36 +147,10 @@ def schema_from_features(
 
 # ============================================================================================ loading
 def load_annotations(path: "str | os.PathLike | Dataset | DatasetDict", split: str = "train") -> Dataset:
-    """Open an annotated (or labels) dataset from wherever it lives.
-
-    Accepts a ``Dataset``; a ``DatasetDict`` (takes ``split``); a ``save_to_disk`` folder; a Parquet,
-    JSON Lines or CSV file (or glob); a folder or Hub id that ``load_dataset`` understands (the pipeline's
-    output folder: ``data/train-*.parquet`` + README.md).
-    """
-    if isinstance(path, DatasetDict):
-        return _pick_split(path, split, "the DatasetDict")
-    if isinstance(path, Dataset):
-        return path
-    text = os.fspath(path)
-    p = Path(text)
-    if is_saved_dataset(p):
-        loaded = load_from_disk(text)
-        return _pick_split(loaded, split, text) if isinstance(loaded, DatasetDict) else loaded
-    suffixes = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
-    builder = suffixes.get(p.suffix.lower())
-    if builder:
-        if not any(ch in text for ch in "*?[") and not p.is_file():
-            raise FileNotFoundError(f"no such file: {text}")
-        return load_dataset(builder, data_files=text, split="train")
-    if not p.exists() and (text.startswith((".", "/", "~")) or text.count("/") > 1):
-        raise FileNotFoundError(f"no such dataset folder: {text}")
-    return load_dataset(text, split=split)
-
-
-def _pick_split(dd: DatasetDict, split: str, where: str) -> Dataset:
-    if split not in dd:
-        raise EvaluationError(f"{where} has no split {split!r}; splits: {list(dd)}")
-    return dd[split]
+    """Open an annotated (or labels) dataset from wherever it lives, with :func:`charattr_hf.reader.read_dataset`:
+    a ``Dataset``; a ``DatasetDict`` (takes ``split``); a ``save_to_disk`` folder; a Parquet, JSON Lines or CSV
+    file (or glob); the annotation output folder (``data/train-*.parquet`` + README.md) or a Hub id."""
+    return read_dataset(path, split)
 
 
 # ============================================================================================ arrow -> numpy
@@ -280,7 +256,7 @@ def _struct_field(col: pa.Array, field: str) -> pa.Array | None:
 
 
 # ============================================================================================ truth
-def _read_truth(
+def read_truth(
     table: pa.Table, features: Features, schema: Schema, where: str
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Ground truth per attribute, from a ``truth`` struct or from top-level columns named like attributes.
@@ -339,7 +315,7 @@ def _join_truth(
         position = {str(k): v for k, v in position.items()}
         ids = [None if i is None else str(i) for i in ids]
     pos = np.array([position.get(i, -1) if i is not None else -1 for i in ids], dtype=np.int64)
-    raw = _read_truth(table, labels.features, schema, "labels")
+    raw = read_truth(table, labels.features, schema, "labels")
     if not raw:
         raise EvaluationError(
             f"labels have neither a {TRUTH!r} struct nor columns named like the attributes "
@@ -415,7 +391,9 @@ def _source_prediction(table: pa.Table, source: str, attr: Attribute) -> _Predic
     return _Prediction(labels, conf, None)
 
 
-def _fused_prediction(table: pa.Table, features: Features, attr: Attribute) -> _Prediction:
+def fused_prediction(table: pa.Table, features: Features, attr: Attribute) -> _Prediction:
+    """The fused ``<attr>`` (and ``<attr>_confidence``) columns as label indices (single-label, -1 = none) or a
+    0/1 matrix with rows of -1 for none (multi-label), in ``attr``'s label order (matched by name)."""
     arr = _combine(table.column(attr.name))
     where = f"column {attr.name!r}"
     if attr.multi_label:
@@ -456,19 +434,6 @@ def _group_values(table: pa.Table, features: Features, group_by: str) -> np.ndar
 
 
 # ============================================================================================ metrics
-class _Metrics:
-    """The metric modules, instantiated once per evaluation (``compute`` resets them)."""
-
-    def __init__(self, cache_dir: str | None):
-        kw = {"keep_in_memory": True, "cache_dir": cache_dir}
-        self.single = evaluate.combine([LabelAccuracy("multiclass", **kw), LabelF1("multiclass", **kw)])
-        self.multi = evaluate.combine([LabelAccuracy("multilabel", **kw), LabelF1("multilabel", **kw)])
-        self.ece_single = CalibrationError("multiclass", **kw)
-        self.ece_multi = CalibrationError("multilabel", **kw)
-        self.sel_single = SelectiveAccuracy("multiclass", **kw)
-        self.sel_multi = SelectiveAccuracy("multilabel", **kw)
-
-
 def _json_default(x: Any) -> Any:
     """NumPy scalars as Python numbers for ``json.dumps``; anything else is a bug worth an error."""
     if isinstance(x, np.generic):
@@ -476,80 +441,17 @@ def _json_default(x: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
 
 
-def _single_cell(
-    m: _Metrics, pred: _Prediction, ref: np.ndarray, mask: np.ndarray, threshold: float, bins: int, curve: Sequence[float]
-) -> dict:
-    p, r, c = pred.labels[mask], ref[mask], pred.confidences[mask]  # type: ignore[index]
-    cls = m.single.compute(predictions=p, references=r)
-    cal = m.ece_single.compute(predictions=p, references=r, confidences=c, num_bins=bins)
-    sel = m.sel_single.compute(predictions=p, references=r, confidences=c, threshold=threshold, thresholds=curve)
-    return {
-        "n": cls["n"],
-        "missing": cls["missing"],
-        "accuracy": cls["accuracy"],
-        "macro_f1": cls["macro_f1"],
-        "weighted_f1": cls["weighted_f1"],
-        "ece": cal["ece"],
-        "mce": cal["mce"],
-        "mean_confidence": cal["mean_confidence"],
-        "calibration_n": cal["n"],
-        "reliability": cal["bins"],
-        "coverage": sel["coverage"],
-        "selective_accuracy": sel["accuracy"],
-        "kept": sel["kept"],
-        "curve": sel["curve"],
-    }
-
-
-def _multi_cell(
-    m: _Metrics,
-    pred: _Prediction,
-    ref: np.ndarray,
-    mask: np.ndarray,
-    attr: Attribute,
-    threshold: float,
-    bins: int,
+def _cell(
+    pred: _Prediction, ref: np.ndarray, mask: np.ndarray, attr: Attribute, threshold: float, bins: int,
     curve: Sequence[float],
 ) -> dict:
-    p, r = pred.labels[mask], ref[mask]
-    cls = m.multi.compute(predictions=p, references=r)
-    cell = {
-        "n": cls["n"],
-        "missing": cls["missing"],
-        "subset_accuracy": cls["subset_accuracy"],
-        "micro_f1": cls["micro_f1"],
-        "macro_f1": cls["macro_f1"],
-        "micro_precision": cls["micro_precision"],
-        "micro_recall": cls["micro_recall"],
-        "ece": None,
-        "mce": None,
-        "calibration_n": 0,
-        "reliability": [],
-        "coverage": None,
-        "selective_accuracy": None,
-        "kept": None,
-        "decisions": None,
-        "curve": [],
-    }
-    if pred.probabilities is not None:
-        # NaN rows (no evidence) go through as NaN: the modules leave them out of ECE and withhold them.
-        prob = pred.probabilities[mask]
-        cal = m.ece_multi.compute(probabilities=prob, references=r, num_bins=bins)
-        sel = m.sel_multi.compute(
-            probabilities=prob, references=r, threshold=threshold, label_threshold=attr.threshold, thresholds=curve
-        )
-        cell.update(
-            ece=cal["ece"],
-            mce=cal["mce"],
-            calibration_n=cal["n"],
-            reliability=cal["bins"],
-            coverage=sel["coverage"],
-            selective_accuracy=sel["accuracy"],
-            kept=sel["kept"],
-            decisions=sel["n"],
-            curve=sel["curve"],
-        )
-    return cell
+    """All metrics of one (attribute, source, group) on the rows of ``mask``."""
+    settings = {"threshold": threshold, "num_bins": bins, "thresholds": curve}
+    if attr.multi_label:
+        # NaN probability rows (no evidence) go through as NaN: left out of ECE and withheld from coverage.
+        prob = None if pred.probabilities is None else pred.probabilities[mask]
+        return core.score_multi_label(pred.labels[mask], ref[mask], prob, label_threshold=attr.threshold, **settings)
+    return core.score_single_label(pred.labels[mask], ref[mask], pred.confidences[mask], **settings)  # type: ignore[index]
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -572,7 +474,6 @@ def evaluate_annotations(
     num_bins: int = 15,
     curve_thresholds: Sequence[float] = DEFAULT_CURVE_THRESHOLDS,
     split: str = "train",
-    cache_dir: str | None = None,
 ) -> dict:
     """Score an annotated dataset against ground truth; returns the JSON-able report.
 
@@ -590,7 +491,6 @@ def evaluate_annotations(
         abstain_threshold: confidence below which a decision is withheld, for coverage.
         num_bins: ECE bins.
         curve_thresholds: thresholds of the coverage/accuracy curve.
-        cache_dir: where ``evaluate`` may create its (empty) metric folders; default ``HF_METRICS_CACHE``.
 
     Returns:
         ``{"attributes": {attr: {"multi_label", "labels", "rows_with_truth", "results": {source: {group:
@@ -641,7 +541,7 @@ def evaluate_annotations(
                 f"no row of the dataset matched an id of the labels ({id_column!r} vs {labels_id_column!r})"
             )
     elif TRUTH in table.column_names:
-        truth = _read_truth(table.select([TRUTH]), features, schema_obj, "dataset")
+        truth = read_truth(table.select([TRUTH]), features, schema_obj, "dataset")
     else:
         raise EvaluationError(
             f"no ground truth: the dataset has no {TRUTH!r} column; join labels with "
@@ -686,7 +586,6 @@ def evaluate_annotations(
             groups[g] = values == g
 
     # -- score
-    metrics = _Metrics(cache_dir)
     results: dict[str, Any] = {}
     for name in attr_names:
         attr = schema_obj[name]
@@ -696,7 +595,7 @@ def evaluate_annotations(
             if source == FUSED:
                 if name not in table.column_names:
                     continue
-                pred = _fused_prediction(table, features, attr)
+                pred = fused_prediction(table, features, attr)
             else:
                 pred = _source_prediction(table, source, attr)
             per_group: dict[str, dict] = {}
@@ -704,11 +603,7 @@ def evaluate_annotations(
                 mask = gmask & valid
                 if not mask.any():
                     continue
-                if attr.multi_label:
-                    cell = _multi_cell(metrics, pred, ref, mask, attr, abstain_threshold, num_bins, curve_thresholds)
-                else:
-                    cell = _single_cell(metrics, pred, ref, mask, abstain_threshold, num_bins, curve_thresholds)
-                per_group[g] = cell
+                per_group[g] = _cell(pred, ref, mask, attr, abstain_threshold, num_bins, curve_thresholds)
             per_source[source] = per_group
         results[name] = {
             "multi_label": attr.multi_label,
@@ -763,20 +658,6 @@ def evaluate_annotations(
 
 
 # ============================================================================================ reporting
-def _fmt(x: Any, digits: int = 3) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.{digits}f}"
-    return str(x)
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
-    return lines
-
-
 def to_markdown(report: Mapping[str, Any]) -> str:
     """The report as Markdown: the per-source mean over single-label attributes, then one row per
     (attribute, group, source)."""
@@ -799,7 +680,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     lines.append("## Mean accuracy over single-label attributes")
     lines.append("")
     rows = [[s] + [report["summary"][s][g]["mean_accuracy"] for g in groups] for s in report["sources"]]
-    lines += _md_table(["source", *groups], rows)
+    lines.append(markdown_table(["source", *groups], rows))
     single_rows, multi_rows = [], []
     for name, a in report["attributes"].items():
         for g in groups:
@@ -819,20 +700,20 @@ def to_markdown(report: Mapping[str, Any]) -> str:
                     )
     if single_rows:
         lines += ["", "## Single-label attributes", ""]
-        lines += _md_table(
+        lines.append(markdown_table(
             ["attribute", "group", "source", "n", "missing", "accuracy", "macro-F1", "mean conf.", "ECE",
              f"coverage@{t:g}", f"accuracy@{t:g}"],
             single_rows,
-        )
+        ))
     if multi_rows:
         lines += ["", "## Multi-label attributes", ""]
         lines.append(f"Coverage and accuracy@{t:g} count per-label decisions, not rows.")
         lines.append("")
-        lines += _md_table(
+        lines.append(markdown_table(
             ["attribute", "group", "source", "n", "missing", "exact match", "micro-F1", "macro-F1", "ECE",
              f"coverage@{t:g}", f"accuracy@{t:g}"],
             multi_rows,
-        )
+        ))
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
     return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from . import __version__
+from .markdown import markdown_table
 from .summary import features_of, format_summary, summarize
 
 if TYPE_CHECKING:
@@ -37,8 +38,6 @@ in `error`, so the row count equals the input's.
 
 ## Pipeline
 
-| setting | value |
-|---|---|
 {settings}
 
 ## Columns
@@ -97,7 +96,7 @@ def write_dataset_card(output_dir: Path, split: str, pipeline: "Pipeline", extra
     DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
 
     settings = {**pipeline.description, **(extra or {})}
-    rows = "\n".join(f"| {k} | {_cell(v)} |" for k, v in settings.items())
+    rows = markdown_table(["setting", "value"], [[k, _cell(v)] for k, v in settings.items()])
     attrs = "\n".join(
         f"- `{a.name}`{' (multi-label)' if a.multi_label else ''}: {', '.join(a.label_names)}"
         for a in pipeline.schema
@@ -122,10 +121,10 @@ def write_dataset_card(output_dir: Path, split: str, pipeline: "Pipeline", extra
     return path
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any) -> str | None:
     if isinstance(value, (list, tuple)):
-        return ", ".join(map(str, value)) or "-"
-    return str(value).replace("|", "\\|") if value is not None else "-"
+        return ", ".join(map(str, value)) or None
+    return None if value is None else str(value)
 
 
 def push_dataset(
@@ -137,8 +136,11 @@ def push_dataset(
     commit_message: str = "Upload annotations made with charattr-hf",
     token: str | None = None,
     api=None,
+    extra_patterns: tuple[str, ...] = ("images/*.png", "curation.json"),
 ) -> str:
-    """Upload ``data/`` and README.md of ``output_dir`` to the dataset repository ``repo_id``; returns its URL."""
+    """Upload ``data/`` and README.md of ``output_dir`` to the dataset repository ``repo_id``; returns its URL.
+
+    ``extra_patterns``: other files to upload when present (the curated card's pictures and report)."""
     from huggingface_hub import HfApi
 
     output_dir = Path(output_dir)
@@ -153,7 +155,7 @@ def push_dataset(
         repo_id=repo_id,
         repo_type="dataset",
         revision=revision,
-        allow_patterns=["data/*.parquet", "README.md", "summary.json"],
+        allow_patterns=["data/*.parquet", "README.md", "summary.json", *extra_patterns],
         delete_patterns=[f"data/{name}-*.parquet" for name in splits],
         commit_message=commit_message,
     )

@@ -10,14 +10,13 @@ present). The row position becomes ``index`` later, when the runner cuts the inp
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Sequence, Union
 
-import datasets
 from datasets import Dataset, Image, IterableDataset, Value
 
 from .options import InputSpec
+from .reader import is_saved_dataset, read_dataset  # noqa: F401 - is_saved_dataset: also imported from here
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +24,6 @@ __all__ = ["InputSpec", "open_dataset", "AnyDataset"]
 
 AnyDataset = Union[Dataset, IterableDataset]
 
-_IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-_TABLE_EXT = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
 _TAG_NAMES = ("tags", "tag_string", "tag_string_general", "general_tags", "danbooru_tags")
 _CAPTION_NAMES = ("caption", "text", "prompt", "description")
 _ID_NAMES = ("id", "image_id", "post_id", "uid", "key", "__key__")
@@ -42,12 +39,6 @@ def open_dataset(spec: InputSpec) -> AnyDataset:
             raise ValueError("--limit must be >= 0")
         ds = ds.take(spec.limit) if isinstance(ds, IterableDataset) else ds.select(range(min(spec.limit, len(ds))))
     return ds
-
-
-def is_saved_dataset(path: "str | os.PathLike") -> bool:
-    """Whether ``path`` is a folder written by ``save_to_disk`` (a ``Dataset`` or a ``DatasetDict``)."""
-    path = Path(path)
-    return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
 
 
 def image_folder_root(spec: InputSpec, ds: AnyDataset) -> str | None:
@@ -67,35 +58,8 @@ def _load(spec: InputSpec) -> AnyDataset:
         n = spec.sample_size if spec.limit is None else min(spec.sample_size, spec.limit)  # draw only what is used
         ds = sample_dataset(n=n, size=spec.sample_image_size)
         return ds.to_iterable_dataset() if spec.streaming else ds
-    path = Path(spec.dataset).expanduser()
-    kwargs = {"split": spec.split, "streaming": spec.streaming}
-    if path.is_dir():
-        if is_saved_dataset(path):
-            ds = datasets.load_from_disk(str(path))  # a save_to_disk folder (one Dataset or a DatasetDict)
-            if isinstance(ds, datasets.DatasetDict):
-                if spec.split not in ds:
-                    raise ValueError(f"{spec.dataset}: no split {spec.split!r}; splits: {list(ds)} (use --split)")
-                ds = ds[spec.split]
-            return ds.to_iterable_dataset() if spec.streaming else ds
-        files = [p for p in path.rglob("*") if p.is_file()]
-        tables = [p for p in files if p.suffix in (".parquet", ".arrow")]
-        if tables and not any(p.suffix.lower() in _IMAGE_EXT for p in files):
-            try:  # a dataset repository layout (README configs / data/ folder)
-                return datasets.load_dataset(str(path), spec.config, **kwargs)
-            except (ValueError, FileNotFoundError) as exc:
-                if str(exc).startswith(("Unknown split", "Bad split")):  # named splits, none the one asked for
-                    raise ValueError(f"{spec.dataset}: {exc} (use --split)") from exc
-                builder = _TABLE_EXT[tables[0].suffix]
-                return datasets.load_dataset(builder, data_files=[str(p) for p in sorted(tables)], **kwargs)
-        return datasets.load_dataset("imagefolder", data_dir=str(path), **kwargs)
-    if path.is_file() or any(ch in spec.dataset for ch in "*?["):
-        builder = _TABLE_EXT.get(path.suffix)
-        if builder is None:
-            raise ValueError(f"{spec.dataset}: unsupported file type (use Parquet, Arrow, CSV or JSON)")
-        return datasets.load_dataset(builder, data_files=spec.dataset, **kwargs)
-    if spec.dataset.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"dataset path not found: {spec.dataset}")
-    return datasets.load_dataset(spec.dataset, spec.config, revision=spec.revision, **kwargs)
+    # the one dataset loader, shared with the evaluation and fusion training
+    return read_dataset(spec.dataset, spec.split, config=spec.config, revision=spec.revision, streaming=spec.streaming)
 
 
 def _pick(columns: Sequence[str], given: str | None, candidates: Sequence[str], what: str) -> str | None:

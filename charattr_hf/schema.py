@@ -232,6 +232,7 @@ class Schema:
             "width": Value("int32"),
             "height": Value("int32"),
             "quality": QUALITY_FEATURES,
+            "signature": _signature_features(),  # near-duplicate signatures, see charattr_hf.curation (#11)
         }
         for attr in self.attributes:
             feats[attr.name] = attr.label_feature()
@@ -250,6 +251,12 @@ class Schema:
 #: Quality measurements made while decoding, stored in the ``quality`` struct column.
 QUALITY_FIELDS = ("brightness", "contrast", "saturation", "colorfulness", "sharpness")
 QUALITY_FEATURES = {name: Value("float32") for name in QUALITY_FIELDS}
+
+
+def _signature_features() -> dict:
+    from .curation.signatures import SIGNATURE_FEATURES
+
+    return dict(SIGNATURE_FEATURES)
 
 
 def probs_column(source: str) -> str:

@@ -1,14 +1,26 @@
 """Summary of an annotated dataset: rows, errors, flags, label distributions and, where ground truth is
-present, accuracy. Reads only the small columns of the Parquet files, so it is cheap for millions of rows."""
+present, accuracy. Reads only the small columns of the Parquet files, so it is cheap for millions of rows.
+
+Accuracy is counted as :mod:`charattr_hf.evaluation` counts it, with the same code: truth and predictions are
+read by :func:`~charattr_hf.evaluation.read_truth` and :func:`~charattr_hf.evaluation.fused_prediction`
+(labels matched by name) and scored by :mod:`charattr_hf.metrics.core`; rows without truth are skipped, a row
+without a prediction is wrong."""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import ClassLabel, Features, List
+
+from .markdown import markdown_table
+from .metrics import core
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["summarize", "format_summary", "features_of"]
 
@@ -25,6 +37,40 @@ def _label_info(feature) -> tuple[list[str], bool] | None:
     return None
 
 
+def _truth_schema(features: Features, attributes: Sequence[str]):
+    """The schema to score the fused columns against the ``truth`` column, or None when there is nothing to
+    score (no truth) or it cannot be scored (truth labels the predictions cannot take: see the evaluation)."""
+    from .evaluation import TRUTH, EvaluationError, schema_from_features
+
+    truth = features.get(TRUTH)
+    if not isinstance(truth, dict) or not any(a in truth for a in attributes):
+        return None
+    try:
+        schema = schema_from_features(features)
+    except EvaluationError as exc:
+        logger.warning("no accuracy in the summary: %s", exc)
+        return None
+    return schema.restrict({a: None for a in attributes if a in truth and a in schema})
+
+
+def _accuracy_counts(batch: pa.RecordBatch, features: Features, schema, where: Any) -> dict[str, tuple[int, int]]:
+    """``{attribute: (right, rows with truth)}`` of the fused columns in one batch."""
+    from .evaluation import fused_prediction, read_truth
+
+    table = pa.Table.from_batches([batch])
+    truth = read_truth(table.select(["truth"]), features, schema, str(where))
+    out = {}
+    for attr in schema:
+        if attr.name not in truth:
+            continue
+        ref, valid = truth[attr.name]
+        pred = fused_prediction(table, features, attr).labels
+        score = core.multilabel_accuracy if attr.multi_label else core.multiclass_accuracy
+        m = score(pred[valid], ref[valid])
+        out[attr.name] = (m["correct"], m["n"])
+    return out
+
+
 def summarize(files: Sequence[Path], top: int = 3, batch_rows: int = 65_536) -> dict[str, Any]:
     """Statistics of the annotated Parquet ``files`` (one dataset split), read in bounded batches."""
     files = [Path(f) for f in files]
@@ -34,11 +80,9 @@ def summarize(files: Sequence[Path], top: int = 3, batch_rows: int = 65_536) -> 
         for name, feat in features.items()
         if f"{name}_confidence" in features and (info := _label_info(feat)) is not None
     }
-    truth_labels = {}
-    if "truth" in features:
-        truth_labels = {n: i[0] for n, f in features["truth"].items() if (i := _label_info(f)) and n in attrs}
+    schema = _truth_schema(features, list(attrs))
     cols = ["error", "flags"] + list(attrs) + [f"{a}_confidence" for a in attrs]
-    if truth_labels:
+    if schema is not None:
         cols.append("truth")
 
     n = errors = flagged = 0
@@ -57,7 +101,6 @@ def summarize(files: Sequence[Path], top: int = 3, batch_rows: int = 65_536) -> 
                 if row:
                     flagged += 1
                     flag_counts.update(row)
-            truth = batch.column("truth").to_pylist() if truth_labels else None
             for name, (labels, multi) in attrs.items():
                 a = acc[name]
                 values = batch.column(name).to_pylist()
@@ -74,18 +117,10 @@ def summarize(files: Sequence[Path], top: int = 3, batch_rows: int = 65_536) -> 
                         a["counts"][labels[v]] += 1
                         a["conf_sum"] += float(c)
                         a["conf_n"] += 1
-                if name in truth_labels:
-                    # truth may be typed by another schema (another label order): compare label names
-                    tnames = truth_labels[name]
-                    for v, t in zip(values, truth):
-                        t = (t or {}).get(name)
-                        if t is None:
-                            continue
-                        a["evaluated"] += 1
-                        if multi:
-                            a["hits"] += v is not None and {labels[i] for i in v} == {tnames[i] for i in t}
-                        else:
-                            a["hits"] += v is not None and labels[v] == tnames[t]
+            if schema is not None:
+                for name, (hits, evaluated) in _accuracy_counts(batch, features, schema, path).items():
+                    acc[name]["hits"] += hits
+                    acc[name]["evaluated"] += evaluated
 
     out: dict[str, Any] = {
         "rows": n,
@@ -111,7 +146,7 @@ def summarize(files: Sequence[Path], top: int = 3, batch_rows: int = 65_536) -> 
 
 
 def format_summary(stats: dict[str, Any], images_per_second: float | None = None) -> str:
-    """A compact text table for the terminal (also used in the dataset card)."""
+    """Counts, then a Markdown table of the attributes: for the terminal and the dataset card."""
     lines = [f"rows: {stats['rows']}   errors: {stats['errors']}   flagged: {stats.get('flagged_rows', 0)}"]
     if images_per_second is not None:
         lines[0] += f"   throughput: {images_per_second:.1f} images/s"
@@ -122,13 +157,12 @@ def format_summary(stats: dict[str, Any], images_per_second: float | None = None
     attrs = stats.get("attributes", {})
     if attrs:
         has_acc = any("accuracy" in a for a in attrs.values())
-        header = f"{'attribute':<20} {'top labels':<52} {'mean conf':>9}" + (f" {'accuracy':>9}" if has_acc else "")
-        lines += ["", header, "-" * len(header)]
+        rows = []
         for name, a in attrs.items():
-            top = ", ".join(f"{lab} {share:.0%}" for lab, _, share in a["top"]) or "-"
-            conf = f"{a['mean_confidence']:.2f}" if a["mean_confidence"] is not None else "-"
-            row = f"{name:<20} {top[:52]:<52} {conf:>9}"
-            if has_acc:
-                row += f" {a['accuracy']:>9.1%}" if "accuracy" in a else f" {'-':>9}"
-            lines.append(row)
+            top = ", ".join(f"{lab} {share:.0%}" for lab, _, share in a["top"]) or None
+            conf = f"{a['mean_confidence']:.2f}" if a["mean_confidence"] is not None else None
+            acc = [f"{a['accuracy']:.1%}" if "accuracy" in a else None] if has_acc else []
+            rows.append([name, top, conf, *acc])
+        header = ["attribute", "top labels", "mean conf", *(["accuracy"] if has_acc else [])]
+        lines += ["", markdown_table(header, rows, align="llr")]
     return "\n".join(lines)

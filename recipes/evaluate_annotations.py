@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         check_input(InputSpec(dataset=args.labels))
     check_schema(args.schema)
     check_writable(args.output_dir, "--output_dir")
-    # imported after parsing: `evaluate` pulls in transformers' pipelines, seconds that --help need not wait
+    # imported after parsing: datasets and pyarrow take seconds that --help need not wait
     from charattr_hf.evaluation import EvaluationError, evaluate_annotations, to_markdown, write_report
 
     try:

@@ -127,14 +127,10 @@ def main(argv: Optional[list[str]] = None) -> Path:
 
     # ---------------------------------------------------------------- data
     schema = load_schema(data_args.schema)
-    if data_args.simulate:
-        annotated = ft.simulate_annotated(schema, data_args.simulate_rows, seed=train_args.seed)
-        data_name = f"simulated test bed ({data_args.simulate_rows} rows, seed {train_args.seed})"
-    else:
-        annotated = ft.load_table(data_args.dataset, data_args.dataset_split)
-        data_name = data_args.dataset
-        if data_args.labels:
-            annotated = ft.join_labels(annotated, ft.load_table(data_args.labels, data_args.dataset_split))
+    annotated, data_name = ft.open_annotated(
+        None if data_args.simulate else data_args.dataset, data_args.dataset_split, labels=data_args.labels or None,
+        schema=schema, simulate_rows=data_args.simulate_rows, seed=train_args.seed,
+    )
     if data_args.max_rows:
         annotated = annotated.select(range(min(data_args.max_rows, len(annotated))))
     has_truth = "truth" in annotated.column_names

@@ -299,7 +299,7 @@ def test_recipe_trains_saves_and_evaluates_a_tiny_model(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "| sketch |" in proc.stdout  # the accuracy table is printed
 
-    assert (out / "charattr_schema.yaml").read_text() == (Path(S.__file__).parent / "schemas" / "synthetic.yaml").read_text()
+    assert (out / "charattr_schema.yaml").read_text() == (Path(S.__file__).parents[1] / "schemas" / "synthetic.yaml").read_text()
     with safe_open(str(out / "open_clip_model.safetensors"), "pt") as f:
         assert f.get_tensor("visual.conv1.weight").dtype == torch.float16
     model = open_clip.create_model(f"local-dir:{out}")

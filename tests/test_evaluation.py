@@ -129,7 +129,7 @@ def cell(report: dict, attr: str, source: str, group: str = ALL_GROUP) -> dict:
 # ------------------------------------------------------------------------------------------ metric modules
 def test_metric_modules_by_hand():
     acc = LabelAccuracy(keep_in_memory=True).compute(predictions=[0, 1, 1, 1, -1, 2], references=[0, 1, 2, 1, 2, 2])
-    assert acc == {"accuracy": pytest.approx(4 / 6), "n": 6, "missing": 1}
+    assert acc == {"accuracy": pytest.approx(4 / 6), "n": 6, "correct": 4, "missing": 1}
     f1 = LabelF1(keep_in_memory=True).compute(predictions=[0, 1, 1, 1, -1, 2], references=[0, 1, 2, 1, 2, 2])
     assert f1["macro_f1"] == pytest.approx((1 + 0.8 + 0.5) / 3)
     # two rows share bin 13 (0.9 and 0.92): mean confidence 0.91, accuracy 0.5 -> ECE 0.41
@@ -154,7 +154,7 @@ def test_multilabel_modules_by_hand():
     pred = [[1, 0, 0], [0, 0, 0], [0, 1, 0], [1, 1, 0], [-1, -1, -1], [0, 0, 1]]
     ref = [[1, 0, 0], [0, 0, 0], [0, 1, 1], [0, 1, 0], [1, 0, 0], [0, 0, 1]]
     acc = LabelAccuracy("multilabel", keep_in_memory=True).compute(predictions=pred, references=ref)
-    assert acc == {"subset_accuracy": 0.5, "n": 6, "missing": 1}
+    assert acc == {"subset_accuracy": 0.5, "n": 6, "correct": 3, "missing": 1}
     f1 = LabelF1("multilabel", keep_in_memory=True).compute(predictions=pred, references=ref)
     assert f1["micro_f1"] == pytest.approx(8 / 11)
     assert f1["macro_f1"] == pytest.approx((0.5 + 1 + 2 / 3) / 3)

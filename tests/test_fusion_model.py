@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import ClassLabel, Dataset, Features, List, Value
+from huggingface_hub import ModelCard
 from transformers import AutoConfig, AutoModel
 
 from charattr_hf.models.fusion import (
@@ -289,12 +290,37 @@ def test_model_card_is_rendered_on_save(tester, tmp_path):
     with pytest.raises(KeyError, match="nope"):
         render_model_card(model.config, template="{{ nope }}")
 
+    # the Hub reads the card's metadata: the policy's own measured numbers are its model-index
+    parsed = ModelCard(card)
+    assert parsed.data.library_name == "transformers" and "fusion-policy" in parsed.data.tags
+    results = {(r.metric_config, r.metric_type): r.metric_value for r in parsed.data.eval_results}
+    assert results == {("hair_length", "accuracy"): 0.74, ("hair_length", "ece"): 0.03,
+                       ("art_style", "accuracy"): 0.9, ("art_style", "ece"): 0.02}  # not "mean", not one style
+    assert {r.task_type for r in parsed.data.eval_results} == {"image-classification"}
+    assert parsed.data.to_dict()["model-index"][0]["name"] == "org/policy"
 
-def test_packaged_card_template_is_the_top_level_model_card():
-    # model_card.md is the template people edit; installed packages (wheels) carry the copy in assets/
+
+def test_untrained_policy_card_has_no_model_index(tester):
+    card = ModelCard(render_model_card(tester.model().config, model_id="org/fresh"))
+    assert card.data.eval_results is None and "model-index" not in card.data.to_dict()
+    assert "No evaluation results recorded yet" in card.text and "Untrained" in card.text
+
+
+def test_top_level_model_card_is_the_packaged_template():
+    # one file: the top-level model_card.md links to the template that wheels install with the package
     root = Path(__file__).resolve().parents[1]
     packaged = root / "charattr_hf" / "assets" / "model_card.md"
-    assert packaged.read_text() == (root / "model_card.md").read_text(), "copy model_card.md to charattr_hf/assets/"
+    assert (root / "model_card.md").resolve() == packaged.resolve()
+    assert packaged.read_text().startswith("---\n{{ card_data }}\n---\n")
+
+
+def test_shipped_demo_policy_card_is_its_rendered_card():
+    folder = Path(__file__).resolve().parents[1] / "charattr_hf" / "assets" / "demo-fusion"
+    model = CharattrFusionModel.from_pretrained(folder)
+    shipped = (folder / "README.md").read_text()
+    rendered = render_model_card(model.config, model_id="charattr_hf/assets/demo-fusion")
+    assert shipped.startswith(rendered)  # plus a closing section on the demo policy itself
+    assert len(ModelCard(shipped).data.eval_results) == 2 * len(model.config.attributes)
 
 
 def test_push_to_hub_publishes_rendered_card(tester):
@@ -322,7 +348,7 @@ def test_push_to_hub_publishes_rendered_card(tester):
     assert uploaded["files"] == ["README.md", "config.json", "model.safetensors"]
     assert "# org/charattr-fusion" in uploaded["card"]
     assert "| hair_length | 200 | 61.0 | 0.080 | 74.0 | 0.030 |" in uploaded["card"]
-    assert "anime]" in uploaded["card"].split("---")[1]  # tag added to the YAML header
+    assert ModelCard(uploaded["card"]).data.tags[-1] == "anime"  # tag added to the YAML header
     assert uploaded["kwargs"]["revision"] == "exp"
 
 

@@ -144,6 +144,18 @@ def test_join_labels_matches_truth_column(bed):
     np.testing.assert_array_equal(ft.build_features(joined2, bed["config"]).labels[:, 0], ref.labels[:, 0])
 
 
+
+def test_open_annotated_reads_files_joins_labels_or_simulates(bed, tmp_path):
+    ds = bed["train_ds"].select(range(30))
+    ds.remove_columns("truth").to_parquet(str(tmp_path / "annotated.parquet"))
+    ds.select_columns(["id", "truth"]).select(range(20)).to_parquet(str(tmp_path / "labels.parquet"))
+    rows, name = ft.open_annotated(str(tmp_path / "annotated.parquet"), labels=str(tmp_path / "labels.parquet"))
+    assert name == str(tmp_path / "annotated.parquet") and rows["id"] == ds["id"]
+    assert rows["truth"][:20] == ds["truth"][:20] and rows["truth"][20:] == [None] * 10
+    sim, name = ft.open_annotated(None, schema=bed["schema"], simulate_rows=25, seed=11)
+    assert sim["id"] == bed["train_ds"]["id"][:25] and name == "simulated test bed (25 rows, seed 11)"
+
+
 # ------------------------------------------------------------------------------------------ feedback
 def test_simulated_feedback_log(bed):
     ds = bed["train_ds"].select(range(200))
@@ -163,6 +175,27 @@ def test_simulated_feedback_log(bed):
     noisy = ft.simulate_feedback(ds, bed["config"], "confidence", epsilon=0.2, seed=3, noise_rate=0.3)
     flipped = np.mean(np.asarray(noisy["reward"]) != np.asarray(log["reward"]))
     assert 0.2 < flipped < 0.4
+
+
+def test_a_log_written_by_another_program_in_the_documented_format_trains(bed, tmp_path):
+    """A review app writes the five required columns of the feedback module's schema with plain pyarrow (its own
+    integer and float widths, no datasets metadata); the recipe's loader reads it and training uses it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    simulated = ft.simulate_feedback(bed["train_ds"].select(range(300)), bed["config"], "confidence", seed=5)
+    columns = simulated.select_columns(["id", "attribute", "action", "propensity", "reward"]).to_dict()
+    table = pa.table({"id": columns["id"], "attribute": columns["attribute"],
+                      "action": pa.array(columns["action"], pa.int64()),
+                      "propensity": pa.array(columns["propensity"], pa.float64()),
+                      "reward": pa.array(columns["reward"], pa.float64())})
+    pq.write_table(table, tmp_path / "reviews.parquet")
+    log = ft.load_table(str(tmp_path / "reviews.parquet"))
+    ft.validate_feedback(log, bed["config"])
+    model = ft.build_model(bed["config"], seed=0)
+    args = ft.FusionTrainingConfig(max_epochs=2, patience=2, seed=0, calibrate=False)
+    result = ft.train_from_feedback(model, bed["train"], log, args=args)
+    assert result.epochs_run == 2 and model.config.training_info[-1]["events"] == len(table)
 
 
 def test_validate_feedback_rejects_bad_logs(bed):

@@ -68,7 +68,9 @@ def test_synthetic_schema_is_a_subset_of_default():
 
 
 def test_emitted_tags_belong_to_their_label():
-    for attr, choices in S._TAG_CHOICES.items():
+    from charattr_hf.synthetic.text import _TAG_CHOICES
+
+    for attr, choices in _TAG_CHOICES.items():
         for label, tags in choices.items():
             schema_tags = SCHEMA[attr].labels[SCHEMA[attr].index(label)].tags
             assert set(tags) <= set(schema_tags), (attr, label)

@@ -13,6 +13,9 @@ modules cache, ``HF_MODULES_CACHE``)::
     from charattr_hf.metrics import metric_path
     f1 = evaluate.load(metric_path("label_f1"), "multilabel")
 
+The arithmetic is :mod:`charattr_hf.metrics.core`, which the rest of charattr-hf calls directly; importing it
+(or this package) does not import ``evaluate``: the module classes load on first use.
+
 Modules (each with a ``multiclass`` default config and a ``multilabel`` config):
 
 - ``label_accuracy``: accuracy / exact-match accuracy, missing predictions (-1) counted wrong;
@@ -23,15 +26,16 @@ Modules (each with a ``multiclass`` default config and a ``multilabel`` config):
 
 from __future__ import annotations
 
-from importlib import resources
-from typing import Any
+from importlib import import_module, resources
+from typing import TYPE_CHECKING, Any
 
-import evaluate
+if TYPE_CHECKING:  # the classes import ``evaluate``: loaded on first use, see __getattr__
+    import evaluate
 
-from .calibration_error import CalibrationError
-from .label_accuracy import LabelAccuracy
-from .label_f1 import LabelF1
-from .selective_accuracy import SelectiveAccuracy
+    from .calibration_error import CalibrationError
+    from .label_accuracy import LabelAccuracy
+    from .label_f1 import LabelF1
+    from .selective_accuracy import SelectiveAccuracy
 
 __all__ = [
     "CalibrationError",
@@ -43,29 +47,43 @@ __all__ = [
     "load_metric",
 ]
 
-#: Metric module name -> class.
-METRICS: dict[str, type[evaluate.Metric]] = {
-    "label_accuracy": LabelAccuracy,
-    "label_f1": LabelF1,
-    "calibration_error": CalibrationError,
-    "selective_accuracy": SelectiveAccuracy,
+#: Metric module name -> class name (the class is ``metric_class(name)``).
+_CLASSES: dict[str, str] = {
+    "label_accuracy": "LabelAccuracy",
+    "label_f1": "LabelF1",
+    "calibration_error": "CalibrationError",
+    "selective_accuracy": "SelectiveAccuracy",
 }
+
+
+def metric_class(name: str) -> "type[evaluate.Metric]":
+    """The ``evaluate.Metric`` class of a shipped metric module."""
+    if name not in _CLASSES:
+        raise KeyError(f"unknown metric {name!r}; available: {sorted(_CLASSES)}")
+    return getattr(import_module(f"{__name__}.{name}"), _CLASSES[name])
+
+
+def __getattr__(attr: str) -> Any:
+    if attr == "METRICS":  # metric module name -> class
+        return {name: metric_class(name) for name in _CLASSES}
+    for name, cls in _CLASSES.items():
+        if cls == attr:
+            return metric_class(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
 def metric_path(name: str) -> str:
     """Local path of a metric script, for ``evaluate.load(metric_path(name), config_name)``."""
-    if name not in METRICS:
-        raise KeyError(f"unknown metric {name!r}; available: {sorted(METRICS)}")
+    if name not in _CLASSES:
+        raise KeyError(f"unknown metric {name!r}; available: {sorted(_CLASSES)}")
     return str(resources.files("charattr_hf.metrics") / f"{name}.py")
 
 
-def load_metric(name: str, config_name: str = "multiclass", **kwargs: Any) -> evaluate.Metric:
+def load_metric(name: str, config_name: str = "multiclass", **kwargs: Any) -> "evaluate.Metric":
     """Instantiate a shipped metric without copying its script (``keep_in_memory=True`` by default).
 
     Keeping inputs in memory avoids Arrow cache files and locks under ``HF_METRICS_CACHE``; ``evaluate``
     still creates that (empty) metric folder, so pass ``cache_dir`` to put it elsewhere.
     """
-    if name not in METRICS:
-        raise KeyError(f"unknown metric {name!r}; available: {sorted(METRICS)}")
     kwargs.setdefault("keep_in_memory", True)
-    return METRICS[name](config_name=config_name, **kwargs)
+    return metric_class(name)(config_name=config_name, **kwargs)

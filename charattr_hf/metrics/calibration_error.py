@@ -6,7 +6,7 @@ path of this file (``charattr_hf.metrics.metric_path("calibration_error")``); it
 
 import evaluate
 
-from charattr_hf.metrics import _core
+from charattr_hf.metrics import core
 
 _DESCRIPTION = """\
 Expected calibration error with equal-width bins (15 by default, as in Guo et al. 2017).
@@ -54,17 +54,10 @@ class CalibrationError(evaluate.Metric):
     """Expected calibration error (top-label for multiclass, per-label presence for multilabel)."""
 
     def _info(self) -> evaluate.MetricInfo:
-        features, fmt = _core.input_features(self.config_name, "confidences")
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=features,
-            format=fmt,
-            reference_urls=["https://arxiv.org/abs/1706.04599"],
-        )
+        return core.metric_info(self.config_name, "confidences", _DESCRIPTION, _KWARGS_DESCRIPTION, _CITATION,
+                                reference_urls=["https://arxiv.org/abs/1706.04599"])
 
     def _compute(self, references, predictions=None, confidences=None, probabilities=None, num_bins=15):
         if self.config_name == "multilabel":
-            return _core.multilabel_calibration(probabilities, references, num_bins=int(num_bins))
-        return _core.multiclass_calibration(predictions, references, confidences, num_bins=int(num_bins))
+            return core.multilabel_calibration(probabilities, references, num_bins=int(num_bins))
+        return core.multiclass_calibration(predictions, references, confidences, num_bins=int(num_bins))

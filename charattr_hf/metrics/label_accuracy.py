@@ -6,7 +6,7 @@ of this file (``charattr_hf.metrics.metric_path("label_accuracy")``); it needs n
 
 import evaluate
 
-from charattr_hf.metrics import _core
+from charattr_hf.metrics import core
 
 _DESCRIPTION = """\
 Accuracy of attribute labels.
@@ -26,14 +26,15 @@ Args:
     references: label indices or 0/1 indicator vectors, same shape as the predictions.
 Returns:
     accuracy (multiclass) or subset_accuracy (multilabel): float in [0, 1], None when there are no rows;
-    n: number of rows; missing: number of missing predictions.
+    n: number of rows; correct: rows predicted right (exactly right, multilabel); missing: number of missing
+    predictions.
 Examples:
     >>> from charattr_hf.metrics import LabelAccuracy
     >>> LabelAccuracy(keep_in_memory=True).compute(predictions=[0, 1, -1], references=[0, 1, 1])
-    {'accuracy': 0.6666666666666666, 'n': 3, 'missing': 1}
+    {'accuracy': 0.6666666666666666, 'n': 3, 'correct': 2, 'missing': 1}
     >>> LabelAccuracy("multilabel", keep_in_memory=True).compute(
     ...     predictions=[[1, 0], [1, 1]], references=[[1, 0], [1, 0]])
-    {'subset_accuracy': 0.5, 'n': 2, 'missing': 0}
+    {'subset_accuracy': 0.5, 'n': 2, 'correct': 1, 'missing': 0}
 """
 
 _CITATION = ""
@@ -43,16 +44,9 @@ class LabelAccuracy(evaluate.Metric):
     """Accuracy (multiclass) or exact-match accuracy (multilabel) with missing predictions counted wrong."""
 
     def _info(self) -> evaluate.MetricInfo:
-        features, fmt = _core.input_features(self.config_name, "labels")
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=features,
-            format=fmt,
-        )
+        return core.metric_info(self.config_name, "labels", _DESCRIPTION, _KWARGS_DESCRIPTION, _CITATION)
 
     def _compute(self, predictions, references):
         if self.config_name == "multilabel":
-            return _core.multilabel_accuracy(predictions, references)
-        return _core.multiclass_accuracy(predictions, references)
+            return core.multilabel_accuracy(predictions, references)
+        return core.multiclass_accuracy(predictions, references)

@@ -6,7 +6,7 @@ file (``charattr_hf.metrics.metric_path("label_f1")``); it needs no Hub access.
 
 import evaluate
 
-from charattr_hf.metrics import _core
+from charattr_hf.metrics import core
 
 _DESCRIPTION = """\
 F1 of attribute labels.
@@ -29,8 +29,8 @@ Args:
     references: label indices or 0/1 indicator vectors, same shape as the predictions.
     labels (multiclass only, optional): the label indices to average over.
 Returns:
-    multiclass: macro_f1, weighted_f1. multilabel: micro_f1, macro_f1, micro_precision, micro_recall.
-    Each is None when undefined (no rows).
+    multiclass: macro_f1, weighted_f1. multilabel: micro_f1, macro_f1, micro_precision, micro_recall, and
+    per_label (lists f1, precision, recall, support, indexed by label). Each is None when undefined (no rows).
 Examples:
     >>> from charattr_hf.metrics import LabelF1
     >>> LabelF1(keep_in_memory=True).compute(predictions=[0, 1, 1], references=[0, 1, 0])["macro_f1"]
@@ -44,18 +44,11 @@ class LabelF1(evaluate.Metric):
     """Macro-F1 (multiclass) or micro/macro-F1 (multilabel), missing predictions counted against."""
 
     def _info(self) -> evaluate.MetricInfo:
-        features, fmt = _core.input_features(self.config_name, "labels")
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=features,
-            format=fmt,
-        )
+        return core.metric_info(self.config_name, "labels", _DESCRIPTION, _KWARGS_DESCRIPTION, _CITATION)
 
     def _compute(self, predictions, references, labels=None):
         if self.config_name == "multilabel":
             if labels is not None:
                 raise ValueError("'labels' is only supported by the multiclass config")
-            return _core.multilabel_f1(predictions, references)
-        return _core.multiclass_f1(predictions, references, labels=labels)
+            return core.multilabel_f1(predictions, references)
+        return core.multiclass_f1(predictions, references, labels=labels)

@@ -6,7 +6,7 @@ path of this file (``charattr_hf.metrics.metric_path("selective_accuracy")``); i
 
 import evaluate
 
-from charattr_hf.metrics import _core
+from charattr_hf.metrics import core
 
 _DESCRIPTION = """\
 Coverage and accuracy of the decisions whose confidence is at least ``threshold``; the others are withheld.
@@ -54,14 +54,7 @@ class SelectiveAccuracy(evaluate.Metric):
     """Coverage and accuracy on kept decisions when abstaining below a confidence threshold."""
 
     def _info(self) -> evaluate.MetricInfo:
-        features, fmt = _core.input_features(self.config_name, "confidences")
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=features,
-            format=fmt,
-        )
+        return core.metric_info(self.config_name, "confidences", _DESCRIPTION, _KWARGS_DESCRIPTION, _CITATION)
 
     def _compute(
         self,
@@ -71,11 +64,11 @@ class SelectiveAccuracy(evaluate.Metric):
         probabilities=None,
         threshold=0.5,
         label_threshold=None,
-        thresholds=_core.DEFAULT_CURVE_THRESHOLDS,
+        thresholds=core.DEFAULT_CURVE_THRESHOLDS,
     ):
         if self.config_name == "multilabel":
             lt = 0.5 if label_threshold is None else float(label_threshold)
-            return _core.multilabel_selective(probabilities, references, float(threshold), lt, thresholds)
+            return core.multilabel_selective(probabilities, references, float(threshold), lt, thresholds)
         if label_threshold is not None:
             raise ValueError("'label_threshold' is only used by the multilabel config")
-        return _core.multiclass_selective(predictions, references, confidences, float(threshold), thresholds)
+        return core.multiclass_selective(predictions, references, confidences, float(threshold), thresholds)

@@ -34,6 +34,9 @@ What a row gets (see :meth:`DecodeStage.features`):
     - ``sharpness``: variance ``v`` of the 4-neighbour Laplacian of luma on the thumbnail, mapped to
       [0, 1) by ``v / (v + SHARPNESS_SCALE)`` (0.5 means ``v == SHARPNESS_SCALE``). On a fixed-size
       thumbnail it measures blur relative to the image's size, the scale a 224-px model sees.
+``signature``
+    near-duplicate signatures of the decoded image (struct of ``phash`` and ``thumb`` bytes; see
+    :mod:`charattr_hf.curation.signatures`), for ``recipes/curate.py``. ``signatures=False`` leaves it null.
 ``_pixels``
     only when ``image_size`` is set: ``uint8`` RGB, ``height x width x 3``, C order, resized and cropped
     exactly as open_clip's eval transform would (``open_clip.transform.image_transform(size,
@@ -87,6 +90,7 @@ import numpy as np
 from datasets import List, Value
 from PIL import Image, ImageColor, UnidentifiedImageError
 
+from ..curation.signatures import SIGNATURE_FEATURES, SIGNATURE_VERSION, compute_signature
 from ..schema import QUALITY_FEATURES, QUALITY_FIELDS
 from .base import ERROR, Stage
 
@@ -251,6 +255,7 @@ class DecodeStage(Stage):
         thumbnail_size: longest side of the thumbnail on which quality is measured.
         thresholds: :class:`FlagThresholds` or a mapping of its fields.
         column: the input column holding the images.
+        signatures: compute the near-duplicate ``signature`` column (cheap: two small resizes of the image).
     """
 
     name = "decode"
@@ -271,6 +276,7 @@ class DecodeStage(Stage):
         thumbnail_size: int = 128,
         thresholds: FlagThresholds | Mapping[str, Any] | None = None,
         column: str = "image",
+        signatures: bool = True,
     ):
         self.image_size = _as_size(image_size)
         if resize_mode not in _RESIZE_MODES:
@@ -299,6 +305,7 @@ class DecodeStage(Stage):
             thresholds = FlagThresholds(**thresholds)
         self.thresholds: FlagThresholds = thresholds
         self.column = column
+        self.signatures = bool(signatures)
 
     # -- description --------------------------------------------------------------------------
     def params(self) -> dict:
@@ -314,6 +321,8 @@ class DecodeStage(Stage):
             "thumbnail_size": self.thumbnail_size,
             "thresholds": asdict(self.thresholds),
             "column": self.column,
+            # near-duplicate signatures (curation, #11)
+            "signatures": SIGNATURE_VERSION if self.signatures else None,
         }
 
     def features(self) -> dict:
@@ -324,6 +333,7 @@ class DecodeStage(Stage):
             "width": Value("int32"),
             "height": Value("int32"),
             "quality": dict(QUALITY_FEATURES),
+            "signature": dict(SIGNATURE_FEATURES),  # curation (#11)
         }
         if self.image_size is not None:
             feats["_pixels"] = Value("binary")
@@ -435,6 +445,7 @@ class DecodeStage(Stage):
 
         quality, gray, sharpness_measured = self._quality(rgb)
         row["quality"] = quality
+        row["signature"] = compute_signature(rgb) if self.signatures else None  # curation (#11)
         if gray:
             flags.add("grayscale")
         th = self.thresholds

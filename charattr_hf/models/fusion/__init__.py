@@ -7,14 +7,13 @@ runs is the installed charattr-hf, never code downloaded with a checkpoint.
 
 from transformers import AutoConfig, AutoModel
 
+from .card import render_metrics_table, render_model_card
 from .configuration_fusion import CharattrFusionConfig
 from .modeling_fusion import (
     CharattrFusionModel,
     CharattrFusionOutput,
     CharattrFusionPreTrainedModel,
     encode_columns,
-    render_metrics_table,
-    render_model_card,
     supervised_loss,
 )
 

@@ -48,7 +48,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +61,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
+from .card import MODEL_CARD_TEMPLATE, render_metrics_table, render_model_card
 from .configuration_fusion import CharattrFusionConfig
 
 try:  # transformers >= 5: init functions that skip tensors already loaded from a checkpoint
@@ -385,19 +385,21 @@ class CharattrFusionModel(CharattrFusionPreTrainedModel):
         *args: Any,
         write_model_card: bool = True,
         model_card_id: str | None = None,
+        card_tags: Sequence[str] = (),
         **kwargs: Any,
     ):
         """``PreTrainedModel.save_pretrained`` (safetensors + config.json) plus a rendered ``README.md``.
 
-        The card is :data:`MODEL_CARD_TEMPLATE` filled from the config (attributes, sources, training rounds,
-        measured ``eval_results``). ``push_to_hub=True`` is routed to :meth:`push_to_hub` so that the card is
+        The card is the packaged template rendered by :func:`~.card.render_model_card` from the config
+        (attributes, sources, training rounds, measured ``eval_results``, which also go into its ``model-index``
+        so the Hub shows them; ``card_tags`` are added to its Hub tags). ``push_to_hub=True`` is routed to :meth:`push_to_hub` so that the card is
         the one that gets published.
         """
         push = kwargs.pop("push_to_hub", False)
         repo_id = kwargs.pop("repo_id", None)
         result = super().save_pretrained(save_directory, *args, **kwargs)
         if write_model_card and kwargs.get("is_main_process", True):
-            card = render_model_card(self.config, model_id=model_card_id or repo_id)
+            card = render_model_card(self.config, model_id=model_card_id or repo_id, tags=card_tags)
             Path(save_directory, "README.md").write_text(card, encoding="utf-8")
         if push:
             self.push_to_hub(repo_id or Path(save_directory).name, token=kwargs.get("token"))
@@ -426,10 +428,7 @@ class CharattrFusionModel(CharattrFusionPreTrainedModel):
         if revision is not None:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp, max_shard_size=max_shard_size, model_card_id=repo_id)
-            if tags:
-                card = Path(tmp, "README.md")
-                card.write_text(_add_tags(card.read_text(encoding="utf-8"), tags), encoding="utf-8")
+            self.save_pretrained(tmp, max_shard_size=max_shard_size, model_card_id=repo_id, card_tags=tags or ())
             return api.upload_folder(
                 repo_id=repo_id,
                 folder_path=tmp,
@@ -555,150 +554,3 @@ def _num_rows(columns: Mapping[str, Sequence]) -> int:
     for value in columns.values():
         return len(value)
     return 0
-
-
-# ================================================================================================ model card
-#: The card template; ``{{ name }}`` placeholders are filled by :func:`render_model_card`.
-MODEL_CARD_TEMPLATE = "model_card.md"
-
-_PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
-
-
-def _find_template() -> str | None:
-    """The template file: packaged (``charattr_hf/assets/model_card.md``) or at the repository root."""
-    here = Path(__file__).resolve()
-    for candidate in (here.parents[2] / "assets" / MODEL_CARD_TEMPLATE, here.parents[3] / MODEL_CARD_TEMPLATE):
-        if candidate.is_file():
-            return candidate.read_text(encoding="utf-8")
-    return None
-
-
-_FALLBACK_TEMPLATE = """---
-library_name: transformers
-tags: [charattr-hf, fusion-policy]
----
-# {{ model_id }}
-
-Learned fusion policy for charattr-hf (sources: {{ sources }}).
-
-## Metrics
-
-{{ metrics_table }}
-
-## Training data
-
-{{ training_data }}
-"""
-
-
-def render_metrics_table(records: Sequence[Mapping[str, Any]] | None, digits: int = 1) -> str:
-    """Markdown table of measured results: one row per attribute (plus the mean), one column pair
-    (accuracy %, ECE) per method. ``records`` are ``{"attribute", "method", "accuracy", "ece", "n"}`` dicts
-    (``accuracy`` and ``ece`` as fractions); records with a ``style`` other than None are left out."""
-    rows = [r for r in (records or []) if r.get("style") in (None, "all")]
-    if not rows:
-        return "_No evaluation results recorded yet: train with an evaluation split to fill this table._"
-    methods: list[str] = []
-    attributes: list[str] = []
-    table: dict[tuple[str, str], Mapping[str, Any]] = {}
-    counts: dict[str, int] = {}
-    for r in rows:
-        m, a = str(r["method"]), str(r["attribute"])
-        if m not in methods:
-            methods.append(m)
-        if a not in attributes:
-            attributes.append(a)
-        table[(a, m)] = r
-        if r.get("n") is not None:
-            counts[a] = max(counts.get(a, 0), int(r["n"]))
-    header = "| attribute | n | " + " | ".join(f"{m} acc % | {m} ECE" for m in methods) + " |"
-    sep = "|---|---:|" + "---:|---:|" * len(methods)
-    lines = [header, sep]
-
-    def fmt(value: Any, scale: float, nd: int) -> str:
-        return "–" if value is None else f"{float(value) * scale:.{nd}f}"
-
-    for a in attributes:
-        cells = []
-        for m in methods:
-            r = table.get((a, m), {})
-            cells += [fmt(r.get("accuracy"), 100.0, digits), fmt(r.get("ece"), 1.0, 3)]
-        lines.append(f"| {a} | {counts.get(a, '')} | " + " | ".join(cells) + " |")
-    cells = []
-    for m in methods:
-        accs = [table[(a, m)].get("accuracy") for a in attributes if (a, m) in table]
-        eces = [table[(a, m)].get("ece") for a in attributes if (a, m) in table]
-        accs = [x for x in accs if x is not None]
-        eces = [x for x in eces if x is not None]
-        cells += [
-            fmt(sum(accs) / len(accs) if accs else None, 100.0, digits),
-            fmt(sum(eces) / len(eces) if eces else None, 1.0, 3),
-        ]
-    lines.append("| **mean** |  | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _cell(value: Any) -> str:
-    return "-" if value is None or value == "" else str(value)
-
-
-def render_model_card(config: CharattrFusionConfig, model_id: str | None = None, template: str | None = None) -> str:
-    """Fill the model card template from a fusion config (attributes, sources, training, measured metrics)."""
-    text = template if template is not None else (_find_template() or _FALLBACK_TEMPLATE)
-    rounds = list(config.training_info or [])
-    attr_lines = ["| attribute | kind | labels |", "|---|---|---|"]
-    for a in config.attributes:
-        kind = f"multi-label (threshold {a['threshold']:g})" if a["multi_label"] else "single-label"
-        attr_lines.append(f"| {a['name']} | {kind} | {', '.join(a['labels'])} |")
-    if rounds:
-        train_lines = [
-            "| round | kind | training images | events | data | seed | policy version |",
-            "|---|---|---:|---:|---|---:|---|",
-        ]
-        for i, r in enumerate(rounds, 1):
-            train_lines.append(
-                f"| {i} | {_cell(r.get('kind'))} | {_cell(r.get('images'))} | {_cell(r.get('events'))} | "
-                f"{_cell(r.get('data'))} | {_cell(r.get('seed'))} | {_cell(r.get('policy_version'))} |"
-            )
-        train_lines.append("")
-        train_lines.append("Training images: the rows trained on, after the evaluation hold-out and the early-stopping "
-                           "validation share are set aside.")
-        training_data = "\n".join(train_lines)
-    else:
-        training_data = "_Untrained: this policy has not been trained yet (it is the equal-weight geometric mean)._"
-    command = next((r.get("command") for r in reversed(rounds) if r.get("command")), None)
-    context = [f"`quality` ({', '.join(config.quality_fields)})", f"`flags` ({len(config.flag_vocab)} known flags)"]
-    if config.embedding_dim:
-        context.append(f"`embedding` ({config.embedding_dim} dims, projected to {config.embedding_proj_dim})")
-    values = {
-        "model_id": model_id or config.name_or_path or "charattr-fusion-policy",
-        "policy_version": config.policy_version or "unversioned",
-        "schema_name": config.schema_name or "custom",
-        "schema_fingerprint": config.schema_fingerprint or "n/a",
-        "sources": ", ".join(f"`{s}`" for s in config.sources),
-        "context_inputs": ", ".join(context),
-        "attributes_table": "\n".join(attr_lines),
-        "hidden_size": str(config.hidden_size),
-        "training_data": training_data,
-        "metrics_table": render_metrics_table(config.eval_results),
-        "train_command": command
-        or "accelerate launch recipes/train_fusion.py --dataset <annotated dataset with truth> --output_dir <dir>",
-    }
-
-    def replace(match: re.Match) -> str:
-        key = match.group(1)
-        if key not in values:
-            raise KeyError(f"model card template uses unknown placeholder {{{{ {key} }}}}; known: {sorted(values)}")
-        return values[key]
-
-    return _PLACEHOLDER.sub(replace, text)
-
-
-def _add_tags(card: str, tags: Sequence[str]) -> str:
-    """Add Hub tags to the card's YAML header (``tags: [a, b]`` on one line, as the template writes it)."""
-    match = re.search(r"^tags:\s*\[(.*)\]\s*$", card, flags=re.M)
-    if not match:
-        return card
-    existing = [t.strip() for t in match.group(1).split(",") if t.strip()]
-    merged = existing + [t for t in tags if t not in existing]
-    return card[: match.start()] + f"tags: [{', '.join(merged)}]" + card[match.end() :]

@@ -1,8 +1,12 @@
-"""NumPy implementations behind the metric modules of :mod:`charattr_hf.metrics`.
+"""The one implementation of accuracy, F1, calibration error and coverage in charattr-hf (NumPy).
 
-They live apart from the ``evaluate.Metric`` classes so that each metric file stays a self-contained
-script that ``evaluate.load(<path>)`` can copy and import, while the arithmetic is written (and tested)
-once.
+Everything that scores labels uses it: :mod:`charattr_hf.evaluation` (the evaluation report), the run summary
+(:mod:`charattr_hf.summary`), fusion training (:func:`charattr_hf.fusion_training.score`) and the demo model's
+measurements (:func:`charattr_hf.demo_clip.evaluate_zero_shot`), through :func:`score_single_label` and
+:func:`score_multi_label` or the single metrics below. The ``evaluate.Metric`` modules of
+:mod:`charattr_hf.metrics` wrap the same functions for users of the ``evaluate`` library; each module file
+stays a self-contained script that ``evaluate.load(<path>)`` can copy and import. The tests check the
+arithmetic against scikit-learn on random data.
 
 Conventions shared by every function here:
 
@@ -24,6 +28,7 @@ import numpy as np
 __all__ = [
     "DEFAULT_CURVE_THRESHOLDS",
     "input_features",
+    "metric_info",
     "as_indicator_matrix",
     "multiclass_accuracy",
     "multiclass_f1",
@@ -33,6 +38,8 @@ __all__ = [
     "multilabel_calibration",
     "multiclass_selective",
     "multilabel_selective",
+    "score_single_label",
+    "score_multi_label",
 ]
 
 #: Confidence thresholds of the coverage/accuracy curve reported next to the chosen threshold.
@@ -68,6 +75,16 @@ def input_features(config_name: str, inputs: str) -> tuple[object, str | None]:
     raise ValueError(f"inputs must be 'labels' or 'confidences', got {inputs!r}")
 
 
+def metric_info(config_name: str, inputs: str, description: str, inputs_description: str, citation: str = "",
+                **extra: object):
+    """The ``evaluate.MetricInfo`` of a metric module: its texts, and the features of :func:`input_features`."""
+    import evaluate
+
+    features, fmt = input_features(config_name, inputs)
+    return evaluate.MetricInfo(description=description, citation=citation, inputs_description=inputs_description,
+                               features=features, format=fmt, **extra)
+
+
 def _ratio(num: float, den: float) -> float | None:
     return float(num) / float(den) if den else None
 
@@ -92,33 +109,31 @@ def _check_same_rows(a: np.ndarray, b: np.ndarray, names: str) -> None:
 
 # ----------------------------------------------------------------------------------------------- accuracy
 def multiclass_accuracy(predictions: Sequence[int], references: Sequence[int]) -> dict:
-    """Accuracy over all rows; missing predictions (negative) count as wrong."""
+    """Accuracy over all rows; missing predictions (negative) count as wrong. ``correct`` and ``n`` are the
+    counts behind it (so that results of several batches add up)."""
     pred = np.asarray(predictions, dtype=np.int64).reshape(-1)
     ref = np.asarray(references, dtype=np.int64).reshape(-1)
     _check_same_rows(pred, ref, "predictions/references")
     if (ref < 0).any():
         raise ValueError("references contain negative (missing) labels; drop rows without ground truth first")
     n = int(ref.size)
-    return {
-        "accuracy": _ratio(int((pred == ref).sum()), n),
-        "n": n,
-        "missing": int((pred < 0).sum()),
-    }
+    correct = int((pred == ref).sum())
+    return {"accuracy": _ratio(correct, n), "n": n, "correct": correct, "missing": int((pred < 0).sum())}
 
 
 def multilabel_accuracy(predictions: object, references: object) -> dict:
-    """Exact-match (subset) accuracy; a missing row is wrong."""
+    """Exact-match (subset) accuracy; a missing row is wrong (``correct``: exactly right rows)."""
     pred = as_indicator_matrix(predictions, "predictions")
     ref = as_indicator_matrix(references, "references")
     _check_same_rows(pred, ref, "predictions/references")
     n = int(ref.shape[0])
     if n == 0:
-        return {"subset_accuracy": None, "n": 0, "missing": 0}
+        return {"subset_accuracy": None, "n": 0, "correct": 0, "missing": 0}
     if pred.shape != ref.shape:
         raise ValueError(f"predictions have {pred.shape[1]} labels, references {ref.shape[1]}")
     missing = (pred < 0).any(axis=1)
-    exact = (pred == ref).all(axis=1) & ~missing
-    return {"subset_accuracy": _ratio(int(exact.sum()), n), "n": n, "missing": int(missing.sum())}
+    correct = int(((pred == ref).all(axis=1) & ~missing).sum())
+    return {"subset_accuracy": _ratio(correct, n), "n": n, "correct": correct, "missing": int(missing.sum())}
 
 
 # ----------------------------------------------------------------------------------------------- F1
@@ -157,7 +172,9 @@ def multiclass_f1(
 
 
 def multilabel_f1(predictions: object, references: object) -> dict:
-    """Micro precision/recall/F1 over all (row, label) pairs and macro-F1 over labels.
+    """Micro precision/recall/F1 over all (row, label) pairs, macro-F1 over labels, and per label (``per_label``:
+    lists ``f1``, ``precision``, ``recall``, ``support`` indexed by label; 0 where undefined, as scikit-learn's
+    ``zero_division=0``).
 
     Macro-F1 averages over the labels that occur in the references or the predictions (see
     :func:`multiclass_f1`). Missing rows predict no label: every true label of such a row is a false negative.
@@ -166,7 +183,7 @@ def multilabel_f1(predictions: object, references: object) -> dict:
     ref = as_indicator_matrix(references, "references")
     _check_same_rows(pred, ref, "predictions/references")
     if ref.shape[0] == 0:
-        return {"micro_f1": None, "macro_f1": None, "micro_precision": None, "micro_recall": None}
+        return {"micro_f1": None, "macro_f1": None, "micro_precision": None, "micro_recall": None, "per_label": None}
     if pred.shape != ref.shape:
         raise ValueError(f"predictions have {pred.shape[1]} labels, references {ref.shape[1]}")
     missing = (pred < 0).any(axis=1)
@@ -178,11 +195,20 @@ def multilabel_f1(predictions: object, references: object) -> dict:
     used = (p | y).any(0)
     f1 = _f1(tp, fp, fn)
     tps, fps, fns = tp.sum(), fp.sum(), fn.sum()
+    zeros = np.zeros(tp.shape, dtype=np.float64)
+    precision = np.divide(tp, tp + fp, out=zeros.copy(), where=(tp + fp) > 0)
+    recall = np.divide(tp, tp + fn, out=zeros.copy(), where=(tp + fn) > 0)
     return {
         "micro_f1": _ratio(2 * tps, 2 * tps + fps + fns) if (tps + fps + fns) else None,
         "macro_f1": float(f1[used].mean()) if used.any() else None,
         "micro_precision": _ratio(tps, tps + fps),
         "micro_recall": _ratio(tps, tps + fns),
+        "per_label": {
+            "f1": f1.tolist(),
+            "precision": precision.tolist(),
+            "recall": recall.tolist(),
+            "support": (tp + fn).astype(np.int64).tolist(),
+        },
     }
 
 
@@ -329,3 +355,57 @@ def multilabel_selective(
     conf = np.where(present, prob, 1.0 - prob)
     correct = present == (ref > 0)
     return _selective(conf.reshape(-1), correct.reshape(-1), threshold, thresholds)
+
+
+# ----------------------------------------------------------------------------------------------- all at once
+def score_single_label(
+    predictions: Sequence[int],
+    references: Sequence[int],
+    confidences: Sequence[float] | None = None,
+    *,
+    threshold: float = 0.5,
+    num_bins: int = 15,
+    thresholds: Iterable[float] = DEFAULT_CURVE_THRESHOLDS,
+    labels: Iterable[int] | None = None,
+) -> dict:
+    """Every metric of one single-label attribute: ``n``, ``correct``, ``missing``, ``accuracy``, ``macro_f1``,
+    ``weighted_f1``; with ``confidences`` (of the predicted label) also ``ece``, ``mce``, ``mean_confidence``,
+    ``calibration_n``, ``reliability`` (bins), and ``coverage``, ``selective_accuracy``, ``kept``, ``curve``
+    when abstaining below ``threshold``; without, those are None (empty lists for bins and curve)."""
+    acc = multiclass_accuracy(predictions, references)
+    f1 = multiclass_f1(predictions, references, labels=labels)
+    out = {**acc, **f1, "ece": None, "mce": None, "mean_confidence": None, "calibration_n": 0, "reliability": [],
+           "coverage": None, "selective_accuracy": None, "kept": None, "curve": []}
+    if confidences is not None:
+        cal = multiclass_calibration(predictions, references, confidences, num_bins)
+        sel = multiclass_selective(predictions, references, confidences, threshold, thresholds)
+        out.update(ece=cal["ece"], mce=cal["mce"], mean_confidence=cal["mean_confidence"], calibration_n=cal["n"],
+                   reliability=cal["bins"], coverage=sel["coverage"], selective_accuracy=sel["accuracy"],
+                   kept=sel["kept"], curve=sel["curve"])
+    return out
+
+
+def score_multi_label(
+    predictions: object,
+    references: object,
+    probabilities: object | None = None,
+    *,
+    label_threshold: float = 0.5,
+    threshold: float = 0.5,
+    num_bins: int = 15,
+    thresholds: Iterable[float] = DEFAULT_CURVE_THRESHOLDS,
+) -> dict:
+    """Every metric of one multi-label attribute: ``n``, ``correct``, ``missing``, ``subset_accuracy``, micro and
+    macro F1, micro precision and recall, ``per_label``; with the presence ``probabilities`` (NaN rows: no
+    evidence) also ECE over (row, label) pairs and coverage over per-label decisions (``decisions``); without,
+    those are None (empty lists for bins and curve). ``label_threshold``: presence threshold of the decisions."""
+    out = {**multilabel_accuracy(predictions, references), **multilabel_f1(predictions, references),
+           "ece": None, "mce": None, "calibration_n": 0, "reliability": [], "coverage": None,
+           "selective_accuracy": None, "kept": None, "decisions": None, "curve": []}
+    if probabilities is not None:
+        cal = multilabel_calibration(probabilities, references, num_bins)
+        sel = multilabel_selective(probabilities, references, threshold, label_threshold, thresholds)
+        out.update(ece=cal["ece"], mce=cal["mce"], calibration_n=cal["n"], reliability=cal["bins"],
+                   coverage=sel["coverage"], selective_accuracy=sel["accuracy"], kept=sel["kept"], decisions=sel["n"],
+                   curve=sel["curve"])
+    return out

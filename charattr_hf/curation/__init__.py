@@ -1,0 +1,1 @@
+"""Curation: near-duplicate signatures, global duplicate grouping and explained filters (recipes/curate.py)."""

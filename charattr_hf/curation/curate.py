@@ -1,0 +1,360 @@
+"""Curating an annotated dataset: global duplicate groups and explained filters -> ``train`` and ``quarantine``.
+
+:func:`curate` reads the annotated Parquet shards (``data/<split>-*.parquet`` of an output folder, or of a Hub
+dataset snapshot), checks the config against the dataset's columns before any work, then:
+
+1. filters: a reason per row and filter (``charattr_hf.curation.filters``); rows with a decode ``error`` are
+   always removed;
+2. duplicates: exact, near and semantic edges over *all* rows at once (``charattr_hf.curation.dedup``); the
+   groups are their connected components;
+3. one representative per group is kept: a row that passes the filters first, then the highest resolution
+   (width x height), then quality (``quality.sharpness``), then the fewest ``flags``, then the first row;
+4. every row gets ``dup_group`` (int64 shared by the members of a group, null when the row has no duplicate),
+   ``duplicate_of`` (the representative's ``id`` for the others, null for representatives and rows without
+   duplicates) and ``reasons`` (list of strings; empty for a kept row). Rows with no reason go to ``train``,
+   the others to ``quarantine``; rows in = train + quarantine.
+
+The output folder has the layout ``push_to_hub`` writes (``data/train-*.parquet``, ``data/quarantine-*.parquet``,
+README.md with the YAML header ``load_dataset`` reads) plus ``curation.json`` and the card's pictures.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from datasets import ClassLabel, Features, List, Value
+
+from ..errors import UserError
+from .config import CurateConfig, load_config
+from .dedup import Pairs, connected_components, exact_pairs, near_pairs, semantic_pairs
+from .filters import AttributeInfo
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CurateResult", "curate", "annotated_files", "attributes_of", "assign_groups"]
+
+NEW_COLUMNS = {"dup_group": Value("int64"), "duplicate_of": Value("string"), "reasons": List(Value("string"))}
+
+
+@dataclass
+class CurateResult:
+    output_dir: Path
+    rows: int
+    train: int
+    quarantine: int
+    removed_by: dict[str, int] = field(default_factory=dict)
+    groups: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    files: dict[str, list[Path]] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ input
+def annotated_files(dataset: str, split: str = "train", revision: str | None = None) -> list[Path]:
+    """The Parquet shards of ``split`` of an annotated output folder or Hub dataset (downloaded)."""
+    path = Path(dataset).expanduser()
+    if not path.exists():
+        if dataset.startswith((".", "/", "~")) or dataset.count("/") != 1:
+            raise UserError(f"annotated dataset not found: {dataset} (give an annotated output folder or a Hub id)")
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = Path(snapshot_download(dataset, repo_type="dataset", revision=revision,
+                                          allow_patterns=["data/*.parquet", "README.md"]))
+        except Exception as exc:  # noqa: BLE001 - offline, missing or private repository
+            raise UserError(f"cannot download the Hub dataset {dataset}: {type(exc).__name__}: {exc}") from None
+    if path.is_file():
+        if path.suffix != ".parquet":
+            raise UserError(f"{dataset}: expected an annotated output folder or Parquet file")
+        return [path]
+    files = sorted((path / "data").glob(f"{split}-*.parquet"))
+    if not files:
+        present = sorted({f.name.rsplit("-", 3)[0] for f in (path / "data").glob("*-*-of-*.parquet")})
+        if present:
+            raise UserError(f"{dataset}: no split {split!r}; splits: {present} (use --split)")
+        raise UserError(f"{dataset}: no annotated shards (data/{split}-*.parquet); annotate with recipes/annotate.py "
+                        "first")
+    return files
+
+
+def attributes_of(features: Features) -> dict[str, AttributeInfo]:
+    """Attributes of an annotated dataset: class-label columns with a ``<name>_confidence`` column."""
+    out = {}
+    for name, feat in features.items():
+        if f"{name}_confidence" not in features:
+            continue
+        if isinstance(feat, ClassLabel):
+            out[name] = AttributeInfo(name, tuple(feat.names), False)
+        elif isinstance(feat, List) and isinstance(feat.feature, ClassLabel):
+            out[name] = AttributeInfo(name, tuple(feat.feature.names), True)
+    return out
+
+
+def _read(files: list[Path], columns: list[str]) -> pa.Table:
+    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files]) if files else pa.table({})
+
+
+def _fixed_bytes(column: pa.ChunkedArray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(valid rows, (m, width) uint8)`` from a binary column (rows of another length are invalid)."""
+    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    lengths = pc.binary_length(col).to_numpy(zero_copy_only=False)
+    valid = np.flatnonzero(~np.isnan(lengths.astype(np.float64)) & (np.nan_to_num(lengths) == width))
+    values = col.take(pa.array(valid))
+    if pa.types.is_large_binary(values.type):
+        values = values.cast(pa.binary())
+    buf = values.buffers()[2]
+    offsets = np.frombuffer(values.buffers()[1], np.int32, count=len(values) + 1, offset=values.offset * 4)
+    data = np.frombuffer(buf, np.uint8) if buf is not None else np.zeros(0, np.uint8)
+    if len(valid) and not np.array_equal(np.diff(offsets), np.full(len(valid), width)):  # not packed: copy
+        return valid, np.frombuffer(b"".join(values.to_pylist()), np.uint8).reshape(len(valid), width)
+    start = offsets[0] if len(offsets) else 0
+    return valid, data[start : start + len(valid) * width].reshape(len(valid), width)
+
+
+def _embeddings(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    col = column.combine_chunks()
+    valid = np.flatnonzero(~col.is_null().to_numpy(zero_copy_only=False))
+    values = col.take(pa.array(valid))
+    if pa.types.is_fixed_size_list(values.type):
+        dim = values.type.list_size
+    else:
+        lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
+        dim = int(lengths[0]) if len(lengths) else 0
+        if len(lengths) and (lengths != dim).any():
+            raise UserError("the embedding column has vectors of different lengths")
+    flat = values.flatten().to_numpy(zero_copy_only=False)
+    return valid, flat.reshape(len(valid), dim) if dim else np.zeros((0, 0), np.float16)
+
+
+# ------------------------------------------------------------------------------------------ groups
+def assign_groups(n: int, pairs: list[Pairs], passes: np.ndarray, pixels: np.ndarray, quality: np.ndarray,
+                  nflags: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(group per row or -1, representative row per row or -1, kind index per row)`` from the edges.
+
+    Kind index: 0 exact, 1 near, 2 semantic (the strongest kind of edge at the row), -1 none."""
+    kinds = {"exact": 0, "near": 1, "semantic": 2}
+    i = np.concatenate([p.i for p in pairs]) if pairs else np.zeros(0, np.int64)
+    j = np.concatenate([p.j for p in pairs]) if pairs else np.zeros(0, np.int64)
+    kind = np.full(n, 3, np.int64)
+    for p in pairs:
+        k = kinds[p.kind]
+        for side in (p.i, p.j):
+            np.minimum.at(kind, side, k)
+    kind[kind == 3] = -1
+    label = connected_components(n, i, j)
+    size = np.bincount(label, minlength=n)
+    in_group = size[label] > 1
+    rows = np.flatnonzero(in_group)
+    group = np.full(n, -1, np.int64)
+    rep = np.full(n, -1, np.int64)
+    if len(rows):
+        order = np.lexsort((rows, nflags[rows], -quality[rows], -pixels[rows], ~passes[rows], label[rows]))
+        ordered = rows[order]
+        first = np.ones(len(ordered), bool)
+        first[1:] = label[ordered][1:] != label[ordered][:-1]
+        reps = ordered[first]  # one per component, components in order of their smallest row
+        rep_of_label = np.full(n, -1, np.int64)
+        rep_of_label[label[reps]] = reps
+        # group numbers follow the first row of each group
+        gid = np.full(n, -1, np.int64)
+        roots = np.unique(label[rows])
+        gid[roots] = np.arange(len(roots))
+        group[rows] = gid[label[rows]]
+        rep[rows] = rep_of_label[label[rows]]
+    return group, rep, kind
+
+
+# ------------------------------------------------------------------------------------------ main
+def curate(
+    dataset: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    config: str | os.PathLike | None = None,
+    *,
+    split: str = "train",
+    revision: str | None = None,
+    max_shard_rows: int = 100_000,
+    batch_rows: int = 65_536,
+) -> CurateResult:
+    """Curate ``dataset`` into ``output_dir`` (see the module docstring). Raises :class:`UserError` for a bad
+    input or config, before any work."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    output_dir = Path(output_dir)
+    files = annotated_files(str(dataset), split, revision)
+    if output_dir.resolve() in {f.resolve().parent.parent for f in files}:
+        raise UserError("--output_dir must differ from the annotated dataset's folder")
+    features = Features.from_arrow_schema(pq.read_schema(files[0]))
+    for col in ("id", "sha256", "error", "width", "height", "quality", "flags"):
+        if col not in features:
+            raise UserError(f"{dataset}: column {col!r} missing; is this an annotated dataset (recipes/annotate.py)?")
+    clash = sorted(c for c in NEW_COLUMNS if c in features)
+    if clash:
+        raise UserError(f"{dataset}: already has column(s) {clash}; curate the annotated dataset, not a curated one")
+    attributes = attributes_of(features)
+    has_embedding = "embedding" in features
+    cfg: CurateConfig = load_config(config, attributes, has_embedding)
+    if cfg.near is not None and "signature" not in features:
+        raise UserError(f"{dataset}: no 'signature' column for near duplicates; annotate with this version of "
+                        "charattr-hf, or set dedup.near: false in the config")
+    for f in cfg.filters:
+        missing = [c for c in f.columns() if c not in features]
+        if missing:
+            raise UserError(f"{cfg.source}: filter {f.name} needs column(s) {missing}, which the dataset lacks")
+
+    # -- filters --------------------------------------------------------------------------------
+    base_cols = ["id", "sha256", "error", "width", "height", "quality", "flags"]
+    filter_cols = sorted({c for f in cfg.filters for c in f.columns()} - set(base_cols))
+    table = _read(files, base_cols + filter_cols)
+    n = table.num_rows
+    reasons: list[list[str]] = [[] for _ in range(n)]
+    removed_by: dict[str, int] = {}
+    errors = table.column("error").to_pylist()
+    removed_by["error"] = 0
+    for r, e in enumerate(errors):
+        if e is not None:
+            reasons[r].append(f"error: {e}")
+            removed_by["error"] += 1
+    for f in cfg.filters:
+        out = f.apply(table)
+        count = 0
+        for r, reason in enumerate(out):
+            if reason is not None and errors[r] is None:
+                reasons[r].append(reason)
+                count += 1
+        removed_by[f.name] = count
+    timings["filters"] = time.perf_counter() - t0
+    ids = table.column("id").to_pylist()
+    width = np.nan_to_num(table.column("width").to_numpy(zero_copy_only=False).astype(np.float64))
+    height = np.nan_to_num(table.column("height").to_numpy(zero_copy_only=False).astype(np.float64))
+    pixels = width * height
+    sharp = np.nan_to_num(pc.struct_field(table.column("quality"), "sharpness")
+                          .to_numpy(zero_copy_only=False).astype(np.float64), nan=-1.0)
+    nflags = pc.list_value_length(table.column("flags")).to_numpy(zero_copy_only=False)
+    nflags = np.nan_to_num(nflags.astype(np.float64), nan=0.0)
+    passes = np.array([not r for r in reasons])
+    sha = table.column("sha256").to_pylist()
+    del table
+
+    # -- duplicates -----------------------------------------------------------------------------
+    pairs: list[Pairs] = []
+    if cfg.exact:
+        pairs.append(exact_pairs(sha))
+        timings["exact"] = pairs[-1].seconds
+    if cfg.near is not None:
+        sig = _read(files, ["signature"]).column("signature")
+        ph = pc.struct_field(sig, "phash")
+        th = pc.struct_field(sig, "thumb")
+        from .signatures import THUMB_SIDE
+
+        v1, ph_arr = _fixed_bytes(ph, 8)
+        v2, th_arr = _fixed_bytes(th, THUMB_SIDE * THUMB_SIDE * 3)
+        if not np.array_equal(v1, v2):
+            common = np.intersect1d(v1, v2)
+            ph_arr, th_arr = ph_arr[np.searchsorted(v1, common)], th_arr[np.searchsorted(v2, common)]
+            v1 = common
+        del sig, ph, th
+        ok = np.array([errors[r] is None for r in v1], bool) if len(v1) else np.zeros(0, bool)
+        pairs.append(near_pairs(ph_arr[ok], th_arr[ok], v1[ok], cfg.near))
+        del ph_arr, th_arr
+        timings["near"] = pairs[-1].seconds
+    if cfg.semantic is not None:
+        valid, emb = _embeddings(_read(files, ["embedding"]).column("embedding"))
+        pairs.append(semantic_pairs(emb, valid, cfg.semantic))
+        del emb
+        timings["semantic"] = pairs[-1].seconds
+    t1 = time.perf_counter()
+    group, rep, kind = assign_groups(n, pairs, passes, pixels, sharp, nflags)
+    kind_names = ("exact_duplicate", "near_duplicate", "semantic_duplicate")
+    dup_rows = np.flatnonzero((rep >= 0) & (rep != np.arange(n)))
+    for k in range(3):
+        removed_by[kind_names[k]] = 0
+    for r in dup_rows:
+        name = kind_names[kind[r]]
+        reasons[r].append(f"{name}: of {ids[rep[r]]}")
+        removed_by[name] += 1
+    timings["grouping"] = time.perf_counter() - t1
+
+    # -- output ---------------------------------------------------------------------------------
+    t2 = time.perf_counter()
+    dup_group = pa.array(np.where(group >= 0, group, 0), pa.int64(), mask=group < 0)
+    duplicate_of = pa.array([ids[rep[r]] if rep[r] >= 0 and rep[r] != r else None for r in range(n)], pa.string())
+    reasons_arr = pa.array(reasons, pa.list_(pa.string()))
+    keep = np.array([not r for r in reasons], bool)
+    out_features = Features({**features, **NEW_COLUMNS})
+    written = _write_splits(files, output_dir, out_features, keep, dup_group, duplicate_of, reasons_arr,
+                            max_shard_rows, batch_rows)
+    timings["write"] = time.perf_counter() - t2
+
+    result = CurateResult(output_dir, n, int(keep.sum()), int(n - keep.sum()), removed_by,
+                          groups=int(group.max() + 1) if n and group.max() >= 0 else 0, seconds=timings, files=written)
+    from .card import write_curation_card
+
+    write_curation_card(output_dir, str(dataset), cfg, result, pairs, out_features, group=group, rep=rep, ids=ids,
+                        files=files)
+    timings["total"] = time.perf_counter() - t0
+    return result
+
+
+def _write_splits(files, output_dir: Path, features: Features, keep: np.ndarray, dup_group, duplicate_of,
+                  reasons, max_shard_rows: int, batch_rows: int) -> dict[str, list[Path]]:
+    data_dir = output_dir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "README.md").unlink(missing_ok=True)  # an interrupted run leaves no card
+    schema = features.arrow_schema
+    counts = {"train": int(keep.sum()), "quarantine": int((~keep).sum())}
+    names = {}
+    for split, count in counts.items():
+        shards = max(1, math.ceil(count / max_shard_rows))
+        names[split] = [data_dir / f"{split}-{k:05d}-of-{shards:05d}.parquet" for k in range(shards)]
+    for old in data_dir.glob("*.parquet"):
+        old.unlink()
+    tmp = {s: [p.with_name(f".{p.name}.tmp") for p in ps] for s, ps in names.items()}
+    state = {s: {"shard": 0, "rows": 0, "writer": None} for s in names}
+
+    def write(split: str, tbl: pa.Table) -> None:
+        st = state[split]
+        while tbl.num_rows:
+            if st["writer"] is None:
+                st["writer"] = pq.ParquetWriter(tmp[split][st["shard"]], schema)
+            room = max_shard_rows - st["rows"]
+            part, tbl = tbl.slice(0, room), tbl.slice(room)
+            st["writer"].write_table(part)
+            st["rows"] += part.num_rows
+            if st["rows"] >= max_shard_rows:
+                st["writer"].close()
+                st["writer"], st["rows"] = None, 0
+                st["shard"] += 1
+
+    offset = 0
+    for f in files:
+        pf = pq.ParquetFile(f)
+        for batch in pf.iter_batches(batch_size=batch_rows):
+            m = batch.num_rows
+            sl = slice(offset, offset + m)
+            tbl = pa.Table.from_batches([batch])
+            tbl = tbl.append_column("dup_group", dup_group[sl]).append_column("duplicate_of", duplicate_of[sl])
+            tbl = tbl.append_column("reasons", reasons[sl])
+            tbl = tbl.cast(schema)
+            mask = keep[sl]
+            if mask.any():
+                write("train", tbl.filter(pa.array(mask)))
+            if not mask.all():
+                write("quarantine", tbl.filter(pa.array(~mask)))
+            offset += m
+    for split, st in state.items():
+        if st["writer"] is not None:
+            st["writer"].close()
+        for path in tmp[split]:
+            if not path.exists():  # an empty split still gets a typed, empty file
+                pq.write_table(schema.empty_table(), path)
+        for t, final in zip(tmp[split], names[split]):
+            os.replace(t, final)
+    return names

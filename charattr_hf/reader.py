@@ -1,0 +1,127 @@
+"""Opening a dataset from wherever it lives: the one loader behind the annotation input
+(:func:`charattr_hf.inputs.open_dataset`), the evaluation (:func:`charattr_hf.evaluation.load_annotations`) and
+fusion training (:func:`charattr_hf.fusion_training.load_table`).
+
+:func:`read_dataset` accepts an opened ``Dataset`` / ``DatasetDict`` (takes ``split``), a ``save_to_disk`` folder,
+a folder of tables (an annotation output folder or any Hub-style repository layout: its README configs and
+split names are honoured), a folder of images (``imagefolder``), a Parquet / Arrow / CSV / JSON (Lines) file or
+glob (suffixes in any case), or a Hub dataset id (with ``config`` and ``revision``); streaming or not.
+Errors the user can fix are :class:`~charattr_hf.errors.UserError` s that are also the built-in error they
+always were (a missing path is a ``FileNotFoundError``, a missing split a ``ValueError``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+import datasets
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
+
+from .errors import UserError
+
+__all__ = [
+    "read_dataset",
+    "is_saved_dataset",
+    "TABLE_BUILDERS",
+    "IMAGE_SUFFIXES",
+    "DatasetNotFoundError",
+    "SplitNotFoundError",
+    "UnsupportedFileError",
+]
+
+AnyDataset = Union[Dataset, IterableDataset]
+
+#: Table file suffix (lower case) -> the ``datasets`` builder that reads it.
+TABLE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+#: Suffixes (lower case) of the image files an image folder holds.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+
+
+class DatasetNotFoundError(UserError, FileNotFoundError):
+    """A local dataset path that does not exist."""
+
+
+class SplitNotFoundError(UserError, ValueError):
+    """The dataset has no split of the name asked for (the message lists the splits it has, where known)."""
+
+
+class UnsupportedFileError(UserError, ValueError):
+    """A file that is not a table ``datasets`` can read."""
+
+
+def is_saved_dataset(path: "str | os.PathLike") -> bool:
+    """Whether ``path`` is a folder written by ``save_to_disk`` (a ``Dataset`` or a ``DatasetDict``)."""
+    path = Path(path)
+    return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
+
+
+def _pick_split(dd: "DatasetDict | IterableDatasetDict", split: str, where: str) -> AnyDataset:
+    if split not in dd:
+        raise SplitNotFoundError(f"{where}: no split {split!r}; splits: {list(dd)} (use --split)")
+    return dd[split]
+
+
+def _streamed(ds: AnyDataset, streaming: bool) -> AnyDataset:
+    return ds.to_iterable_dataset() if streaming and isinstance(ds, Dataset) else ds
+
+
+def _is_glob(name: str) -> bool:
+    return any(ch in name for ch in "*?[")
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name that can only be meant as a local path (a Hub id is ``name`` or ``owner/name``)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).suffix.lower() in TABLE_BUILDERS
+
+
+def read_dataset(
+    source: "str | os.PathLike | Dataset | DatasetDict | IterableDataset | IterableDatasetDict",
+    split: str = "train",
+    *,
+    config: str | None = None,
+    revision: str | None = None,
+    streaming: bool = False,
+) -> AnyDataset:
+    """One split of a dataset, from wherever it lives (see the module docstring).
+
+    ``split`` picks the split of a ``DatasetDict``, a saved ``DatasetDict``, a folder with named splits or a Hub
+    dataset; a single table file or glob is one split whatever its name. ``config`` and ``revision`` apply to
+    Hub datasets (``config`` also to local repository layouts with several configs).
+    """
+    if isinstance(source, (DatasetDict, IterableDatasetDict)):
+        return _streamed(_pick_split(source, split, "the DatasetDict"), streaming)
+    if isinstance(source, (Dataset, IterableDataset)):
+        return _streamed(source, streaming)
+    name = os.fspath(source)
+    path = Path(name).expanduser()
+    kwargs = {"split": split, "streaming": streaming}
+    if is_saved_dataset(path):
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, DatasetDict):
+            loaded = _pick_split(loaded, split, name)
+        return _streamed(loaded, streaming)
+    if path.is_dir():
+        files = [p for p in path.rglob("*") if p.is_file()]
+        tables = sorted(p for p in files if p.suffix.lower() in TABLE_BUILDERS)
+        if tables and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
+            try:  # a repository layout: README configs, or split names from the file names
+                return datasets.load_dataset(str(path), config, **kwargs)
+            except (ValueError, FileNotFoundError) as exc:
+                if str(exc).startswith(("Unknown split", "Bad split")):  # named splits, none the one asked for
+                    raise SplitNotFoundError(f"{name}: {exc} (use --split)") from exc
+                builder = TABLE_BUILDERS[tables[0].suffix.lower()]
+                return datasets.load_dataset(builder, data_files=[str(p) for p in tables], **kwargs)
+        return datasets.load_dataset("imagefolder", data_dir=str(path), **kwargs)
+    if path.is_file() or _is_glob(name):
+        builder = TABLE_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise UnsupportedFileError(
+                f"{name}: unsupported file type {path.suffix or '(none)'!r} (use Parquet, Arrow, CSV or JSON Lines)"
+            )
+        files = str(path) if path.is_file() else os.path.expanduser(name)
+        return datasets.load_dataset(builder, data_files=files, split="train", streaming=streaming)
+    if _looks_like_path(name):
+        raise DatasetNotFoundError(f"no such dataset folder or file: {name}")
+    return datasets.load_dataset(name, config, revision=revision, **kwargs)

@@ -1,0 +1,480 @@
+"""Curation: signatures, global duplicate groups (precision/recall on planted copies), the representative rule,
+filters that fire on images made to trip them, config errors, and the annotate -> curate recipes end to end."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datasets import Dataset, load_dataset
+from PIL import Image, ImageFilter
+
+from charattr_hf.curation.curate import assign_groups, curate
+from charattr_hf.curation.dedup import Pairs, SemanticConfig, connected_components, exact_pairs, semantic_pairs
+from charattr_hf.curation.planted import planted_rows, planted_set
+from charattr_hf.curation.signatures import compute_signature, phash_distance, thumb_distance
+from charattr_hf.errors import UserError
+from charattr_hf.schema import load_schema
+from charattr_hf.stages.decode import DecodeStage
+from tests import images as im_
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def annotated(tmp: Path, images: list[bytes], ids: list[str] | None = None, labels: dict | None = None,
+              extra: dict | None = None) -> Path:
+    """An annotated-output folder for ``images``: real decode-stage columns (hash, size, quality, flags,
+    signature) + the default schema's attribute columns (null unless given in ``labels``)."""
+    schema = load_schema("default")
+    feats = schema.output_features(sources=[])
+    n = len(images)
+    out = DecodeStage()({"image": [{"bytes": b, "path": None} for b in images]})
+    data = {c: [None] * n for c in feats}
+    data.update({c: out[c] for c in ("sha256", "error", "flags", "width", "height", "quality", "signature")})
+    data["id"] = ids or [f"img-{k}" for k in range(n)]
+    data["index"] = list(range(n))
+    for name, values in (labels or {}).items():
+        data[name] = values
+    features = dict(feats)
+    for name, (feature, values) in (extra or {}).items():
+        features[name] = feature
+        data[name] = values
+    from datasets import Features
+
+    ds = Dataset.from_dict(data, features=Features(features))
+    (tmp / "data").mkdir(parents=True, exist_ok=True)
+    ds.to_parquet(str(tmp / "data" / "train-00000-of-00001.parquet"))
+    return tmp
+
+
+def write_config(tmp: Path, text: str) -> Path:
+    path = tmp / "curate.yaml"
+    path.write_text(text)
+    return path
+
+
+NEAR_ONLY = "dedup:\n  exact: true\n  near: {}\n"
+
+
+class Split:
+    """A loaded split whose columns are plain lists."""
+
+    def __init__(self, ds):
+        self.ds, self.columns = ds, ds.to_dict()
+
+    def __getitem__(self, name):
+        return self.columns[name]
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __iter__(self):
+        return iter(self.ds)
+
+
+def load(out: Path):
+    return Split(load_dataset(str(out), split="train")), Split(load_dataset(str(out), split="quarantine"))
+
+
+def pairwise(truth: list, predicted: list) -> tuple[float, float]:
+    """Pairwise precision and recall of "same group" (predicted None = a group of its own)."""
+    tp = fp = fn = 0
+    for a, b in itertools.combinations(range(len(truth)), 2):
+        same = truth[a] == truth[b]
+        pred = predicted[a] is not None and predicted[a] == predicted[b]
+        tp += same and pred
+        fp += pred and not same
+        fn += same and not pred
+    return tp / max(1, tp + fp), tp / max(1, tp + fn)
+
+
+# --------------------------------------------------------------------------------------------- signatures
+def test_signature_columns_from_decode_and_error_rows():
+    good = im_.encode(im_.scene(120, 90, seed=1))
+    stage = DecodeStage()
+    out = stage({"image": [{"bytes": good, "path": None}, {"bytes": b"not an image", "path": None}]})
+    sig = out["signature"][0]
+    assert len(sig["phash"]) == 8 and len(sig["thumb"]) == 16 * 16 * 3
+    assert out["signature"][1] is None and out["error"][1]
+    assert "signature" in DecodeStage().features() and DecodeStage(signatures=False).fingerprint() != stage.fingerprint()
+    assert DecodeStage(signatures=False)({"image": [good]})["signature"] == [None]
+
+
+def test_signatures_separate_copies_from_other_pictures():
+    base = im_.scene(160, 160, seed=3)
+    copy = base.resize((100, 100), Image.Resampling.LANCZOS)
+    other = im_.scene(160, 160, seed=4).transpose(Image.Transpose.ROTATE_90)
+    s_base, s_copy, s_other = (compute_signature(x) for x in (base, copy, other))
+    assert phash_distance(s_base["phash"], s_copy["phash"]) <= 4
+    assert thumb_distance(s_base["thumb"], s_copy["thumb"]) < 4
+    assert thumb_distance(s_base["thumb"], s_other["thumb"]) > 12
+    # a flat border of another colour is cut off before the signatures
+    from PIL import ImageOps
+
+    framed = compute_signature(ImageOps.expand(base, border=7, fill=(250, 20, 200)))
+    assert thumb_distance(s_base["thumb"], framed["thumb"]) < 2
+
+
+# --------------------------------------------------------------------------------------------- groups
+def test_connected_components_match_scipy():
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components as scipy_cc
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    i, j = rng.integers(0, n, 2500), rng.integers(0, n, 2500)
+    ours = connected_components(n, i, j)
+    _, theirs = scipy_cc(coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)), directed=False)
+    # the same partition: a bijection between labels
+    pairs = set(zip(ours.tolist(), theirs.tolist()))
+    assert len(pairs) == len(set(ours.tolist())) == len(set(theirs.tolist()))
+    assert all(ours[k] <= k for k in range(n))  # label = smallest member
+
+
+def test_cluster_pairs_split_into_cells_and_find_close_pairs():
+    from charattr_hf.curation.dedup import cluster_pairs, partition
+
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(3000, 8)).astype(np.float32) * 10
+    close = base[:300] + rng.normal(size=(300, 8)).astype(np.float32) * 0.1
+    x = np.concatenate([base, close])
+    cells = partition(lambda r: x[r], np.arange(len(x)), 8, radius=1.0, leaf=64)
+    assert len(cells) > 20 and max(len(c) for c in cells) < 1000
+    assert set(np.concatenate(cells).tolist()) == set(range(len(x)))  # every row is in some cell
+    i, j, d, nearest = cluster_pairs(lambda r: x[r], len(x), 8, radius=1.0, leaf=64, rounds=2)
+    truth = {(k, 3000 + k) for k in range(300)}
+    found = set(zip(i.tolist(), j.tolist()))
+    assert found <= truth | {p for p in found if np.linalg.norm(x[p[0]] - x[p[1]]) <= 1.0}
+    assert len(found & truth) >= 0.95 * len(truth)
+    assert np.allclose(d, np.linalg.norm(x[i] - x[j], axis=1), atol=1e-3)
+
+
+def test_exact_pairs_link_equal_hashes_only():
+    p = exact_pairs(["a", "b", None, "a", "c", "b", "a", None])
+    assert sorted(zip(p.i.tolist(), p.j.tolist())) == [(0, 3), (0, 6), (1, 5)]
+
+
+def test_representative_rule_resolution_then_quality_then_flags():
+    # one group of 5 rows; rows 1 and 3 tie on resolution, row 3 is sharper; row 4 fails a filter
+    n = 6
+    pairs = [Pairs("near", np.array([0, 0, 0, 0]), np.array([1, 2, 3, 4]))]
+    passes = np.array([True, True, True, True, False, True])
+    pixels = np.array([100.0, 400, 200, 400, 900, 50])
+    quality = np.array([0.5, 0.3, 0.9, 0.6, 0.9, 0.1])
+    flags = np.zeros(n)
+    group, rep, kind = assign_groups(n, pairs, passes, pixels, quality, flags)
+    assert rep[:5].tolist() == [3] * 5 and rep[5] == -1 and group[5] == -1
+    assert len(set(group[:5].tolist())) == 1
+    quality[1] = quality[3]
+    flags[3] = 2
+    _, rep, _ = assign_groups(n, pairs, passes, pixels, quality, flags)
+    assert rep[0] == 1  # same resolution and quality: fewer flags wins
+    assert kind[:5].tolist() == [1] * 5 and kind[5] == -1
+
+
+def test_semantic_pairs_find_planted_duplicates():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(600, 64)).astype(np.float32)
+    dups = base[:100] + 0.05 * rng.normal(size=(100, 64)).astype(np.float32)
+    emb = np.concatenate([base, dups]).astype(np.float16)
+    p = semantic_pairs(emb, np.arange(700), SemanticConfig(threshold=0.95, leaf=32))
+    found = set(zip(p.i.tolist(), p.j.tolist()))
+    assert found == {(k, 600 + k) for k in range(100)}
+
+
+def test_semantic_duplicates_through_curate(tmp_path):
+    from datasets import List, Value
+
+    rng = np.random.default_rng(1)
+    imgs = [im_.encode(im_.scene(80 if s != 4 else 60, 80, seed=s).rotate(45 * s)) for s in range(6)]
+    emb = rng.normal(size=(6, 16)).astype(np.float32)
+    emb[4] = emb[1] + 0.01 * rng.normal(size=16)  # row 4 means what row 1 means
+    folder = annotated(tmp_path / "ann", imgs, extra={"embedding": (List(Value("float16"), length=16),
+                                                                      emb.astype(np.float16).tolist())})
+    out = tmp_path / "out"
+    curate(folder, out, write_config(tmp_path, "dedup:\n  semantic: {threshold: 0.99}\n"))
+    train, quarantine = load(out)
+    assert quarantine["id"] == ["img-4"] and quarantine["reasons"] == [["semantic_duplicate: of img-1"]]
+    assert "cosine >= 0.99" in (out / "README.md").read_text()
+
+
+# --------------------------------------------------------------------------------------------- planted sets
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    rows = planted_rows(n_originals=90, copies=2, n_with_copies=45, hard_copies=0, size=128, seed=5)
+    tmp = tmp_path_factory.mktemp("planted")
+    folder = annotated(tmp / "annotated", [r["image"] for r in rows], [r["id"] for r in rows])
+    return rows, folder
+
+
+def test_near_duplicates_precision_recall_and_accounting(planted, tmp_path):
+    rows, folder = planted
+    out = tmp_path / "curated"
+    result = curate(folder, out, write_config(tmp_path, NEAR_ONLY))
+    train, quarantine = load(out)
+    # every row accounted for, once
+    assert len(train) + len(quarantine) == len(rows) == result.rows
+    assert sorted(train["id"] + quarantine["id"]) == sorted(r["id"] for r in rows)
+    assert all(r == [] for r in train["reasons"]) and all(r for r in quarantine["reasons"])
+    assert all(d is None for d in train["duplicate_of"])
+    # precision and recall of the groups against the planted truth
+    truth = {r["id"]: r["group"] for r in rows}
+    got = dict(zip(train["id"] + quarantine["id"], train["dup_group"] + quarantine["dup_group"]))
+    ids = sorted(truth)
+    precision, recall = pairwise([truth[i] for i in ids], [got[i] for i in ids])
+    assert precision >= 0.95 and recall >= 0.9, (precision, recall)
+    # quarantined duplicates point at a kept member of their own group, which is in train
+    kept = dict(zip(train["id"], train["dup_group"]))
+    for row in quarantine:
+        if row["duplicate_of"] is not None:
+            assert kept[row["duplicate_of"]] == row["dup_group"]
+            assert row["reasons"][0].startswith("near_duplicate: of ")
+    # the card states each kind with its threshold, and the picture exists
+    card = (out / "README.md").read_text()
+    assert "phash <= 10 bits" in card and (out / "images" / "dedup_distances.png").stat().st_size > 1000
+    assert Image.open(out / "images" / "dedup_distances.png").size[0] == 720
+
+
+def test_kept_representative_is_the_largest_copy(tmp_path):
+    base = im_.scene(200, 200, seed=11)
+    sizes = [120, 200, 160]
+    imgs = [im_.encode(base.resize((s, s), Image.Resampling.LANCZOS)) for s in sizes]
+    imgs.append(im_.encode(im_.scene(200, 200, seed=12).transpose(Image.Transpose.ROTATE_180)))
+    out = tmp_path / "out"
+    curate(annotated(tmp_path / "ann", imgs), out, write_config(tmp_path, NEAR_ONLY))
+    train, quarantine = load(out)
+    assert sorted(train["id"]) == ["img-1", "img-3"]
+    assert sorted(quarantine["duplicate_of"]) == ["img-1", "img-1"]
+    assert train["dup_group"][train["id"].index("img-3")] is None
+
+
+def test_card_shows_example_groups_as_pictures_when_images_are_kept(tmp_path):
+    from datasets import Image as ImageFeature
+
+    base = im_.scene(160, 160, seed=13)
+    imgs = [im_.encode(base), im_.encode(base.resize((120, 120))), im_.encode(im_.scene(160, 160, seed=14).rotate(90))]
+    folder = annotated(tmp_path / "ann", imgs,
+                       extra={"image": (ImageFeature(), [{"bytes": b, "path": None} for b in imgs])})
+    out = tmp_path / "out"
+    curate(folder, out, write_config(tmp_path, NEAR_ONLY))
+    sheet = Image.open(out / "images" / "dedup_examples.png")
+    assert sheet.size[0] > 2 * 96 and "![example groups](images/dedup_examples.png)" in (out / "README.md").read_text()
+    train, _ = load(out)
+    assert isinstance(train.ds[0]["image"], Image.Image)  # the images stay in the curated data
+
+
+def test_exact_duplicates_and_decode_errors(tmp_path):
+    a = im_.encode(im_.scene(96, 96, seed=1))
+    b = im_.encode(im_.scene(96, 96, seed=2).transpose(Image.Transpose.FLIP_TOP_BOTTOM))
+    out = tmp_path / "out"
+    curate(annotated(tmp_path / "ann", [a, b, a, b"\x89PNG broken"]), out, write_config(tmp_path, "dedup: {exact: true}\n"))
+    train, quarantine = load(out)
+    assert sorted(train["id"]) == ["img-0", "img-1"]
+    reasons = dict(zip(quarantine["id"], quarantine["reasons"]))
+    assert reasons["img-2"] == ["exact_duplicate: of img-0"]
+    assert reasons["img-3"][0].startswith("error: ")
+
+
+# --------------------------------------------------------------------------------------------- filters
+def _clean() -> Image.Image:
+    return im_.scene(200, 200, seed=21)
+
+
+TRIPS = {
+    "too_small": ("too_small: {min_side: 100}", lambda: im_.scene(60, 60, seed=22)),
+    "aspect_ratio": ("aspect_ratio: {max_ratio: 2.5}", lambda: im_.scene(400, 100, seed=23)),
+    "monochrome": ("monochrome: {max_colorfulness: 0.03}", lambda: im_.scene(200, 200, seed=24).convert("L").convert("RGB")),
+    "low_contrast": ("low_contrast: {min_contrast: 0.03}",
+                     lambda: Image.new("RGB", (200, 200), (120, 130, 140))),
+    "blurry": ("blurry: {min_sharpness: 0.1}",
+               lambda: im_.scene(200, 200, seed=25).filter(ImageFilter.GaussianBlur(5))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRIPS))
+def test_image_filter_fires_on_a_tripping_image_only(name, tmp_path):
+    option, make = TRIPS[name]
+    out = tmp_path / "out"
+    curate(annotated(tmp_path / "ann", [im_.encode(_clean()), im_.encode(make())]), out,
+           write_config(tmp_path, f"filters:\n  {option}\n"))
+    train, quarantine = load(out)
+    assert train["id"] == ["img-0"] and quarantine["id"] == ["img-1"]
+    assert quarantine["reasons"][0][0].startswith(f"{name}: ")
+    card = (out / "README.md").read_text()
+    assert f"| {name} |" in card and card.split(f"| {name} |")[1].split("\n")[0].rstrip().endswith("| 1 |")
+
+
+def _label_rows(schema, **columns):
+    """Label indices / confidences for two rows from names."""
+    out = {}
+    for attr, (labels, confs) in columns.items():
+        a = schema[attr]
+        if a.multi_label:
+            out[attr] = [[a.index(x) for x in labs] for labs in labels]
+        else:
+            out[attr] = [a.index(x) for x in labels]
+        out[f"{attr}_confidence"] = confs
+    return out
+
+
+LABEL_TRIPS = {
+    "several_characters": ("several_characters: {}", {"character_count": (["one", "group"], [0.9, 0.8])}),
+    "no_character": ("no_character: {min_confidence: 0.3}", {"character_count": (["one", "one"], [0.9, 0.1])}),
+    "not_illustration": ("not_illustration: {labels: [realistic], min_confidence: 0.5}",
+                         {"art_style": (["anime", "realistic"], [0.9, 0.7])}),
+    "low_confidence": ("low_confidence: {attributes: [hair_color, eye_color], min_confidence: 0.4}",
+                       {"hair_color": (["red", "red"], [0.9, 0.9]), "eye_color": (["blue", "blue"], [0.8, 0.2])}),
+    "label_rules": ("label_rules:\n    - {attribute: hair_color, in: [green, pink]}",
+                    {"hair_color": (["red", "pink"], [0.9, 0.9])}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LABEL_TRIPS))
+def test_label_filter_fires_on_a_tripping_row_only(name, tmp_path):
+    option, columns = LABEL_TRIPS[name]
+    schema = load_schema("default")
+    imgs = [im_.encode(_clean()), im_.encode(im_.scene(200, 200, seed=31).transpose(Image.Transpose.ROTATE_90))]
+    out = tmp_path / "out"
+    curate(annotated(tmp_path / "ann", imgs, labels=_label_rows(schema, **columns)), out,
+           write_config(tmp_path, f"filters:\n  {option}\n"))
+    train, quarantine = load(out)
+    assert train["id"] == ["img-0"] and quarantine["id"] == ["img-1"], quarantine["reasons"]
+    assert quarantine["reasons"][0][0].startswith(f"{name}: ")
+
+
+def test_label_rule_not_in_and_multi_label(tmp_path):
+    schema = load_schema("default")
+    imgs = [im_.encode(im_.scene(150, 150, seed=s).rotate(90 * s)) for s in range(3)]
+    labels = _label_rows(schema, accessories=([["glasses"], ["hat", "glasses"], []], [[0.9], [0.8, 0.9], []]),
+                         hair_color=(["red", "blue", "red"], [0.9, 0.9, 0.9]))
+    cfg = write_config(tmp_path, "filters:\n  label_rules:\n    - {attribute: accessories, in: [hat]}\n"
+                                 "    - {attribute: hair_color, not_in: [red]}\n")
+    out = tmp_path / "out"
+    curate(annotated(tmp_path / "ann", imgs, labels=labels), out, cfg)
+    train, quarantine = load(out)
+    assert train["id"] == ["img-0", "img-2"] and quarantine["id"] == ["img-1"]
+    assert quarantine["reasons"][0] == ["label_rules: accessories = [hat, glasses] (in [hat])"]
+
+
+# --------------------------------------------------------------------------------------------- config errors
+BAD = {
+    "filters:\n  too_smal: {min_side: 3}\n": "unknown filter 'too_smal'",
+    "filters:\n  blurry: {min_sharpness: 1.5}\n": "blurry.min_sharpness must be a number in [0, 1]",
+    "filters:\n  too_small: {min_side: -4}\n": "too_small.min_side must be a positive number",
+    "filters:\n  too_small: {minside: 4}\n": "unknown option(s) ['minside']",
+    "filters:\n  label_rules:\n    - {attribute: hair_colour, in: [red]}\n": "does not have",
+    "filters:\n  label_rules:\n    - {attribute: hair_color, in: [reddish]}\n": "has no label(s) ['reddish']",
+    "filters:\n  low_confidence: {attributes: [height_class]}\n": "attribute 'height_class'",
+    "dedup:\n  near: {phash_radius: 99}\n": "phash_radius must be an integer in [0, 64]",
+    "dedup:\n  near: {thumb_treshold: 3}\n": "unknown option(s) ['thumb_treshold']",
+    "dedup:\n  semantic: {threshold: 0.9}\n": "needs an 'embedding' column",
+    "dedup:\n  fuzzy: {}\n": "unknown dedup kind(s) ['fuzzy']",
+    "filter:\n  blurry: {}\n": "unknown section(s) ['filter']",
+    "filters: [blurry]\n": "'filters' must be a mapping",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_annotated(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tiny")
+    return annotated(tmp / "ann", [im_.encode(im_.scene(64, 64, seed=s)) for s in range(2)])
+
+
+@pytest.mark.parametrize("text", sorted(BAD))
+def test_bad_config_is_a_clear_user_error(text, tiny_annotated, tmp_path):
+    with pytest.raises(UserError) as info:
+        curate(tiny_annotated, tmp_path / "out", write_config(tmp_path, text))
+    assert BAD[text] in str(info.value)
+    assert not (tmp_path / "out").exists()  # checked before any work
+
+
+def test_missing_inputs_are_user_errors(tiny_annotated, tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        curate(tmp_path / "nowhere", tmp_path / "out")
+    with pytest.raises(UserError, match="curation config not found"):
+        curate(tiny_annotated, tmp_path / "out", tmp_path / "missing.yaml")
+    with pytest.raises(UserError, match="no split 'test'"):
+        curate(tiny_annotated, tmp_path / "out", split="test")
+
+
+# --------------------------------------------------------------------------------------------- recipes
+def _env(tmp_path: Path) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["HF_HOME"] = str(tmp_path / "hf")
+    return env
+
+
+def test_annotate_then_curate_recipes(tiny_clip_dir, tmp_path):
+    ds = planted_set(n_originals=16, copies=2, n_with_copies=8, size=96, seed=3)
+    ds.to_parquet(str(tmp_path / "planted.parquet"))
+    env = _env(tmp_path)
+    ann, cur = tmp_path / "annotated", tmp_path / "curated"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "annotate.py"), "--dataset", str(tmp_path / "planted.parquet"),
+         "--model", f"local-dir:{tiny_clip_dir}", "--output_dir", str(ann), "--keep_embedding",
+         "--keep_columns", "group", "--num_proc", "1", "--quiet"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    cfg = write_config(tmp_path, "dedup:\n  exact: true\n  near: {}\nfilters:\n  too_small: {min_side: 32}\n")
+    run = subprocess.run([sys.executable, str(ROOT / "recipes" / "curate.py"), "--dataset", str(ann),
+                          "--output_dir", str(cur), "--config", str(cfg)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "train:" in run.stdout and "quarantine:" in run.stdout
+    train, quarantine = load(cur)
+    assert len(train) + len(quarantine) == 32
+    truth = dict(zip(train["id"] + quarantine["id"], train["group"] + quarantine["group"]))
+    got = dict(zip(train["id"] + quarantine["id"], train["dup_group"] + quarantine["dup_group"]))
+    ids = sorted(truth)
+    precision, recall = pairwise([truth[i] for i in ids], [got[i] for i in ids])
+    assert precision >= 0.9 and recall >= 0.8, (precision, recall)
+    assert "| near |" in (cur / "README.md").read_text()
+    # a bad config: one line, exit status 2, nothing written
+    bad = write_config(tmp_path, "filters:\n  sharpness: {}\n")
+    run = subprocess.run([sys.executable, str(ROOT / "recipes" / "curate.py"), "--dataset", str(ann),
+                          "--output_dir", str(tmp_path / "never"), "--config", str(bad)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 2 and "unknown filter 'sharpness'" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and not (tmp_path / "never").exists()
+
+
+# --------------------------------------------------------------------------------------------- the Hub (doubles)
+def test_hub_dataset_id_in_and_push_out(tiny_annotated, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from charattr_hf.hub import push_dataset
+
+    calls = []
+
+    def fake_snapshot(repo_id, repo_type=None, revision=None, allow_patterns=None):
+        calls.append((repo_id, repo_type, revision, tuple(allow_patterns)))
+        return str(tiny_annotated)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    out = tmp_path / "out"
+    result = curate("someone/annotated", out, write_config(tmp_path, "dedup: {exact: true}\n"), revision="v1")
+    assert result.rows == 2 and calls == [("someone/annotated", "dataset", "v1", ("data/*.parquet", "README.md"))]
+
+    class FakeApi:
+        def __init__(self):
+            self.uploads = []
+
+        def create_repo(self, repo_id, **kwargs):
+            return type("Repo", (), {"url": f"https://huggingface.co/datasets/{repo_id}"})()
+
+        def upload_folder(self, **kwargs):
+            self.uploads.append(kwargs)
+
+    api = FakeApi()
+    url = push_dataset(out, "someone/curated", api=api)
+    assert url.endswith("someone/curated")
+    upload = api.uploads[0]
+    assert "images/*.png" in upload["allow_patterns"] and "data/*.parquet" in upload["allow_patterns"]
+    assert sorted(upload["delete_patterns"]) == ["data/quarantine-*.parquet", "data/train-*.parquet"]

@@ -1,0 +1,86 @@
+"""The one dataset loader: every kind of source, the same answer through the annotation input, the evaluation
+and fusion training, and errors a user can act on."""
+
+from __future__ import annotations
+
+import datasets
+import pytest
+
+from charattr_hf import fusion_training as ft
+from charattr_hf.errors import UserError
+from charattr_hf.evaluation import load_annotations
+from charattr_hf.reader import (
+    DatasetNotFoundError,
+    SplitNotFoundError,
+    UnsupportedFileError,
+    is_saved_dataset,
+    read_dataset,
+)
+
+
+def _rows(n: int, start: int = 0) -> datasets.Dataset:
+    return datasets.Dataset.from_dict({"id": [f"r{i}" for i in range(start, start + n)],
+                                       "score": [float(i) / 4 for i in range(start, start + n)]})
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sources")
+    _rows(4).save_to_disk(str(root / "saved"))
+    datasets.DatasetDict({"train": _rows(2), "test": _rows(3, 10)}).save_to_disk(str(root / "saved_dict"))
+    for split, ds in (("train", _rows(2)), ("test", _rows(3, 10))):
+        ds.to_parquet(str(root / "repo" / "data" / f"{split}-00000-of-00001.parquet"))
+    _rows(5).to_parquet(str(root / "UPPER.PARQUET"))
+    _rows(3).to_json(str(root / "rows.jsonl"))
+    _rows(3).to_csv(str(root / "rows.csv"), index=False)
+    _rows(2).to_parquet(str(root / "parts" / "a.parquet"))
+    _rows(2, 2).to_parquet(str(root / "parts" / "b.parquet"))
+    return root
+
+
+@pytest.mark.parametrize(
+    "name, split, ids",
+    [
+        ("saved", "train", [f"r{i}" for i in range(4)]),
+        ("saved_dict", "test", ["r10", "r11", "r12"]),
+        ("repo", "test", ["r10", "r11", "r12"]),  # only that split, not every table under the folder
+        ("UPPER.PARQUET", "train", [f"r{i}" for i in range(5)]),  # suffixes in any case
+        ("rows.jsonl", "train", ["r0", "r1", "r2"]),
+        ("rows.csv", "train", ["r0", "r1", "r2"]),
+        ("parts/*.parquet", "train", ["r0", "r1", "r2", "r3"]),
+        ("parts", "train", ["r0", "r1", "r2", "r3"]),
+    ],
+)
+def test_every_loader_opens_every_source_alike(sources, name, split, ids):
+    path = str(sources / name)
+    direct = read_dataset(path, split)
+    assert sorted(direct["id"]) == ids
+    # evaluation and fusion training open their inputs through the same function
+    assert load_annotations(path, split)["id"] == direct["id"]
+    assert ft.load_table(path, split)["id"] == direct["id"]
+
+
+def test_opened_objects_and_streaming(sources):
+    dd = datasets.DatasetDict({"train": _rows(2), "test": _rows(3)})
+    assert read_dataset(dd, "test").num_rows == 3
+    plain = _rows(3)
+    assert read_dataset(plain) is plain
+    streamed = read_dataset(str(sources / "saved"), streaming=True)
+    assert isinstance(streamed, datasets.IterableDataset) and [r["id"] for r in streamed] == [f"r{i}" for i in range(4)]
+    assert is_saved_dataset(sources / "saved_dict") and not is_saved_dataset(sources / "repo")
+
+
+def test_errors_say_what_to_do_and_keep_their_builtin_kind(sources, tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="no such dataset folder or file") as missing:
+        read_dataset(str(tmp_path / "nowhere"))
+    assert isinstance(missing.value, FileNotFoundError) and isinstance(missing.value, UserError)
+    for name in ("saved_dict", "repo"):
+        with pytest.raises(SplitNotFoundError, match="validation") as no_split:
+            read_dataset(str(sources / name), "validation")
+        assert isinstance(no_split.value, ValueError) and isinstance(no_split.value, UserError)
+    with pytest.raises(SplitNotFoundError, match=r"splits: \['train', 'test'\]"):
+        read_dataset(datasets.DatasetDict({"train": _rows(1), "test": _rows(1)}), "validation")
+    odd = tmp_path / "notes.txt"
+    odd.write_text("x")
+    with pytest.raises(UnsupportedFileError, match="unsupported file type '.txt'"):
+        read_dataset(str(odd))
