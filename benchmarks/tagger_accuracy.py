@@ -1,5 +1,5 @@
 """Accuracy of the demo tagger against the demo CLIP, the tags and their default fusion, per style, measured the way
-a user would: ``recipes/annotate.py --tagger demo`` then ``recipes/evaluate.py``.
+a user would: ``recipes/annotate.py --tagger demo`` then ``recipes/evaluate_annotations.py``.
 
     python benchmarks/tagger_accuracy.py --output_dir runs/tagger-accuracy
 
@@ -11,7 +11,7 @@ Steps (each skipped when its output is already there, so an interrupted run resu
 2. ``python recipes/annotate.py --dataset <benchmark> --split styles --tagger demo`` (the demo CLIP, the demo tagger
    and the tag parser, fused by the default confidence rule), and the same with ``--fusion demo`` (the shipped
    policy was trained on CLIP and tags only: it ignores the tagger, which must not break it);
-3. ``python recipes/evaluate.py`` on both (grouped by the ``style`` column);
+3. ``python recipes/evaluate_annotations.py`` on both (grouped by the ``style`` column);
 4. a table per style and source (``tagger``, ``clip``, ``tags``, ``fused``: the default rule over the three;
    ``policy``: ``--fusion demo``), written to ``tagger_accuracy.md`` and ``.json``.
 """
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (annotated / "README.md").is_file():
             run([sys.executable, "recipes/annotate.py", "--dataset", str(bench), "--split", "styles", "--tagger", "demo",
                  "--output_dir", str(annotated), "--num_proc", str(args.num_proc), "--torch_threads", str(args.torch_threads), "--quiet", *extra])
-        run([sys.executable, "recipes/evaluate.py", "--dataset", str(annotated), "--split", "styles",
+        run([sys.executable, "recipes/evaluate_annotations.py", "--dataset", str(annotated), "--split", "styles",
              "--output_dir", str(evaluated)])
         reports[kind] = json.loads((evaluated / "eval.json").read_text())
     md, summary = table(reports[""], reports["_policy"])
