@@ -69,7 +69,7 @@ def annotate_to_disk(
                     "an IterableDataset has no fingerprint: pass input_id='...' naming this stream, so that a rerun "
                     "resumes the same input and never reuses chunks of another one"
                 )
-            input_id = ds._fingerprint
+            input_id = ds._fingerprint  # datasets' identity of the rows (no public accessor exists)
     else:
         if dataset is not None:
             spec.dataset = str(dataset)

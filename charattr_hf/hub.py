@@ -7,6 +7,7 @@ Tokens come from the environment or ``huggingface-cli login`` and are never prin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -81,19 +82,36 @@ def write_dataset_card(output_dir: Path, split: str, pipeline: "Pipeline", extra
     num_examples = stats["rows"]
 
     card_data = DatasetCardData(tags=["charattr-hf", "image-annotation", "synthetic-labels"])
-    # every split present in data/ (an output folder can hold several, written by several runs)
-    present = {}
+    # every split present in data/ (an output folder can hold several, written by several runs), each with the
+    # features of its own files
+    present: dict[str, list[Path]] = {}
     for f in sorted((output_dir / "data").glob("*-*-of-*.parquet")):
-        present.setdefault(f.name.rsplit("-", 3)[0], []).append(f)
-    MetadataConfigs(
-        {"default": {"data_files": [{"split": name, "path": f"data/{name}-*"} for name in present]}}
-    ).to_dataset_card_data(card_data)
-    splits = SplitDict()
+        present.setdefault(split_of(f.name), []).append(f)
+    split_features = {name: features if name == split else features_of(shards) for name, shards in present.items()}
+    split_infos = {}
     for name, shard_files in present.items():
         rows = num_examples if name == split else sum(pq.ParquetFile(f).metadata.num_rows for f in shard_files)
-        splits.add(SplitInfo(name=name, num_examples=rows, num_bytes=sum(f.stat().st_size for f in shard_files)))
-    info = DatasetInfo(features=features, splits=splits)
-    DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
+        split_infos[name] = SplitInfo(name=name, num_examples=rows, num_bytes=sum(f.stat().st_size for f in shard_files))
+    # ``description`` names the content: datasets caches a local folder under the folder's name and this header,
+    # so two outputs alike in all but their rows (identical images from two folders: the same sizes, the same
+    # counts) would otherwise share one cache entry, and load_dataset would return the other folder's rows
+    description = f"charattr-hf annotations; data files sha256 {_files_digest([f for fs in present.values() for f in fs])}"
+    configs: dict[str, dict] = {}
+    infos: dict[str, DatasetInfo] = {}
+    if all(f == features for f in split_features.values()):
+        configs["default"] = {
+            "data_files": [{"split": name, "path": f"data/{name}-*"} for name in present],
+            "description": description,
+        }
+        infos["default"] = DatasetInfo(features=features, splits=_split_dict(split_infos.values()))
+    else:  # splits with different columns cannot share a config: one config per split, this run's the default
+        for name in present:
+            configs[name] = {"data_files": [{"split": name, "path": f"data/{name}-*"}], "description": description}
+            if name == split:
+                configs[name]["default"] = True
+            infos[name] = DatasetInfo(features=split_features[name], splits=_split_dict([split_infos[name]]))
+    MetadataConfigs(configs).to_dataset_card_data(card_data)
+    DatasetInfosDict(infos).to_dataset_card_data(card_data)
 
     settings = {**pipeline.description, **(extra or {})}
     rows = markdown_table(["setting", "value"], [[k, _cell(v)] for k, v in settings.items()])
@@ -119,6 +137,28 @@ def write_dataset_card(output_dir: Path, split: str, pipeline: "Pipeline", extra
     tmp.replace(path)
     (output_dir / "summary.json").write_text(json.dumps(stats, indent=2, default=str))
     return path
+
+
+def _split_dict(infos) -> SplitDict:
+    splits = SplitDict()
+    for info in infos:
+        splits.add(info)
+    return splits
+
+
+def split_of(shard_name: str) -> str:
+    """The split of a shard file name ``<split>-XXXXX-of-YYYYY.parquet``."""
+    return shard_name.rsplit("-", 3)[0]
+
+
+def _files_digest(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def _cell(value: Any) -> str | None:
@@ -149,7 +189,7 @@ def push_dataset(
     api = api or HfApi(token=token)
     repo = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     # replace the shards of the splits uploaded now (their count may have changed), keep other splits
-    splits = sorted({f.name.rsplit("-", 3)[0] for f in (output_dir / "data").glob("*-*-of-*.parquet")})
+    splits = sorted({split_of(f.name) for f in (output_dir / "data").glob("*-*-of-*.parquet")})
     api.upload_folder(
         folder_path=str(output_dir),
         repo_id=repo_id,

@@ -76,7 +76,9 @@ def _pick(columns: Sequence[str], given: str | None, candidates: Sequence[str], 
 
 def _normalise(ds: AnyDataset, spec: InputSpec) -> AnyDataset:
     features = ds.features
-    if features is None:  # some streaming sources: learn the columns from the first row
+    if features is None:  # some streaming sources: learn the columns from the first rows
+        # datasets has no public method for this (IterableDataset._resolve_features infers them as its own map
+        # and iteration do); rebuilding it from take() and Features inference would lose image/list types
         ds = ds._resolve_features()
         features = ds.features
     columns = list(features)
@@ -131,6 +133,9 @@ def input_identity(spec: InputSpec) -> str:
         return stable_hash(parts)
     path = Path(spec.dataset).expanduser()
     if path.exists():
+        # where the files are, not only what they are: rows carry their path, so a copy elsewhere (or the same
+        # relative name from another folder) is another input, whose chunks are never reused for this one
+        parts["dataset"] = str(path.resolve())
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         parts["files"] = [(str(p.relative_to(path) if path.is_dir() else p.name), p.stat().st_size,
                            p.stat().st_mtime_ns) for p in files]

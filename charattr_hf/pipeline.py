@@ -2,12 +2,12 @@
 
 A chunk is a plain ``datasets.Dataset``; every stage is one batched ``map`` over it:
 
-    identify + decode + tags   (CPU, one map with num_proc; no torch in these workers)
+    identify + decode + tags   (CPU, one map; with num_proc, in forkserver workers that never see torch)
     -> clip [-> blip2]          (accelerator, main process, model loaded once)
     -> fusion                   (simple rules, or the learned policy)
 
-Each map gets ``new_fingerprint`` = hash(input fingerprint, stage fingerprint), so ``datasets`` never hashes a
-model, and writes its Arrow cache into a scratch folder the runner deletes after the chunk.
+Each map gets ``new_fingerprint`` = hash(chunk scratch folder, step, stage fingerprint), so ``datasets`` never
+hashes a model, and writes its Arrow cache into that scratch folder, which the runner deletes after the chunk.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Sequence
 
 from datasets import Dataset, Features, Image, Value
 
+from .errors import UserError
 from .options import PipelineOptions  # defined with the other option dataclasses; imported from here too
 from .schema import Schema, load_schema
 from .stages.base import ERROR, TEMP_PREFIX, Compose, Stage, stable_hash
@@ -46,6 +47,12 @@ class Pipeline:
     def sources(self) -> list[str]:
         # every source that ran, also those a learned policy ignores (their probs_<source> are kept)
         return list(getattr(self.fusion, "run_sources", self.fusion.sources))
+
+    def load(self) -> None:
+        """Load every model of the run in this process, before the first chunk: a model that cannot be loaded
+        raises :class:`~charattr_hf.errors.ModelLoadError` once, here, instead of failing every chunk."""
+        for stage in [*self.device, self.fusion]:
+            stage.load()
 
     def fingerprint(self) -> str:
         return stable_hash(
@@ -84,7 +91,8 @@ class Pipeline:
         steps.append((self.fusion, 1024, None))
         return steps
 
-    def _run_steps(self, chunk: Dataset, scratch: Path, steps, first: int, last: int, output_features) -> Dataset:
+    def _run_steps(self, chunk: Dataset, scratch: Path, steps, first: int, last: int, output_features,
+                   workers=None) -> Dataset:
         scratch.mkdir(parents=True, exist_ok=True)
         for i in range(first, last):
             stage, batch_size, procs = steps[i]
@@ -93,13 +101,18 @@ class Pipeline:
             later = {c for s, _, _ in steps[i + 1 :] for c in s.input_columns()} | set(output_features)
             present = set(chunk.column_names) | set(stage.features())
             drop = sorted(c for c in present if (c.startswith(TEMP_PREFIX) or c == "image") and c not in later)
-            chunk = self._map(chunk, stage, scratch, batch_size=batch_size, num_proc=procs, remove=drop)
+            chunk = self._map(chunk, stage, scratch, step=i, batch_size=batch_size, num_proc=procs, remove=drop,
+                              workers=workers)
         return chunk
 
-    def cpu_part(self, chunk: Dataset, scratch: Path, num_proc: int | None = None) -> Dataset:
-        """The CPU stages (decode, tags) over ``chunk``; may run ahead of the device part of another chunk."""
+    def cpu_part(self, chunk: Dataset, scratch: Path, num_proc: int | None = None, workers=None) -> Dataset:
+        """The CPU stages (decode, tags) over ``chunk``; may run ahead of the device part of another chunk.
+
+        With ``num_proc`` > 1 the rows are shared out over worker processes started by a forkserver (never
+        forked from this process, so safe while a model runs in another thread): ``workers``, a
+        :class:`~charattr_hf.workers.CpuWorkers` kept for the whole run, or a pool made for this call."""
         steps = self._steps(len(chunk), num_proc)
-        return self._run_steps(chunk, scratch, steps, 0, 1, self.output_features(chunk.features))
+        return self._run_steps(chunk, scratch, steps, 0, 1, self.output_features(chunk.features), workers=workers)
 
     def device_part(self, chunk: Dataset, scratch: Path, output_features: Features) -> Dataset:
         """The model stages and fusion over the output of :meth:`cpu_part`, then the output columns."""
@@ -119,22 +132,35 @@ class Pipeline:
             chunk = chunk.cast(output_features)
         return chunk
 
-    def process_chunk(self, chunk: Dataset, scratch: Path, num_proc: int | None = None) -> Dataset:
+    def process_chunk(self, chunk: Dataset, scratch: Path, num_proc: int | None = None, workers=None) -> Dataset:
         """Run every stage over ``chunk`` (which has an ``index`` column) and keep the output columns."""
         output_features = self.output_features(chunk.features)
-        return self.device_part(self.cpu_part(chunk, scratch, num_proc), scratch, output_features)
+        return self.device_part(self.cpu_part(chunk, scratch, num_proc, workers), scratch, output_features)
 
-    def _map(self, ds: Dataset, stage: Stage, scratch: Path, *, batch_size: int, num_proc=None, remove=()) -> Dataset:
+    def _map(self, ds: Dataset, stage: Stage, scratch: Path, *, step: int, batch_size: int, num_proc=None,
+             remove=(), workers=None) -> Dataset:
         feats = {c: f for c, f in ds.features.items()}
         feats.update(stage.features())
         feats = {c: f for c, f in feats.items() if c not in remove}
         feats[ERROR] = Value("string")
-        fp = stable_hash(ds._fingerprint, stage.fingerprint(), sorted(remove))
+        # the Arrow file lives in this chunk's scratch folder, which is never read back (load_from_cache_file is
+        # off) and is deleted after the chunk: the fingerprint only has to name this step of this chunk
+        fp = stable_hash(str(scratch), step, stage.fingerprint(), sorted(remove))
+        if num_proc and num_proc > 1:
+            from .workers import CpuWorkers
+
+            own = workers is None
+            workers = workers if workers is not None else CpuWorkers(num_proc)
+            try:
+                return workers.map(ds, stage, features=Features(feats), batch_size=batch_size, remove=list(remove),
+                                   scratch=scratch, fingerprint=fp)
+            finally:
+                if own:
+                    workers.close()
         return ds.map(
             stage,
             batched=True,
             batch_size=batch_size,
-            num_proc=num_proc,
             features=Features(feats),
             remove_columns=[c for c in remove if c in ds.column_names] or None,
             new_fingerprint=fp,
@@ -156,13 +182,19 @@ def build_pipeline(
     ``id_root``: the local folder the input was read from; image paths under it give relative ids."""
     from .openclip import ClipSpec, demo_model_dir
 
+    from .loading import model_load_error
+
     messages: list[str] = []
     clip_spec = None
     if options.model:
         if options.model == "demo" and demo_model_dir() is None:
             messages.append("CLIP source skipped: no --model given and this installation ships no demo model.")
         else:
-            clip_spec = ClipSpec.parse(options.model, options.pretrained, options.model_revision)
+            try:
+                clip_spec = ClipSpec.parse(options.model, options.pretrained, options.model_revision)
+                clip_spec.fingerprint()  # resolves a hf-hub: name to a commit (and fetches its config) now
+            except Exception as exc:  # noqa: BLE001 - a name that does not resolve is the user's to fix
+                raise model_load_error("CLIP model", options.model, exc) from exc
     else:
         messages.append("CLIP source skipped: --model is empty.")
 
@@ -192,10 +224,12 @@ def build_pipeline(
         if options.use_cache:
             root = Path(options.cache_dir).expanduser() if options.cache_dir else default_cache_dir()
             clip.cache = FeatureCache(root, clip.cache_namespace(), writer=writer)
+        decode_at = len(cpu)
         cpu.append(clip.decode)
         device.append(clip)
         sources.append("clip")
     else:
+        decode_at = len(cpu)
         cpu.append(DecodeStage())
 
     tagger_desc = None
@@ -229,7 +263,15 @@ def build_pipeline(
     if options.blip2:
         from .stages.blip2 import Blip2Source
 
-        device.append(Blip2Source(schema, model_id=options.blip2, revision=options.blip2_revision))
+        try:
+            spec = Blip2Source(schema, model_id=options.blip2, revision=options.blip2_revision).decode_spec()
+        except Exception as exc:  # noqa: BLE001 - the processor names the image size; a bad name fails here
+            raise model_load_error("BLIP-2 model", options.blip2, exc) from exc
+        # BLIP-2 reads its pixels from the shared decode stage (one decode per image, the same size limit,
+        # EXIF, 16-bit and remote-file handling as every other source), in a column of its own size
+        cpu[decode_at] = cpu[decode_at].with_extra_pixels(_pixels_blip2=spec)
+        device.append(Blip2Source(schema, model_id=options.blip2, revision=options.blip2_revision,
+                                  pixel_shape=spec["image_size"], pixels_column="_pixels_blip2"))
         sources.append("blip2")
 
     if not sources:
@@ -238,7 +280,19 @@ def build_pipeline(
     if options.fusion:
         from .stages.policy import PolicyFusion
 
-        fusion: FusionStage = PolicyFusion(schema, sources, options.fusion, revision=options.fusion_revision)
+        try:
+            fusion: FusionStage = PolicyFusion(schema, sources, options.fusion, revision=options.fusion_revision)
+        except ValueError:
+            raise  # the policy does not fit the run's schema: its own message says how
+        except Exception as exc:  # noqa: BLE001 - a policy that cannot be found, resolved or read
+            raise model_load_error("fusion policy", options.fusion, exc) from exc
+        dim = fusion.config.embedding_dim
+        if dim and clip_spec is not None and dim != clip.embed_dim:
+            raise UserError(
+                f"the fusion policy {options.fusion} reads {dim}-dim image embeddings (those of the CLIP model it was "
+                f"trained with), but --model {options.model} gives {clip.embed_dim}: annotate with that model, or "
+                "train a policy on this one"
+            )
     else:
         fusion = SimpleFusion(schema, sources, method=options.fusion_method)
 
@@ -277,6 +331,10 @@ def _model_schema(spec) -> str | None:
 def _fusion_wants_embedding(options: PipelineOptions) -> bool:
     if not options.fusion:
         return False
+    from .loading import model_load_error
     from .stages.policy import policy_uses_embedding
 
-    return policy_uses_embedding(options.fusion, options.fusion_revision)
+    try:
+        return policy_uses_embedding(options.fusion, options.fusion_revision)
+    except Exception as exc:  # noqa: BLE001 - not found, not reachable, no access, unreadable
+        raise model_load_error("fusion policy", options.fusion, exc) from exc

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset, IterableDataset, Value
 
 from .distributed import broadcast, get_state
+from .errors import ModelLoadError
 from .pipeline import Pipeline
 from .stages.base import stable_hash
 
@@ -180,7 +181,7 @@ def run(
     if streaming:
         n_chunks, total_rows, skipped = None, None, 0
         chunks: Iterator = _streaming_chunks(ds, chunk_size, rank, world, counter)
-        my_rows = None
+        my_rows, mine = None, None
     else:
         total_rows = len(ds)
         n_chunks = math.ceil(total_rows / chunk_size)
@@ -203,6 +204,12 @@ def run(
         chunks = ((k, start, make, _expected_rows(k, chunk_size, total_rows))
                   for k, start, make in _map_style_chunks(ds, chunk_size, mine))
         my_rows = sum(_expected_rows(k, chunk_size, total_rows) for k in mine)
+
+    if streaming or mine:
+        # every model is loaded in this process before its first chunk: one that cannot be loaded raises
+        # ModelLoadError once, here, instead of failing (and re-downloading for) every chunk; a process with
+        # nothing to do (a rerun of a finished run) loads nothing
+        pipeline.load()
 
     from tqdm.auto import tqdm
 
@@ -236,10 +243,15 @@ def run(
     def prepare(k: int, start: int, make) -> Dataset:
         chunk = make()
         chunk = chunk.add_column("index", list(range(start, start + len(chunk))), feature=Value("int64"))
-        return pipeline.cpu_part(chunk, scratch / f"chunk-{k:06d}", num_proc=num_proc)
+        return pipeline.cpu_part(chunk, scratch / f"chunk-{k:06d}", num_proc=num_proc, workers=workers)
 
-    # With prefetch, the CPU stages of the next chunk run in a background thread (its decode workers are
-    # forked processes that never touch torch) while this thread drives the accelerator on the current one.
+    # With prefetch, the CPU stages of the next chunk run in a background thread while this thread drives the
+    # accelerator on the current one. The decode workers are not forked from this process (whose other thread
+    # may be inside torch, holding locks a forked child would wait on forever) but from a forkserver started
+    # fresh: safe by construction. One pool serves every chunk of the run.
+    from .workers import CpuWorkers
+
+    workers = CpuWorkers(num_proc) if num_proc and num_proc > 1 else None
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="charattr-prefetch") if prefetch else None
     submit = (lambda *a: pool.submit(prepare, *a)) if pool else (lambda *a: _Deferred(prepare, *a))
     start_time = time.perf_counter()
@@ -256,6 +268,8 @@ def run(
             try:
                 out = pipeline.device_part(pending.result(), scratch / f"chunk-{k:06d}", output_features)
                 _write_parquet_atomic(out, chunk_path(run_dir, k))
+            except ModelLoadError:
+                raise  # not this chunk's fault: every other chunk would fail the same way
             except Exception:  # noqa: BLE001 - one broken chunk must not stop the others
                 logger.exception("chunk %d (rows %d..%d) failed; rerun to retry it", k, start, start + rows)
                 failed.append(k)
@@ -270,6 +284,8 @@ def run(
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        if workers is not None:
+            workers.close()
         if was_enabled:
             datasets.enable_progress_bars()
         bar.close()

@@ -359,7 +359,7 @@ def test_bad_inputs_become_error_rows(tmp_path):
         data = cell if isinstance(cell, bytes) else None
         if isinstance(cell, dict) and cell["path"] and os.path.exists(cell["path"]):
             data = open(cell["path"], "rb").read()
-        assert row["sha256"] == (hashlib.sha256(data).hexdigest() if data else None), expected
+        assert row["sha256"] == (hashlib.sha256(data).hexdigest() if data is not None else None), expected
 
 
 def test_max_pixels_and_upstream_errors():

@@ -239,18 +239,6 @@ def test_a_row_that_breaks_a_source_is_flagged_and_keeps_its_other_results(tiny_
     assert "tags_failed" not in out[0]["flags"] and out[0]["probs_tags"] is not None
 
 
-def test_a_broken_model_fails_the_chunk_instead_of_writing_error_rows(tiny_clip_dir, tmp_path):
-    broken = tmp_path / "broken-clip"
-    broken.mkdir()
-    (broken / "open_clip_config.json").write_bytes((tiny_clip_dir / "open_clip_config.json").read_bytes())
-    (broken / "open_clip_model.safetensors").write_bytes(b"not weights")
-    ds = image_dataset(6)
-    result, _ = annotate_to_disk(ds, tmp_path / "out", options=PipelineOptions(model=f"local-dir:{broken}", use_cache=False),
-                                 chunk_size=3, progress=False)
-    assert not result.complete and result.failed_chunks == [0, 1] and not result.data_files
-    assert not list((tmp_path / "out").glob(".charattr/*/chunks/chunk-*.parquet"))
-
-
 def test_an_unusable_cache_does_not_stop_the_run(tiny_clip_dir, tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the cache folder should be")

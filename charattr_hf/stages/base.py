@@ -7,10 +7,13 @@ A stage is a top-level, picklable callable: ``stage(batch) -> dict of new column
 
 Failures are sorted by whose fault they are:
 
-- ``setup()`` failing (weights that do not load, a device that is gone) is systemic: it propagates and fails
-  the chunk, which a rerun retries. So does any failure of a stage with ``isolate_rows = False`` (model
-  stages: their inputs are uniform tensors, a failure there is never one image's fault), and a batch in which
-  every row fails with the same exception type.
+- ``load()`` (``setup()`` once per process, before the first chunk) failing is the user's to fix: model stages
+  raise :class:`~charattr_hf.errors.ModelLoadError` there, which stops the run at once. ``setup()`` failing
+  later (a device that is gone) is systemic: it propagates and fails the chunk, which a rerun retries. So does
+  any failure of a stage with ``isolate_rows = False`` (model
+  stages: their inputs are uniform tensors, a failure there is never one image's fault), a batch whose first
+  rows, retried one by one, all fail with the same exception and message (``SYSTEMIC_PROBE_ROWS``), and a
+  batch in which every row fails with the same exception type.
 - Otherwise the batch is retried row by row. A row that still fails gets null outputs for this stage and
   keeps everything else: ``flags`` gains ``"<stage>_failed"``; for stages with ``quarantine = True``
   (decoding: the image itself is bad) the row gets a message in ``error`` and later stages leave it alone.
@@ -31,9 +34,22 @@ TEMP_PREFIX = "_"
 ERROR = "error"
 FLAGS = "flags"
 
-#: Bumped when a change of this package changes annotations for the same inputs and settings; part of every
-#: stage fingerprint, so a rerun after an upgrade never reuses stale chunks or cached model outputs.
-CODE_VERSION = 1
+
+#: When a batch fails and its first this-many rows, retried one by one, all fail with the same exception type and
+#: message, the failure is systemic (the stage, not the rows): it fails the chunk at once.
+SYSTEMIC_PROBE_ROWS = 8
+
+
+def _same_failure(failures: list[Exception]) -> bool:
+    return len({(type(e), str(e)) for e in failures}) == 1
+
+
+def code_version() -> str:
+    """The package version, part of every stage fingerprint and feature-cache namespace: a rerun after an upgrade
+    never reuses chunks or cached model outputs of the older code. (Read at call time: one place to bump.)"""
+    import charattr_hf
+
+    return charattr_hf.__version__
 
 
 def stable_hash(*parts: Any) -> str:
@@ -59,7 +75,7 @@ class Stage:
         return {}
 
     def fingerprint(self) -> str:
-        return stable_hash(self.name, type(self).__qualname__, CODE_VERSION, self.params())
+        return stable_hash(self.name, type(self).__qualname__, code_version(), self.params())
 
     def features(self) -> dict:
         """The columns this stage adds, as ``datasets`` feature types."""
@@ -72,6 +88,12 @@ class Stage:
     # -- execution --------------------------------------------------------------------------
     def setup(self) -> None:
         """Load heavy things (models) lazily, once per process. Must be idempotent."""
+
+    def load(self) -> None:
+        """:meth:`setup`, called once per process before the first chunk. Model stages raise
+        :class:`~charattr_hf.errors.ModelLoadError` here (one line: what failed and what to do), so that a model
+        that cannot be loaded stops the run at once instead of failing every chunk."""
+        self.setup()
 
     def process(self, batch: dict[str, list]) -> dict[str, list]:
         raise NotImplementedError
@@ -102,6 +124,7 @@ class Stage:
         out[ERROR] = []
         flags = [list(f or []) for f in batch[FLAGS]] if FLAGS in batch and FLAGS not in cols else None
         failures: list[Exception] = []
+        probe = min(n, SYSTEMIC_PROBE_ROWS)
         for i in range(n):
             row = {k: v[i : i + 1] for k, v in batch.items()}
             try:
@@ -111,7 +134,12 @@ class Stage:
                 out[ERROR].append(res.get(ERROR, [errors[i]])[0])
             except Exception as exc:  # noqa: BLE001
                 failures.append(exc)
-                logger.warning("%s failed on row %d: %s: %s", self.name, i, type(exc).__name__, exc)
+                if n >= 2 and len(failures) == probe == i + 1 and _same_failure(failures):
+                    # the first rows all fail the same way: the stage is broken, not the rows; fail the chunk now
+                    # rather than once per row
+                    raise exc
+                if len(failures) <= 3:
+                    logger.warning("%s failed on row %d: %s: %s", self.name, i, type(exc).__name__, exc)
                 null = self.null_row()
                 for c in cols:
                     out[c].append(null[c])
@@ -123,6 +151,9 @@ class Stage:
                     flags[i].append(f"{self.name}_failed")
         if n >= 2 and len(failures) == n and len({type(e) for e in failures}) == 1:
             raise failures[0]  # every row, the same way: not the rows' fault
+        if len(failures) > 3:
+            logger.warning("%s failed on %d of %d rows of this batch (the first 3 are shown above)", self.name,
+                           len(failures), n)
         if flags is not None:
             out[FLAGS] = flags
         return out

@@ -30,8 +30,13 @@ while each shared token is computed once. The vision encoder and Q-Former run on
 model runs once per image batch and pack (one pack for the default schema), and only the positions that
 predict an answer token are projected onto the vocabulary (``logits_to_keep``).
 
-Inputs: the decode stage's ``_pixels`` (uint8 RGB, ``pixel_shape`` = (H, W), ideally the processor's image
-size, see :meth:`Blip2Source.expected_pixel_shape`); without it, the raw ``image`` column is decoded here.
+Inputs: a pixel column written by the shared decode stage (uint8 RGB, ``pixel_shape`` = (H, W), the processor's
+image size, see :meth:`Blip2Source.expected_pixel_shape` and :meth:`Blip2Source.decode_spec`), so that BLIP-2
+sees each image exactly as decoded for every other source (size limit, EXIF, 16-bit, transparency, remote
+files). Without ``pixel_shape`` (standalone use), the raw ``image`` column is decoded here.
+
+A row whose pixels cannot be used keeps everything the other sources found: its ``probs_blip2`` is null and its
+``flags`` gain ``"blip2_failed"`` (with no ``flags`` column, standalone, the message goes to ``error``).
 
 Only BLIP-2 checkpoints with a decoder-only language model (the OPT family) are supported; the Flan-T5
 variants are refused with a clear error.
@@ -48,7 +53,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..schema import Attribute, Schema, load_schema, probs_column
-from .base import ERROR, Stage
+from .base import ERROR, FLAGS, Stage
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +131,8 @@ class Blip2Source(Stage):
         yes, no: the answers compared for multi-label presence questions.
         length_normalize: score answers by mean instead of total token log-likelihood (favours long label
             texts less, at the cost of no longer being the probability of the answer string).
-        pixel_shape: (H, W) of the ``_pixels`` column; None to read the ``image`` column instead.
+        pixel_shape: (H, W) of the pixel column; None to read the ``image`` column instead.
+        pixels_column: the pixel column (``_pixels``, or the decode stage's extra column for BLIP-2).
         dtype: "float16", "bfloat16" or "float32"; default float16 with CUDA, float32 without.
         batch_size: images per forward pass (memory only; does not change the numbers).
         max_pack_tokens: upper bound on the text tokens packed into one language-model sequence; a schema
@@ -152,6 +158,7 @@ class Blip2Source(Stage):
         dtype: str | None = None,
         batch_size: int = 16,
         max_pack_tokens: int = 1024,
+        pixels_column: str = "_pixels",
     ):
         import torch  # imported here so that building a stage description never needs torch at import time
 
@@ -171,6 +178,7 @@ class Blip2Source(Stage):
                 raise ValueError(f"pixel_shape must be (height, width), got {pixel_shape!r}")
             pixel_shape = (int(pixel_shape[0]), int(pixel_shape[1]))
         self.pixel_shape: tuple[int, int] | None = pixel_shape  # type: ignore[assignment]
+        self.pixels_column = pixels_column
         self.dtype = dtype or ("float16" if torch.cuda.is_available() else "float32")
         if self.dtype not in ("float16", "bfloat16", "float32"):
             raise ValueError(f"dtype must be float16, bfloat16 or float32, got {self.dtype!r}")
@@ -247,7 +255,15 @@ class Blip2Source(Stage):
         return {probs_column(self.name): self.schema.probs_feature()}
 
     def input_columns(self) -> list[str]:
-        return ["_pixels"] if self.pixel_shape is not None else ["image"]
+        return [self.pixels_column] if self.pixel_shape is not None else ["image"]
+
+    def decode_spec(self) -> dict:
+        """What the decode stage must write for this source: the processor's size, squashed (as the processor
+        resizes) with its filter."""
+        resample = getattr(self.processor().image_processor, "resample", None)
+        names = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+        return {"image_size": self.expected_pixel_shape(), "resize_mode": "squash",
+                "interpolation": names.get(int(resample) if resample is not None else 3, "bicubic")}
 
     # ------------------------------------------------------------------------------------------ loading
     def _model_key(self) -> tuple:
@@ -255,10 +271,9 @@ class Blip2Source(Stage):
 
     @staticmethod
     def _device():
-        import torch
-        from accelerate import PartialState
+        from ..distributed import get_state
 
-        return PartialState(cpu=not torch.cuda.is_available()).device
+        return get_state().device
 
     def processor(self) -> Any:
         """The checkpoint's processor (loaded once per process; no model weights)."""
@@ -285,6 +300,18 @@ class Blip2Source(Stage):
         if size.get("shortest_edge"):
             return int(size["shortest_edge"]), int(size["shortest_edge"])
         raise ValueError(f"{self.model_id!r}: cannot tell the image size from the processor's size {size}")
+
+    def load(self) -> None:
+        try:
+            self.setup()
+        except NotImplementedError as exc:  # a Flan-T5 checkpoint: the message says what to use instead
+            from ..errors import ModelLoadError
+
+            raise ModelLoadError(str(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the model did not load: one clear line
+            from ..loading import model_load_error
+
+            raise model_load_error("BLIP-2 model", self.model_id, exc) from exc
 
     def setup(self) -> None:
         """Load the model, processor and token layout once per process (idempotent)."""
@@ -334,17 +361,25 @@ class Blip2Source(Stage):
 
         n = len(next(iter(batch.values()))) if batch else 0
         errors = list(batch.get(ERROR) or [None] * n)
+        flags = [list(f or []) for f in batch[FLAGS]] if FLAGS in batch else None
         out: list[dict | None] = [None] * n
         images: list[np.ndarray] = []
         rows: list[int] = []
+        failed = 0
         for i in range(n):
             if errors[i]:
                 continue
             try:
                 images.append(self._row_image(batch, i))
                 rows.append(i)
-            except Exception as exc:  # noqa: BLE001 - a bad image spoils its own row only
-                errors[i] = f"{self.name}: cannot read image: {type(exc).__name__}: {exc}"
+            except Exception as exc:  # noqa: BLE001 - a bad image spoils this source's result for its row only
+                failed += 1
+                if flags is not None:  # the row keeps what the other sources found
+                    flags[i].append(f"{self.name}_failed")
+                else:
+                    errors[i] = f"{self.name}: cannot read image: {type(exc).__name__}: {exc}"
+                if failed == 1:
+                    logger.warning("%s: cannot read the image of a row: %s: %s", self.name, type(exc).__name__, exc)
         if rows:
             model, plan = self._model(), self._plan()
             queries = self.queries()
@@ -354,16 +389,19 @@ class Blip2Source(Stage):
                     logp = self._answer_logprobs(model, plan, chunk)  # (n_chunk, n_answers) float64
                     for j, row in enumerate(rows[start : start + self.batch_size]):
                         out[row] = self._to_probs(queries, plan, logp[j])
-        return {probs_column(self.name): out, ERROR: errors}
+        result = {probs_column(self.name): out, ERROR: errors}
+        if flags is not None:
+            result[FLAGS] = flags
+        return result
 
     def _row_image(self, batch: dict[str, list], i: int) -> np.ndarray:
         """Row ``i`` as a uint8 RGB array at the processor's image size."""
-        pixels = batch.get("_pixels") if self.pixel_shape is not None else None
+        pixels = batch.get(self.pixels_column) if self.pixel_shape is not None else None
         if pixels is not None and pixels[i] is not None:
             h, w = self.pixel_shape  # type: ignore[misc]
             buf = np.frombuffer(pixels[i], dtype=np.uint8)
             if buf.size != h * w * 3:
-                raise ValueError(f"_pixels holds {buf.size} bytes, expected {h}x{w}x3 = {h * w * 3}")
+                raise ValueError(f"{self.pixels_column} holds {buf.size} bytes, expected {h}x{w}x3 = {h * w * 3}")
             arr = buf.reshape(h, w, 3).copy()  # writable: torch refuses read-only buffers
         else:
             images = batch.get("image")

@@ -22,7 +22,7 @@ from datasets import List, Value
 from ..cache import FeatureCache
 from ..openclip import ClipSpec, PreprocessConfig, label_embeddings, load_model, preprocess_config
 from ..schema import Schema, load_schema, probs_column
-from .base import Stage, stable_hash
+from .base import Stage, code_version, stable_hash
 from .decode import DecodeStage
 
 logger = logging.getLogger(__name__)
@@ -76,8 +76,9 @@ class ClipZeroShot(Stage):
         }
 
     def cache_namespace(self) -> str:
-        """Where cached outputs of this exact model + schema + preprocessing live."""
-        return f"clip-{stable_hash(self.params())}"
+        """Where cached outputs of this exact model + schema + preprocessing, made by this version of the package,
+        live."""
+        return f"clip-{stable_hash(code_version(), self.params())}"
 
     def input_columns(self) -> list[str]:
         return ["_pixels", "sha256"]
@@ -112,6 +113,14 @@ class ClipZeroShot(Stage):
     def _key(self) -> str:
         return stable_hash(self.params(), self.device)
 
+    def load(self) -> None:
+        try:
+            self.setup()
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the model did not load: one clear line
+            from ..loading import model_load_error
+
+            raise model_load_error("CLIP model", self.spec.describe(), exc) from exc
+
     def setup(self) -> None:
         key = self._key()
         if key in _REGISTRY:
@@ -120,9 +129,9 @@ class ClipZeroShot(Stage):
 
         device = self.device
         if device is None:
-            from accelerate import PartialState
+            from ..distributed import get_state
 
-            device = str(PartialState(cpu=not torch.cuda.is_available()).device)
+            device = str(get_state().device)
         model, tokenizer = load_model(self.spec, device, self._precision_name())
         dtype = next(model.parameters()).dtype
         prompt_sets, slices, start = [], {}, 0

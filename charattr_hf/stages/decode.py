@@ -41,6 +41,10 @@ What a row gets (see :meth:`DecodeStage.features`):
     only when ``image_size`` is set: ``uint8`` RGB, ``height x width x 3``, C order, resized and cropped
     exactly as open_clip's eval transform would (``open_clip.transform.image_transform(size,
     is_train=False, resize_mode=..., interpolation=..., fill_color=...)`` before ``ToTensor``/``Normalize``).
+other working columns from ``extra_pixels``
+    the same for another model's input size and resize (BLIP-2's processor: ``squash`` to its size), from the
+    same decode: every model sees the image with the same size limit, EXIF orientation, 16-bit handling,
+    transparency and remote-file reading.
 
 Colour handling, before any resizing:
 
@@ -255,6 +259,8 @@ class DecodeStage(Stage):
         thumbnail_size: longest side of the thumbnail on which quality is measured.
         thresholds: :class:`FlagThresholds` or a mapping of its fields.
         column: the input column holding the images.
+        extra_pixels: more pixel columns for other models, ``{column: {"image_size": ..., "resize_mode": ...,
+            "interpolation": ...}}`` (column names start with ``_``: working columns, dropped before writing).
         signatures: compute the near-duplicate ``signature`` column (cheap: two small resizes of the image).
     """
 
@@ -276,6 +282,7 @@ class DecodeStage(Stage):
         thumbnail_size: int = 128,
         thresholds: FlagThresholds | Mapping[str, Any] | None = None,
         column: str = "image",
+        extra_pixels: Mapping[str, Mapping[str, Any]] | None = None,
         signatures: bool = True,
     ):
         self.image_size = _as_size(image_size)
@@ -305,6 +312,19 @@ class DecodeStage(Stage):
             thresholds = FlagThresholds(**thresholds)
         self.thresholds: FlagThresholds = thresholds
         self.column = column
+        self.extra_pixels: dict[str, tuple[tuple[int, int], str, str]] = {}
+        for name, spec in (extra_pixels or {}).items():
+            unknown = set(spec) - {"image_size", "resize_mode", "interpolation"}
+            if not name.startswith("_") or name == "_pixels" or unknown:
+                raise ValueError(f"extra_pixels: a working column name (starting with '_', not '_pixels') -> "
+                                 f"image_size, resize_mode, interpolation; got {name!r}: {dict(spec)}")
+            size = _as_size(spec.get("image_size"))
+            mode = spec.get("resize_mode", "squash")
+            interp = spec.get("interpolation", "bicubic")
+            if size is None or mode not in _RESIZE_MODES or interp not in _RESAMPLING:
+                raise ValueError(f"extra_pixels[{name!r}]: need an image_size, a resize_mode in {_RESIZE_MODES} and "
+                                 f"an interpolation in {sorted(_RESAMPLING)}; got {dict(spec)}")
+            self.extra_pixels[name] = (size, mode, interp)
         self.signatures = bool(signatures)
 
     # -- description --------------------------------------------------------------------------
@@ -321,9 +341,23 @@ class DecodeStage(Stage):
             "thumbnail_size": self.thumbnail_size,
             "thresholds": asdict(self.thresholds),
             "column": self.column,
+            # only when there are some, so that a stage without them keeps its fingerprint
+            **({"extra_pixels": {k: [list(v[0]), v[1], v[2]] for k, v in sorted(self.extra_pixels.items())}}
+               if self.extra_pixels else {}),
             # near-duplicate signatures (curation, #11)
             "signatures": SIGNATURE_VERSION if self.signatures else None,
         }
+
+    def with_extra_pixels(self, **columns: Mapping[str, Any]) -> "DecodeStage":
+        """A copy that also writes the given pixel columns (see ``extra_pixels``); ``_pixels`` is unchanged."""
+        import copy
+
+        other = copy.copy(self)
+        merged = {k: {"image_size": v[0], "resize_mode": v[1], "interpolation": v[2]}
+                  for k, v in self.extra_pixels.items()}
+        merged.update(columns)
+        other.extra_pixels = DecodeStage(extra_pixels=merged).extra_pixels
+        return other
 
     def features(self) -> dict:
         """Columns added (``error`` is handled by the base class and typed by the runner, as for all stages)."""
@@ -337,6 +371,8 @@ class DecodeStage(Stage):
         }
         if self.image_size is not None:
             feats["_pixels"] = Value("binary")
+        for name in self.extra_pixels:
+            feats[name] = Value("binary")
         return feats
 
     def input_columns(self) -> list[str]:
@@ -421,13 +457,14 @@ class DecodeStage(Stage):
         plan = None
         if self.image_size is not None:
             plan = resize_plan(width, height, self.image_size, self.resize_mode)
+        extra_plans = {name: resize_plan(width, height, size, mode) for name, (size, mode, _) in self.extra_pixels.items()}
 
         # draft decoding: reduced DCT scale, at least twice what the resize and the thumbnail need
         scale = 1.0
         if draftable:
             need_w, need_h = _thumb_size(width, height, self.thumbnail_size)
-            if plan is not None:
-                need_w, need_h = max(need_w, plan[0][0]), max(need_h, plan[0][1])
+            for p in ([plan] if plan is not None else []) + list(extra_plans.values()):
+                need_w, need_h = max(need_w, p[0][0]), max(need_h, p[0][1])
             if swapped:
                 need_w, need_h = need_h, need_w
             if fw >= 4 * need_w and fh >= 4 * need_h:
@@ -442,6 +479,8 @@ class DecodeStage(Stage):
         row: dict[str, Any] = {"sha256": sha, "width": width, "height": height}
         if plan is not None:
             row["_pixels"] = self._pixels(rgb, plan, scale, width, height, method)
+        for name, extra_plan in extra_plans.items():
+            row[name] = self._pixels(rgb, extra_plan, scale, width, height, method, self.extra_pixels[name])
 
         quality, gray, sharpness_measured = self._quality(rgb)
         row["quality"] = quality
@@ -468,9 +507,7 @@ class DecodeStage(Stage):
         if isinstance(cell, Image.Image):
             return cell, None
         data = _read_bytes(cell)
-        if not data:
-            raise DecodeError("empty file: no image bytes")
-        return data, hashlib.sha256(data).hexdigest()
+        return data, hashlib.sha256(data).hexdigest()  # an empty file too: its row keeps the hash of b""
 
     def _open(self, source: "bytes | Image.Image", sha: str | None) -> tuple[Image.Image, str]:
         """The (lazily decoded) image and its hash."""
@@ -484,6 +521,8 @@ class DecodeStage(Stage):
             digest.update(im.tobytes())
             return im, digest.hexdigest()
         assert sha is not None
+        if not source:
+            raise DecodeError("empty file: no image bytes")
         try:
             im = Image.open(io.BytesIO(source))
         except UnidentifiedImageError:
@@ -533,11 +572,14 @@ class DecodeStage(Stage):
         width: int,
         height: int,
         method: tuple[Image.Transpose, bool, bool] | None,
+        target: tuple[tuple[int, int], str, str] | None = None,
     ) -> bytes:
-        """Resize + centre crop/pad as open_clip's eval transform; uint8 RGB bytes."""
+        """Resize + centre crop/pad as open_clip's eval transform; uint8 RGB bytes. ``target``: (size, resize
+        mode, interpolation) of an extra pixel column instead of the stage's own."""
         (rw, rh), (left, top), force_bicubic = plan
-        th, tw = self.image_size  # type: ignore[misc]
-        resample = Image.Resampling.BICUBIC if force_bicubic else _RESAMPLING[self.interpolation]
+        image_size, resize_mode, interpolation = target or (self.image_size, self.resize_mode, self.interpolation)
+        th, tw = image_size  # type: ignore[misc]
+        resample = Image.Resampling.BICUBIC if force_bicubic else _RESAMPLING[interpolation]
         # draft: shrink by an integer factor first (box average, PIL's reduce), keeping at least twice
         # the output size for the final resampling
         gap = _REDUCING_GAP if self.draft else None
@@ -557,7 +599,7 @@ class DecodeStage(Stage):
         else:
             resized = rgb
         if left < 0 or top < 0:
-            canvas = Image.new("RGB", (tw, th), self.fill_color if self.resize_mode == "longest" else (0, 0, 0))
+            canvas = Image.new("RGB", (tw, th), self.fill_color if resize_mode == "longest" else (0, 0, 0))
             canvas.paste(resized, (-left, -top))  # pads one axis; a positive offset on the other crops it
             return canvas.tobytes()
         if (rw, rh) != (tw, th):

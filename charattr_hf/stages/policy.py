@@ -65,16 +65,21 @@ def policy_uses_embedding(model: "str | os.PathLike", revision: str | None = Non
     return load_policy_config(model, revision).embedding_dim > 0
 
 
-def _resolve_commit(repo_id: str, revision: str | None) -> str | None:
-    """The commit a Hub revision points to (the snapshot folder of the cached ``config.json``), or None."""
-    try:
-        from huggingface_hub import hf_hub_download
+def _resolve_commit(repo_id: str, revision: str | None) -> str:
+    """The commit a Hub revision points to (the snapshot folder of the cached ``config.json``).
 
-        path = Path(hf_hub_download(repo_id, "config.json", revision=revision))
-    except Exception as exc:  # noqa: BLE001 - unresolvable here: the load itself will report the real error
-        logger.debug("could not resolve the commit of %s@%s: %s", repo_id, revision, exc)
-        return None
-    return path.parent.name if path.parent.parent.name == "snapshots" else None
+    A policy is pinned to a commit when the stage is built, so that every process loads the same weights even
+    if the branch moves mid-run; a revision that cannot be resolved is an error, never a silent fallback to a
+    moving branch."""
+    from huggingface_hub import hf_hub_download
+
+    from ..errors import ModelLoadError
+
+    path = Path(hf_hub_download(repo_id, "config.json", revision=revision))
+    if path.parent.parent.name != "snapshots":
+        raise ModelLoadError(f"cannot tell which commit {repo_id}@{revision or 'main'} is: {path} is not in a Hub "
+                             "snapshot folder; pass --fusion_revision <commit>")
+    return path.parent.name
 
 
 class PolicyFusion(FusionStage):
@@ -121,7 +126,7 @@ class PolicyFusion(FusionStage):
             if not Path(self.model_ref).is_dir():
                 # pin the commit now: every process loads the same weights even if the branch moves mid-run,
                 # and the fingerprint names the weights that ran
-                revision = _resolve_commit(self.model_ref, revision) or revision
+                revision = _resolve_commit(self.model_ref, revision)
             config = load_policy_config(self.model_ref, revision)
         else:
             raise TypeError(f"model must be a path, a hub id or a CharattrFusionModel, got {type(model).__name__}")
@@ -197,6 +202,14 @@ class PolicyFusion(FusionStage):
 
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.device
+
+    def load(self) -> None:
+        try:
+            self.setup()
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the policy did not load: one clear line
+            from ..loading import model_load_error
+
+            raise model_load_error("fusion policy", self.model_name or "<in-memory>", exc) from exc
 
     def setup(self) -> None:
         if self._model is not None:

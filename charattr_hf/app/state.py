@@ -1,0 +1,253 @@
+"""What the app holds while it runs, apart from the web page: the pipeline, the annotated output, the review queue,
+the feedback log and the current policy. Every user action is a method here, so the API, the page and the
+command line share one implementation (and tests can call it without a browser)."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import UserError
+from ..pipeline import PipelineOptions
+from ..schema import probs_column
+from .annotator import AnnotatedImage, Annotator, fused_vectors
+from .data import AnnotatedStore, rows_with_ids
+from .feedback import MODEL_INPUT_COLUMNS, FeedbackLog, continue_policy, decision_events
+from .review import ReviewItem, ReviewQueue
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AppConfig", "AppState"]
+
+
+@dataclass
+class AppConfig:
+    """Library-level options of the review app (the recipe maps its command line onto these)."""
+
+    dataset: str | None = None
+    split: str = "train"
+    feedback_log: str = "outputs/feedback.parquet"
+    policy_dir: str | None = None
+    epsilon: float = 0.1
+    pool_size: int = 10000
+    page_size: int = 24
+    reviewer: str = "app"
+    train_epochs: int = 300
+    train_patience: int = 30
+    seed: int = 0
+    pipeline: PipelineOptions = field(default_factory=PipelineOptions)
+
+
+class AppState:
+    def __init__(self, config: AppConfig, warm_up: bool = True):
+        self.config = config
+        self.log = FeedbackLog(config.feedback_log)  # checked first: a bad path fails before models load
+        if config.dataset:
+            self.store = AnnotatedStore(config.dataset, config.split)
+        else:
+            self.store = None
+        self.annotator = Annotator(config.pipeline, warm_up=warm_up)
+        self.schema = self.annotator.schema
+        self._check_store_schema()
+        self.policy_dir = Path(config.policy_dir or self.log.path.with_name(self.log.path.stem + "-policy"))
+        self.uploads: "collections.OrderedDict[str, AnnotatedImage]" = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.queue = None
+        if self.store is not None:
+            self.queue = ReviewQueue(self.store, self.schema, self.annotator.sources, epsilon=config.epsilon,
+                                     pool_size=config.pool_size)
+            self.queue.rescore(self._fuse, self.policy_version)
+
+    # ------------------------------------------------------------------ policy
+    @property
+    def policy(self):
+        """The current ``CharattrFusionModel``, or None when fusion is a fixed rule."""
+        from ..stages.policy import PolicyFusion
+
+        fusion = self.annotator.fusion
+        if isinstance(fusion, PolicyFusion):
+            fusion.setup()
+            return fusion._model
+        return None
+
+    @property
+    def policy_version(self) -> str:
+        model = self.policy
+        if model is None:
+            return f"simple-{getattr(self.annotator.fusion, 'method', 'confidence')}"
+        return str(model.config.policy_version or "untrained")
+
+    def _fuse(self, columns: dict[str, list]) -> dict[str, list]:
+        return fused_vectors(self.annotator.fusion, columns)
+
+    def _check_store_schema(self) -> None:
+        if self.store is None:
+            return
+        for info in self.store.attributes:
+            if info.name not in self.schema:
+                continue
+            mine = tuple(self.schema[info.name].label_names)
+            if mine != info.labels:
+                raise UserError(
+                    f"{self.store.source}: attribute {info.name!r} has labels {list(info.labels)} but the app's "
+                    f"schema {self.schema.name!r} has {list(mine)}: start the app with the --schema (and --model) "
+                    "the dataset was annotated with"
+                )
+        if not any(a.name in self.schema for a in self.store.attributes):
+            raise UserError(f"{self.store.source} has none of the attributes of schema {self.schema.name!r}: "
+                            "pass the --schema it was annotated with")
+
+    # ------------------------------------------------------------------ annotate
+    def annotate_files(self, paths: Sequence[str], tags: str | None = None) -> list[AnnotatedImage]:
+        datas, names = [], []
+        for p in paths:
+            path = Path(p)
+            if not path.is_file():
+                raise UserError(f"no such image file: {p}")
+            datas.append(path.read_bytes())
+            names.append(path.name)
+        items = self.annotator.annotate(datas, [tags] * len(datas), names)
+        with self._lock:
+            for it in items:
+                self.uploads[it.id] = it
+                self.uploads.move_to_end(it.id)
+            while len(self.uploads) > 512:
+                self.uploads.popitem(last=False)
+        return items
+
+    def annotate_json(self, path: str, tags: str | None = None) -> dict:
+        """The ``/annotate`` answer: ``{attribute: {label, confidence, probabilities, sources}}`` plus ``_image``
+        (id, size, flags, error, predicted tags, policy version)."""
+        t0 = time.perf_counter()
+        item = self.annotate_files([path], tags)[0]
+        out = self.annotator.result(item)
+        out["_image"] = {
+            "id": item.id, "width": item.row.get("width"), "height": item.row.get("height"),
+            "flags": item.row.get("flags") or [], "error": item.row.get("error"),
+            "predicted_tags": self.predicted_tags(item), "fusion": self.policy_version,
+            "seconds": round(time.perf_counter() - t0, 4),
+        }
+        return out
+
+    def predicted_tags(self, item: AnnotatedImage) -> list[str]:
+        """Tags of the image: the tagger's general tags when a tagger ran, else the schema's first tag of each
+        fused label, most confident first."""
+        tagged = item.row.get("tagger_tags")
+        if tagged:
+            return list(tagged)
+        scored = []
+        for attr in self.schema:
+            vec = item.fused.get(attr.name)
+            if vec is None:
+                continue
+            if attr.multi_label:
+                picks = [(i, vec[i]) for i in range(attr.num_labels) if vec[i] >= attr.threshold]
+            else:
+                i = int(np.argmax(vec))
+                picks = [(i, vec[i])]
+            for i, p in picks:
+                tags = attr.labels[i].tags
+                if tags:
+                    scored.append((float(p), tags[0]))
+        return [t for _, t in sorted(scored, key=lambda x: -x[0])]
+
+    # ------------------------------------------------------------------ feedback
+    def _events(self, row_id, attribute, shown, propensity, verdict, label, policy_version) -> list[dict]:
+        return decision_events(self.schema, row_id, attribute, shown, propensity, verdict, label or None,
+                               policy_version=policy_version, reviewer=self.config.reviewer)
+
+    def decide_upload(self, upload_id: str, attribute: str, verdict: str, label: "str | list[str] | None" = None
+                      ) -> dict:
+        """A decision on an uploaded image's fused label (shown deterministically: propensity 1)."""
+        item = self.uploads.get(upload_id)
+        if item is None:
+            raise UserError(f"no uploaded image {upload_id!r} in this session: annotate it first")
+        if attribute not in self.schema:
+            raise UserError(f"unknown attribute {attribute!r}; attributes: {self.schema.attribute_names}")
+        attr = self.schema[attribute]
+        vec = item.fused.get(attribute)
+        if vec is None:
+            raise UserError(f"no source had evidence for {attribute!r} on this image: nothing to judge")
+        shown = int(np.argmax(vec))  # multi-label: the most likely label's presence
+        events = self._events(upload_id, attribute, shown, 1.0, verdict, label, self.policy_version)
+        self.log.add_rows([item.row], self.schema, self.annotator.sources)
+        total = self.log.append(events)
+        return {"logged": len(events), "events": total, "id": upload_id, "attribute": attribute,
+                "shown": attr.labels[shown].name, "verdict": events[0]["verdict"]}
+
+    def next_items(self, n: int = 1, skip: Sequence[str] = ()) -> list[ReviewItem]:
+        if self.queue is None:
+            raise UserError("no annotated dataset: start the app with --dataset to review one")
+        return self.queue.next(int(n), self.log.decided(), set(skip))
+
+    def decide(self, token: str, verdict: str, label: "str | list[str] | None" = None) -> dict:
+        """A decision on a review item handed out by :meth:`next_items` (what was shown and its propensity are
+        the server's record of it, not the client's)."""
+        if self.queue is None:
+            raise UserError("no annotated dataset: start the app with --dataset to review one")
+        item = self.queue.lookup(token)
+        if item is None:
+            raise UserError(f"unknown or stale review item {token!r}: fetch the next item again")
+        events = self._events(item.id, item.attribute, item.shown, item.propensity, verdict, label,
+                              item.policy_version)
+        total = self.log.append(events)
+        return {"logged": len(events), "events": total, "id": item.id, "attribute": item.attribute,
+                "shown": item.shown_label, "verdict": events[0]["verdict"]}
+
+    def status(self) -> dict:
+        decided = self.log.decided()
+        out = {"events": len(self.log), "decisions": len(decided), "policy_version": self.policy_version,
+               "feedback_log": str(self.log.path)}
+        if self.queue is not None:
+            out.update(self.queue.stats())
+            out["remaining"] = self.queue.remaining(decided)
+        return out
+
+    # ------------------------------------------------------------------ training
+    def retrain(self, command: str | None = None) -> dict:
+        """Continue the policy from the whole feedback log, save it as the next version, use it from now on, and
+        re-score the review queue."""
+        from .. import fusion_training as ft
+        from ..stages.policy import PolicyFusion
+
+        t0 = time.perf_counter()
+        sources = self.annotator.sources
+        columns = list(MODEL_INPUT_COLUMNS) + [probs_column(s) for s in sources]
+        ids = {i for i, _ in self.log.decided()}
+        tables = []
+        if self.store is not None:
+            tables.append(rows_with_ids(self.store, ids, columns))
+        uploads = self.log.read_rows()
+        if uploads is not None:
+            tables.append(uploads)
+        current = self.policy
+        version = _next_version(current)
+        args = ft.FusionTrainingConfig(max_epochs=self.config.train_epochs, patience=self.config.train_patience,
+                                       seed=self.config.seed)
+        model, info = continue_policy(current, self.schema, self.log, tables, sources, args=args,
+                                      policy_version=version, command=command)
+        out_dir = self.policy_dir / version
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out_dir, model_card_id=str(out_dir))
+        self.annotator.set_fusion(PolicyFusion(self.schema, sources, model=model))
+        if self.queue is not None:
+            self.queue.rescore(self._fuse, self.policy_version)
+        info.update({"saved_to": str(out_dir), "seconds": round(time.perf_counter() - t0, 2)})
+        return info
+
+
+def _next_version(model) -> str:
+    if model is None:
+        return "app-v1"
+    rounds = len(model.config.training_info or [])
+    base = str(model.config.policy_version or "v")
+    stem = base.rsplit("-v", 1)[0] if "-v" in base else "app"
+    return f"{stem}-v{rounds + 1}"
+
