@@ -63,6 +63,8 @@ To make them again (same input, same models and revisions, same settings):
 - one column per attribute (a class label, or a list of them for multi-label attributes) and
   `<attribute>_confidence`;
 - `probs_<source>`: each source's per-attribute probabilities (so fusion can be re-trained without recomputing);
+- with the WD tagger source: `tagger_tags` (general tags above the threshold, highest score first),
+  `tagger_characters` and `tagger_rating`;
 - `flags`: quality flags from decoding; `quality`: brightness, contrast, saturation, colourfulness, sharpness;
 - `error`: null when the row was annotated.
 

@@ -138,6 +138,25 @@ class PipelineOptions:
                   "Default: SQLite files in --cache_dir. A cache that fails never fails the run."},
     )
     device: Optional[str] = None
+    # the WD tagger source (#9)
+    tagger: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Add the WD tagger source: a Hub id (SmilingWolf/wd-vit-tagger-v3, with --tagger_revision), "
+            "'hf-hub:org/repo', 'local-dir:/path' (config.json, model.safetensors, selected_tags.csv) or 'demo' "
+            "(shipped, synthetic drawings only)."
+        },
+    )
+    tagger_revision: Optional[str] = field(default=None, metadata={"help": "Revision (commit) of a Hub tagger."})
+    tagger_threshold: float = field(
+        default=0.35, metadata={"help": "Score above which a general tag goes to tagger_tags.", "min": 0}
+    )
+    tagger_character_threshold: float = field(
+        default=0.85, metadata={"help": "Score above which a character tag goes to tagger_characters.", "min": 0}
+    )
+    tagger_mcut: bool = field(
+        default=False, metadata={"help": "MCut thresholds (the largest gap in the scores) for the tagger's tags."}
+    )
 
 
 @dataclass

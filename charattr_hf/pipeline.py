@@ -45,7 +45,8 @@ class Pipeline:
 
     @property
     def sources(self) -> list[str]:
-        return list(self.fusion.sources)
+        # every source that ran, also those a learned policy ignores (their probs_<source> are kept)
+        return list(getattr(self.fusion, "run_sources", self.fusion.sources))
 
     def load(self) -> None:
         """Load every model of the run in this process, before the first chunk: a model that cannot be loaded
@@ -69,6 +70,8 @@ class Pipeline:
             emb_feat = next((s.features()["embedding"] for s in self.device if "embedding" in s.features()), None)
             emb = emb_feat.length if emb_feat is not None else None
         feats = dict(self.schema.output_features(self.sources, embedding_dim=emb))
+        for stage in self.device:  # a source's own columns besides probs_<source> (tagger_tags, ...)
+            feats.update(getattr(stage, "output_features", dict)())
         clash = sorted(c for c in self.keep_columns if c in feats or c == "image")
         if clash:
             raise ValueError(f"input column(s) {clash} would overwrite output columns of the same name; rename them")
@@ -231,6 +234,25 @@ def build_pipeline(
         decode_at = len(cpu)
         cpu.append(DecodeStage())
 
+    tagger_desc = None
+    if options.tagger:
+        from .stages.tagger import TaggerSpec, TaggerStage
+
+        tagger = TaggerStage(
+            schema,
+            TaggerSpec.parse(options.tagger, options.tagger_revision),
+            threshold=options.tagger_threshold,
+            character_threshold=options.tagger_character_threshold,
+            mcut=options.tagger_mcut,
+            batch_size=options.batch_size,
+            precision=options.precision,
+            device=options.device,
+        )
+        cpu.append(tagger.preprocess)  # after decode: rows it quarantined are skipped
+        device.append(tagger)
+        sources.append("tagger")
+        tagger_desc = tagger.spec.describe()
+
     if options.tags:
         if "tags" in input_columns or "caption" in input_columns:
             from .stages.tags import TagStage
@@ -283,6 +305,8 @@ def build_pipeline(
         "sources": sources,
         "fusion": options.fusion or f"simple ({options.fusion_method})",
     }
+    if tagger_desc is not None:
+        description["tagger"] = tagger_desc
     return Pipeline(
         schema=schema,
         cpu=cpu,

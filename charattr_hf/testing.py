@@ -2,6 +2,9 @@
 (open_clip ``local-dir:`` folders, ``transformers`` ``from_pretrained`` folders), random weights, seconds to build.
 
 - :func:`build_tiny_clip`: an open_clip CLIP with a 32 px ViT and a one-layer text tower.
+- :func:`build_tiny_tagger`: a timm ViT tagger in the WD v3 folder layout (``config.json``, ``model.safetensors``,
+  ``selected_tags.csv``), as small as a ViT gets; ``logits`` fixes chosen tags' outputs through the head's biases
+  (their head weights are zero), so a test knows what the tagger says whatever the image.
 - :func:`build_tiny_blip2`: a BLIP-2 (OPT) checkpoint with a real ``Blip2Processor`` whose tokenizer is a
   word-level ``tokenizers`` model over the words of the given texts. Like the OPT tokenizer of the real
   checkpoints it prepends ``</s>`` as BOS and keeps ``"\\n"`` as a token (the end-of-answer marker the BLIP-2
@@ -14,7 +17,8 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-__all__ = ["TINY_CLIP_CFG", "BLIP2_IMAGE_SIZE", "build_tiny_clip", "build_tiny_blip2"]
+__all__ = ["TINY_CLIP_CFG", "TINY_TAGGER_ARGS", "BLIP2_IMAGE_SIZE", "build_tiny_clip", "build_tiny_tagger",
+           "build_tiny_blip2"]
 
 TINY_CLIP_CFG = {
     "embed_dim": 16,
@@ -48,6 +52,67 @@ def build_tiny_clip(folder: Path, seed: int = 0, image_size: int = 32) -> Path:
     (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / "open_clip_model.safetensors"))
+    return folder
+
+
+#: timm ``vit_tiny_patch16_224`` arguments of the tiny tagger: the WD v3 ViT's choices (no class token, average
+#: pooling, no fc norm, tanh GELU) at toy size.
+TINY_TAGGER_ARGS = {"patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2, "class_token": False,
+                    "global_pool": "avg", "fc_norm": False, "act_layer": "gelu_tanh"}
+
+
+def build_tiny_tagger(
+    folder: Path,
+    tags: "Iterable[tuple[str, int]]",
+    logits: "dict[str, float] | None" = None,
+    image_size: int = 32,
+    seed: int = 0,
+    mean: "tuple[float, float, float]" = (0.5, 0.5, 0.5),
+    std: "tuple[float, float, float]" = (0.5, 0.5, 0.5),
+) -> Path:
+    """Write a random tiny timm ViT tagger in the WD v3 layout to ``folder``; returns the folder.
+
+    ``tags``: ``(name, category)`` pairs in output order (category 0 general, 4 character, 9 rating). ``logits``: for
+    the named tags, the head's weights are zeroed and its bias set to the value, so their score is
+    ``sigmoid(value)`` for every image; the other tags keep random weights (their scores depend on the pixels)."""
+    import csv
+
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    tags = list(tags)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    args = dict(TINY_TAGGER_ARGS, img_size=image_size)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=len(tags), **args)
+    names = [t for t, _ in tags]
+    with torch.no_grad():
+        head = model.get_classifier()
+        for name, value in (logits or {}).items():
+            i = names.index(name)
+            head.weight[i].zero_()
+            head.bias[i] = float(value)
+    config = {
+        "architecture": "vit_tiny_patch16_224",
+        "num_classes": len(tags),
+        "num_features": model.num_features,
+        "global_pool": "avg",
+        "model_args": args,
+        "pretrained_cfg": {
+            "custom_load": False, "input_size": [3, image_size, image_size], "fixed_input_size": False,
+            "interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "center", "mean": list(mean), "std": list(std),
+            "num_classes": len(tags), "pool_size": None, "first_conv": None, "classifier": None,
+        },
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    with open(folder / "selected_tags.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["tag_id", "name", "category", "count"])
+        for i, (name, cat) in enumerate(tags):
+            writer.writerow([1000 + i, name, cat, 100])
     return folder
 
 

@@ -35,6 +35,36 @@ from charattr_hf.options import DEMO_MODEL_WARNING, InputSpec, PipelineOptions, 
 
 
 @dataclass
+class CaptionArguments:
+    write_captions: Optional[str] = field(
+        default=None,
+        metadata={"help": "Write kohya-style caption files <name>.txt (the tagger's tags joined by ', ') into this "
+                  "folder; needs --tagger."},
+    )
+    overwrite_captions: bool = field(default=False, metadata={"help": "Replace caption files that already exist there."})
+
+
+def check_tagger(options: PipelineOptions, captions: CaptionArguments) -> None:
+    """The tagger options, before anything heavy (#9)."""
+    from charattr_hf.errors import UserError
+
+    if captions.write_captions and not options.tagger:
+        raise UserError("--write_captions writes the tagger's tags: give --tagger too (e.g. --tagger demo)")
+    if not options.tagger:
+        return
+    for flag in ("tagger_threshold", "tagger_character_threshold"):
+        if not 0.0 <= getattr(options, flag) <= 1.0:
+            raise UserError(f"--{flag} must be in [0, 1], got {getattr(options, flag)}")
+    from charattr_hf.stages.tagger import TaggerSpec
+
+    TaggerSpec.parse(options.tagger, options.tagger_revision)  # a missing folder or a bad id ends here
+    if captions.write_captions:
+        from charattr_hf.checks import check_writable
+
+        check_writable(captions.write_captions, "--write_captions")
+
+
+@dataclass
 class PublishArguments:
     push_to_hub: Optional[str] = field(default=None, metadata={"help": "Publish the result to this Hub dataset repo id."})
     hub_private: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
@@ -42,8 +72,9 @@ class PublishArguments:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    spec, options, run_opts, publish = parse_args(
-        [InputSpec, PipelineOptions, RunOptions, PublishArguments], argv, description=__doc__.split("\n\n")[0]
+    spec, options, run_opts, captions, publish = parse_args(
+        [InputSpec, PipelineOptions, RunOptions, CaptionArguments, PublishArguments], argv,
+        description=__doc__.split("\n\n")[0],
     )
     if run_opts.quiet:
         from charattr_hf.cli import quiet_progress
@@ -52,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from charattr_hf.checks import check_run
 
     check_run(spec, options, run_opts)  # before anything heavy: mistakes end here, in a second
+    check_tagger(options, captions)
 
     from charattr_hf.distributed import relaunch_as_cpu_processes
 
@@ -88,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"annotated dataset: {output_dir.resolve()}")
     print(f"  load it with: datasets.load_dataset({str(run_opts.output_dir)!r}, split={spec.split!r})")
     desc = pipeline.description
-    print(f"  schema: {desc['schema']}   model: {desc['model']}   sources: {', '.join(desc['sources']) or '-'}"
+    print(f"  schema: {desc['schema']}   model: {desc['model']}"
+          + (f"   tagger: {desc['tagger']}" if desc.get("tagger") else "") + f"   sources: {', '.join(desc['sources']) or '-'}"
           f"   fusion: {desc['fusion']}   processes: {state.num_processes}   threads: {threads}")
     skipped = f" ({result.chunks_skipped} chunk(s) reused from an earlier run)" if result.chunks_skipped else ""
     print(f"  this run: {processed} images in {max([r['seconds'] for r in result.ranks] or [result.seconds]):.1f}s"
@@ -113,6 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         "warnings": [desc["warning"]] if desc.get("warning") else [],
     }
     (output_dir / "run_info.json").write_text(json.dumps(run_info, indent=2))
+    if captions.write_captions:
+        from charattr_hf.captions import write_captions
+
+        done = write_captions(run_opts.output_dir, captions.write_captions, split=spec.split,
+                              overwrite=captions.overwrite_captions)
+        print(f"\ncaptions: {done.written} written, {done.unchanged} unchanged, {done.skipped_existing} kept (already "
+              f"there; --overwrite_captions replaces them), {done.skipped_rows} rows without tagger output "
+              f"-> {Path(captions.write_captions).resolve()}")
     if publish.push_to_hub:
         from charattr_hf.hub import push_dataset
 

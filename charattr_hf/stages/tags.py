@@ -64,6 +64,7 @@ from charattr_hf.stages.base import Stage, stable_hash
 
 __all__ = [
     "TagStage",
+    "alias_table",
     "split_tags",
     "normalize_tag_text",
     "is_meta_tag",
@@ -593,20 +594,8 @@ class TagStage(Stage):
         self._counting = bool(counting_ais)
 
         # key -> ((attribute index, label index), ...); keys are tags and phrases in tag form.
-        aliases: dict[str, list[tuple[int, int]]] = {}
-        for ai, attr in enumerate(attrs):
-            for li, label in enumerate(attr.labels):
-                keys = list(label.tags) + [_phrase_key(p) for p in label.phrases]
-                for key in keys:
-                    if not key:
-                        continue
-                    # Counting tags of the counting attributes are interpreted, not looked up.
-                    if ai in counting_ais and (parse_count_tag(key) or key in _COUNT_FLAGS):
-                        continue
-                    entry = aliases.setdefault(key, [])
-                    if (ai, li) not in entry:
-                        entry.append((ai, li))
-        self._aliases: dict[str, tuple[tuple[int, int], ...]] = {k: tuple(v) for k, v in aliases.items()}
+        # Counting tags of the counting attributes are interpreted, not looked up.
+        self._aliases: dict[str, tuple[tuple[int, int], ...]] = alias_table(self.schema, skip_counting=counting_ais)
 
         # Absence: "no_<key>" for every key of a multi-label label, plus named synonyms.
         absence: dict[str, tuple[tuple[int, int], ...]] = {}
@@ -901,6 +890,31 @@ class TagStage(Stage):
             captions = [None] * n
         row = self.row
         return {self.output_column: [row(t, c) for t, c in zip(tags, captions)]}
+
+
+def alias_table(
+    schema: "Schema | str | None", skip_counting: Iterable[int] = ()
+) -> dict[str, tuple[tuple[int, int], ...]]:
+    """The schema's alias table: tag (or phrase in tag form) -> ``((attribute index, label index), ...)``.
+
+    Built from every label's ``tags`` and ``phrases``; the one table the tag parser and the tagger source
+    (:mod:`charattr_hf.stages.tagger`) read. Counting tags (``1girl``, ``solo``, ...) listed under the attributes
+    whose indices are in ``skip_counting`` are left out (the tag parser interprets them instead)."""
+    schema = load_schema(schema)
+    skip = set(skip_counting)
+    aliases: dict[str, list[tuple[int, int]]] = {}
+    for ai, attr in enumerate(schema.attributes):
+        for li, label in enumerate(attr.labels):
+            keys = list(label.tags) + [_phrase_key(p) for p in label.phrases]
+            for key in keys:
+                if not key:
+                    continue
+                if ai in skip and (parse_count_tag(key) or key in _COUNT_FLAGS):
+                    continue
+                entry = aliases.setdefault(key, [])
+                if (ai, li) not in entry:
+                    entry.append((ai, li))
+    return {k: tuple(v) for k, v in aliases.items()}
 
 
 def _phrase_key(phrase: str) -> str:
