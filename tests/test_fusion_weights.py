@@ -59,3 +59,13 @@ def test_fit_is_deterministic_and_keeps_one_source(bed):
     for attr in config.attribute_names:
         assert any(first[s][attr] > 0 for s in config.sources)
 
+
+
+def test_fusion_training_takes_every_probs_column_a_users_own_included():
+    data = ft.simulate_annotated("default", 40, seed=1, sources=("clip", "tags"))
+    own = data["probs_tags"]
+    data = data.add_column("probs_mine", own, feature=data.features["probs_tags"])
+    config = ft.build_config("default", data)
+    assert list(config.sources) == ["clip", "tags", "mine"]
+    features = ft.build_features(data, config)
+    assert features.inputs["source_mask"][:, 2].any()
