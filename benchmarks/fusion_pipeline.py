@@ -5,6 +5,8 @@ three sources whose reliability depends on the image, then ``benchmarks/fusion.p
 
 How reliability depends on the image (documented in ``charattr_hf.synthetic``, preset ``mixed``):
 
+- **tagger** (the shipped demo WD-layout tagger, ``--tagger demo``): trained on flat synthetic drawings like the
+  demo CLIP, so it sees colours where CLIP does and is fooled by the coloured light of ``lit`` images too;
 - **clip** (the shipped demo CLIP, zero-shot): sees colours in the flat, chibi, watercolor and pixel styles;
   blind to colour in the grayscale sketch style (it knows it: its colour confidence stays near chance there);
   confidently wrong about colours (and often expressions) in the ``lit`` style, a flat drawing under a blue
@@ -44,6 +46,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--output_dir", default="runs/fusion-bench")
     p.add_argument("--num_proc", type=int, default=2)
     p.add_argument("--chunk_size", type=int, default=1024)
+    p.add_argument("--tagger", default="demo", help="the tagger source ('demo': the shipped demo tagger; '' for none)")
     p.add_argument("--noise_init_range", type=float, default=1.0,
                    help="weight init std of the random BLIP-2 (larger: more confident noise)")
     p.add_argument("--fusion_args", nargs=argparse.REMAINDER, default=[], help="passed on to benchmarks/fusion.py")
@@ -79,7 +82,7 @@ def main() -> int:
     result, pipeline = annotate_to_disk(
         images,
         out / "annotated",
-        options=PipelineOptions(model="demo", blip2=str(noise_dir), use_cache=False),
+        options=PipelineOptions(model="demo", tagger=args.tagger or None, blip2=str(noise_dir), use_cache=False),
         chunk_size=args.chunk_size,
         num_proc=args.num_proc,
     )
