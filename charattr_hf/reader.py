@@ -105,8 +105,10 @@ def read_dataset(
     if path.is_dir():
         files = [p for p in path.rglob("*") if p.is_file()]
         tables = sorted(p for p in files if p.suffix.lower() in TABLE_BUILDERS)
-        if tables and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
-            try:  # a repository layout: README configs, or split names from the file names
+        # a repository layout (README configs, or split names from the file names): tables and no images, or
+        # tables beside a README, as in an annotated output whose card has pictures in images/
+        if tables and ((path / "README.md").is_file() or not any(p.suffix.lower() in IMAGE_SUFFIXES for p in files)):
+            try:
                 return datasets.load_dataset(str(path), config, **kwargs)
             except (ValueError, FileNotFoundError) as exc:
                 if str(exc).startswith(("Unknown split", "Bad split")):  # named splits, none the one asked for

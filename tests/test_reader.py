@@ -84,3 +84,16 @@ def test_errors_say_what_to_do_and_keep_their_builtin_kind(sources, tmp_path):
     odd.write_text("x")
     with pytest.raises(UnsupportedFileError, match="unsupported file type '.txt'"):
         read_dataset(str(odd))
+
+
+def test_a_repository_layout_with_card_pictures_is_read_as_its_tables(tmp_path):
+    """An annotated output: README + data/*.parquet + the card's pictures in images/ (not an image folder)."""
+    from PIL import Image
+
+    _rows(3).to_parquet(str(tmp_path / "data" / "train-00000-of-00001.parquet"))
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "train-labels.png")
+    (tmp_path / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+                                        "    path: data/train-*\n---\n")
+    ds = read_dataset(tmp_path, "train")
+    assert ds["id"] == ["r0", "r1", "r2"]
