@@ -56,7 +56,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--test_fraction", type=float, default=0.4)
     p.add_argument("--style", default="lit", help="the new style learnt from feedback")
     p.add_argument("--max_epochs", type=int, default=200)
-    p.add_argument("--anchor_weight", type=float, default=3.0,
+    p.add_argument("--anchor_weight", type=float, default=1.0,
                    help="keep the earlier answers on images without events (0: plain continued training)")
     p.add_argument("--num_proc", type=int, default=2)
     p.add_argument("--train_seed", type=int, default=0)

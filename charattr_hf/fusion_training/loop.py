@@ -54,7 +54,7 @@ class FusionTrainingConfig:
         default=0.0, metadata={"help": "Assumed probability that a reviewer's accept/reject is wrong."}
     )
     anchor_weight: float = field(
-        default=3.0,
+        default=1.0,
         metadata={"help": "Continued feedback training: weight of keeping the policy's earlier answers on the "
                   "images without feedback (learning without forgetting; 0 = off)."},
     )
