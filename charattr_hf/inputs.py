@@ -92,6 +92,9 @@ def _normalise(ds: AnyDataset, spec: InputSpec) -> AnyDataset:
     if missing:
         raise ValueError(f"--keep_columns {missing} not found; columns: {columns}")
     keep += [c for c in _KEEP_DEFAULT if c in columns and c not in keep]
+    # an image folder prepared for LoRA training carries its tags beside the images (foo.png + foo.txt, kohya
+    # style); a metadata.jsonl/csv tags column is already a column here and wins, as --tags_column does
+    sidecars = _sidecar_files(spec) if tags is None and _is_image_folder(ds, spec) else []
 
     image_feature = features[spec.image_column]
     if isinstance(image_feature, Image):
@@ -114,7 +117,48 @@ def _normalise(ds: AnyDataset, spec: InputSpec) -> AnyDataset:
     selected = list(renames) + [c for c in keep if c not in renames]
     ds = ds.select_columns(selected)
     ds = ds.rename_columns({k: v for k, v in renames.items() if k != v})
+    if sidecars:
+        ds = _add_sidecar_tags(ds, sidecars)
     return ds
+
+
+def _is_image_folder(ds: AnyDataset, spec: InputSpec) -> bool:
+    return bool(spec.dataset) and getattr(ds.info, "builder_name", None) == "imagefolder" and \
+        Path(spec.dataset).expanduser().is_dir()
+
+
+def _sidecar_files(spec: InputSpec) -> list[Path]:
+    return sorted(p for p in Path(spec.dataset).expanduser().rglob("*.txt") if p.is_file())
+
+
+def _add_sidecar_tags(ds: AnyDataset, sidecars: list[Path]) -> AnyDataset:
+    """A ``tags`` column from the ``.txt`` file beside each image (None where an image has none)."""
+    from .stages.base import stable_hash
+
+    logger.info("using the tags in %d .txt file(s) beside the images as the tag source (kohya layout; "
+                "--tags_column or a metadata.jsonl/csv column takes precedence)", len(sidecars))
+    features = ds.features.copy()
+    features["tags"] = Value("string")
+    if isinstance(ds, IterableDataset):
+        return ds.map(read_sidecar_tags, batched=True, features=features)
+    # the rows' identity (resume, caching) must change when a caption file does: name it by their contents
+    digest = stable_hash([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sidecars])
+    return ds.map(read_sidecar_tags, batched=True, features=features, desc="reading caption files",
+                  new_fingerprint=stable_hash(ds._fingerprint, "sidecar-tags", digest))
+
+
+def read_sidecar_tags(batch: dict) -> dict:
+    """Batched map: the text of ``<image stem>.txt`` beside each image file, stripped, or None."""
+    out = []
+    for cell in batch["image"]:
+        path = (cell or {}).get("path") if isinstance(cell, dict) else None
+        text = None
+        if path:
+            side = Path(path).with_suffix(".txt")
+            if side.is_file():
+                text = side.read_text(encoding="utf-8", errors="replace").strip() or None
+        out.append(text)
+    return {"tags": out}
 
 
 
