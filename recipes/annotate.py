@@ -90,8 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     relaunch_as_cpu_processes(os.path.abspath(__file__), argv)
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("datasets", "httpx", "huggingface_hub", "open_clip", "root"):
+    for noisy in ("datasets", "httpx", "huggingface_hub", "open_clip"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # open_clip logs through the root logger itself (logging.info): keep those quiet below WARNING without
+    # silencing this library's own INFO lines (which input columns or files were used, skipped sources)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: record.name != "root" or record.levelno >= logging.WARNING)
 
     from charattr_hf.api import annotate_to_disk
     from charattr_hf.cli import configure_torch_threads
