@@ -31,7 +31,7 @@ from .summary import _label_info, features_of
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CardFigures", "draw_card_figures", "IMAGES_DIR"]
+__all__ = ["CardFigures", "draw_card_figures", "IMAGES_DIR", "load_font", "open_thumbnail"]
 
 IMAGES_DIR = "images"
 MULTI_THRESHOLD = 0.5
@@ -59,7 +59,8 @@ class CardFigures:
 
 
 # ---------------------------------------------------------------------------------------------- drawing
-def _font(size: int):
+def load_font(size: int):
+    """Pillow's default font at ``size`` (a fixed bitmap font on Pillow < 10.1)."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: a fixed bitmap font
@@ -87,7 +88,7 @@ def _save(img: Image.Image, path: Path) -> None:
 
 def _grid(panels: list[Image.Image], columns: int, title: str, pad: int = 16) -> Image.Image:
     """Panels of equal width in rows of ``columns``, under a title."""
-    font = _font(20)
+    font = load_font(20)
     w = max(p.width for p in panels)
     rows = [panels[i : i + columns] for i in range(0, len(panels), columns)]
     heights = [max(p.height for p in row) for row in rows]
@@ -104,7 +105,7 @@ def _grid(panels: list[Image.Image], columns: int, title: str, pad: int = 16) ->
 
 def _bars_panel(name: str, counts: list[tuple[str, int]], total: int, width: int = 460) -> Image.Image:
     """Horizontal bars, one per label, with the count and the share of annotated rows."""
-    title, small = _font(16), _font(13)
+    title, small = load_font(16), load_font(13)
     row_h, label_w, top = 20, 120, 30
     img = Image.new("RGB", (width, top + row_h * max(len(counts), 1) + 10), _BG)
     d = ImageDraw.Draw(img)
@@ -122,7 +123,7 @@ def _bars_panel(name: str, counts: list[tuple[str, int]], total: int, width: int
 
 
 def _histogram_panel(name: str, counts: np.ndarray, total: float, width: int = 300, height: int = 190) -> Image.Image:
-    title, small = _font(16), _font(12)
+    title, small = load_font(16), load_font(12)
     img = Image.new("RGB", (width, height), _BG)
     d = ImageDraw.Draw(img)
     n, bins = int(counts.sum()), len(counts)
@@ -155,7 +156,7 @@ def _shade(value: float) -> tuple[int, int, int]:
 
 def _agreement_table(attrs: list[str], columns: list[str], cells: dict, title: str) -> Image.Image:
     """Rows: attributes; columns: comparisons; a cell: share of rows that agree (and how many were compared)."""
-    head, font, small = _font(20), _font(14), _font(11)
+    head, font, small = load_font(20), load_font(14), load_font(11)
     name_w, cell_w, cell_h = 150, 130, 38
     width = name_w + cell_w * len(columns) + 20
     img = Image.new("RGB", (width, 60 + 40 + cell_h * len(attrs) + 40), _BG)
@@ -185,7 +186,7 @@ def _agreement_table(attrs: list[str], columns: list[str], cells: dict, title: s
 
 
 def _samples_grid(attr: str, rows: list[tuple[str, list[tuple[Image.Image, float]]]], thumb: int) -> Image.Image:
-    title, font, small = _font(20), _font(14), _font(11)
+    title, font, small = load_font(20), load_font(14), load_font(11)
     label_w, pad = 130, 6
     per_row = max([len(t) for _, t in rows] + [1])
     width = label_w + per_row * (thumb + pad) + pad
@@ -340,7 +341,7 @@ def _draw_samples(output_dir, split, files, features, attrs, best, thumb_size, m
                 column = batch.column(0)
                 for r in here:
                     value = column[r - offset].as_py()
-                    im = _open_thumbnail(value, thumb_size)
+                    im = open_thumbnail(value, thumb_size)
                     if im is not None:
                         loaded[(fi, r)] = im
             offset += batch.num_rows
@@ -359,7 +360,8 @@ def _draw_samples(output_dir, split, files, features, attrs, best, thumb_size, m
         figures.samples[a] = rel
 
 
-def _open_thumbnail(value, size: int) -> Image.Image | None:
+def open_thumbnail(value, size: int) -> Image.Image | None:
+    """An RGB thumbnail of an image cell ({bytes, path} or a path), or None when it cannot be read."""
     try:
         if isinstance(value, dict):
             if value.get("bytes"):

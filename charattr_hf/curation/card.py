@@ -16,9 +16,10 @@ from datasets.info import DatasetInfo, DatasetInfosDict
 from datasets.splits import SplitDict, SplitInfo
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from .. import __version__
+from ..card import load_font, open_thumbnail
 from ..markdown import markdown_table
 
 if TYPE_CHECKING:
@@ -46,13 +47,6 @@ _DESCRIPTIONS = {
 }
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size)
-    except TypeError:
-        return ImageFont.load_default()
-
-
 def histogram_png(series: Sequence[tuple[str, np.ndarray, float | None, str]], width: int = 720,
                   panel_height: int = 200) -> bytes:
     """PNG of one histogram panel per ``(title, values, threshold, x label)``, threshold drawn as a red line."""
@@ -60,7 +54,7 @@ def histogram_png(series: Sequence[tuple[str, np.ndarray, float | None, str]], w
     height = panel_height * len(series)
     img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
-    font = _font(12)
+    font = load_font(12)
     for k, (title, values, threshold, xlabel) in enumerate(series):
         top = k * panel_height
         left, right, bottom = 50, width - 20, top + panel_height - 35
@@ -126,15 +120,12 @@ def _images_png(files: Sequence[Path], groups: list[list[int]], ids: list, thumb
         if local:
             col = pf.read(columns=["image"]).column("image").take(local).to_pylist()
             for r, cell in zip(local, col):
-                try:
-                    im = Image.open(io.BytesIO(cell["bytes"])).convert("RGB")
-                    im.thumbnail((thumb, thumb))
+                im = open_thumbnail(cell, thumb)
+                if im is not None:  # an unreadable image shows as a grey cell
                     cells[r + offset] = im
-                except Exception:  # noqa: BLE001 - an unreadable image shows as a grey cell
-                    pass
         offset += n
     cols = min(8, max(len(g) for g in groups))
-    font = _font(10)
+    font = load_font(10)
     sheet = Image.new("RGB", (cols * (thumb + 6) + 6, len(groups) * (thumb + 20) + 6), "white")
     d = ImageDraw.Draw(sheet)
     for y, g in enumerate(groups):
