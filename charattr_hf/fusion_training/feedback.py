@@ -246,7 +246,8 @@ class _Anchor:
             return (sub.tensors(device), torch.from_numpy(teacher[idx]).to(device),
                     torch.from_numpy(avail[idx]).to(device))
 
-        return cls(*part(tr)[:2], *part(va)[:2], part(tr)[2], part(va)[2], multi, label_mask, args.seed)
+        (x_tr, t_tr, a_tr), (x_va, t_va, a_va) = part(tr), part(va)
+        return cls(x_tr, t_tr, x_va, t_va, a_tr, a_va, multi, label_mask, args.seed)
 
     def _kl(self, m, x, t, avail) -> torch.Tensor:
         out = m(**x)
