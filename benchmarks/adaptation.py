@@ -28,6 +28,7 @@ Reports accuracy (mean over attributes, % of test images) on lit and on each oth
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -58,6 +59,13 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--max_epochs", type=int, default=200)
     p.add_argument("--anchor_weight", type=float, default=1.0,
                    help="keep the earlier answers on images without events (0: plain continued training)")
+    p.add_argument("--anchor_rows", default="unlike_feedback", choices=["unlike_feedback", "all"],
+                   help="which images the anchor keeps: weighted by how unlike the feedback images they look, or all")
+    p.add_argument("--learning_rate", type=float, default=None, help="of the continued training (default: the library's)")
+    p.add_argument("--weighting", default=None, choices=["ips", "none"],
+                   help="feedback event weights of the continued training (default: the library's)")
+    p.add_argument("--no_embedding", action="store_true",
+                   help="do not give the policies the image embedding as context, even if --annotated has one")
     p.add_argument("--num_proc", type=int, default=2)
     p.add_argument("--train_seed", type=int, default=0)
     return p.parse_args(argv)
@@ -173,14 +181,18 @@ def main(argv=None) -> dict:
         sys.exit(f"no {args.style!r} images in the train split")
     present = [c[len("probs_"):] for c in data.column_names if c.startswith("probs_")]
     sources = args.sources.split(",") if args.sources else [s for s in present if s != "blip2"] or present
-    config = ft.build_config(schema, train_ds, sources=sources)
+    config = ft.build_config(schema, train_ds, sources=sources, use_embedding=not args.no_embedding)
     old = ft.build_features(old_ds, config, group_column="style")
     # what the reviewers' policy annotated: every train image, no labels (the events name the lit ones)
     pool = ft.build_features(train_ds, config, label_column=None, group_column="style")
     test = ft.build_features(test_ds, config, group_column="style")
     targs = ft.FusionTrainingConfig(seed=args.train_seed, max_epochs=args.max_epochs, anchor_weight=args.anchor_weight)
+    ftargs = dataclasses.replace(targs, anchor_rows=args.anchor_rows,
+                                 **({"learning_rate": args.learning_rate} if args.learning_rate else {}),
+                                 **({"weighting": args.weighting} if args.weighting else {}))
     print(f"{annotated}: {len(old)} labelled train images in the default styles, {len(new_ds)} unlabelled "
-          f"{args.style} images, {len(test)} test images; sources {config.sources}", flush=True)
+          f"{args.style} images, {len(test)} test images; sources {config.sources}; image embedding "
+          f"{config.embedding_dim or 'not used'}", flush=True)
 
     before = ft.build_model(config, seed=args.train_seed)
     ft.train_supervised(before, old, args=targs, data_name=f"{annotated} (default styles)")
@@ -213,7 +225,7 @@ def main(argv=None) -> dict:
             continue
         events = first_events(log, k)
         model = CharattrFusionModel.from_pretrained(out / "before")
-        ft.train_from_feedback(model, pool, events, args=targs, data_name=f"{args.style} feedback")
+        ft.train_from_feedback(model, pool, events, args=ftargs, data_name=f"{args.style} feedback")
         acc[f"adapted-{k}"] = accuracy_by_style(model, test, config, f"adapted-{k}")
         rows.append(summary_row(f"adapted ({len(events)} events)", len(events), acc[f"adapted-{k}"]))
         adapted = model
@@ -234,7 +246,8 @@ def main(argv=None) -> dict:
     lines = [
         f"# Adapting to the `{args.style}` style from reviewer feedback",
         "",
-        f"`{command}` ({time.perf_counter() - t0:.0f} s). Sources: {', '.join(config.sources)}. "
+        f"`{command}` ({time.perf_counter() - t0:.0f} s). Sources: {', '.join(config.sources)}; image "
+        f"embedding in the context: {config.embedding_dim or 'no'}. "
         f"Accuracy: mean over attributes, % of {len(test)} test images; `others`: mean over "
         f"{', '.join(others)}; `max loss`: the largest drop on one other style against `before`.",
         "",

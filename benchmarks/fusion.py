@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reviewer-noise", type=float, default=0.0, help="simulated reviewer error rate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-epochs", type=int, default=200)
+    p.add_argument("--no-embedding", action="store_true",
+                   help="do not give the policies the image embedding as context, even if the dataset has one")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--output", help="write the Markdown report here")
     p.add_argument("--json", help="write all records and the summary as JSON here")
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_idx, test_idx = ft.split_by_id(data["id"], args.test_fraction, args.seed, salt="test")
     train_ds, test_ds = data.select(train_idx), data.select(test_idx)
     sources = args.sources.split(",") if args.sources else None
-    config = ft.build_config(schema, train_ds, sources=sources)
+    config = ft.build_config(schema, train_ds, sources=sources, use_embedding=not args.no_embedding)
     train = ft.build_features(train_ds, config, group_column=args.style_column)
     test = ft.build_features(test_ds, config, group_column=args.style_column)
     targs = ft.FusionTrainingConfig(seed=args.seed, max_epochs=args.max_epochs)

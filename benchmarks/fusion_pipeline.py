@@ -49,6 +49,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--tagger", default="demo", help="the tagger source ('demo': the shipped demo tagger; '' for none)")
     p.add_argument("--noise_init_range", type=float, default=1.0,
                    help="weight init std of the random BLIP-2 (larger: more confident noise)")
+    p.add_argument("--keep_embedding", action="store_true",
+                   help="store the demo CLIP's image embedding in the output (policy context; see fusion.py --no-embedding)")
     p.add_argument("--fusion_args", nargs=argparse.REMAINDER, default=[], help="passed on to benchmarks/fusion.py")
     return p.parse_args()
 
@@ -82,7 +84,8 @@ def main() -> int:
     result, pipeline = annotate_to_disk(
         images,
         out / "annotated",
-        options=PipelineOptions(model="demo", tagger=args.tagger or None, blip2=str(noise_dir), use_cache=False),
+        options=PipelineOptions(model="demo", tagger=args.tagger or None, blip2=str(noise_dir), use_cache=False,
+                                keep_embedding=args.keep_embedding),
         chunk_size=args.chunk_size,
         num_proc=args.num_proc,
     )

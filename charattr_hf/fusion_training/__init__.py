@@ -31,7 +31,13 @@ from .data import (
     open_annotated,
     split_by_id,
 )
-from .feedback import FEEDBACK_FEATURES, simulate_feedback, train_from_feedback, validate_feedback
+from .feedback import (
+    FEEDBACK_FEATURES,
+    simulate_feedback,
+    train_from_feedback,
+    unlike_feedback_weights,
+    validate_feedback,
+)
 from .loop import FusionTrainingConfig, TrainResult, fit_context_stats
 from .scoring import compare_methods, method_probs, predict, score, summarize
 from .supervised import train_supervised
@@ -54,6 +60,7 @@ __all__ = [
     "split_by_id",
     "train_supervised",
     "train_from_feedback",
+    "unlike_feedback_weights",
     "simulate_feedback",
     "simulate_annotated",
     "validate_feedback",

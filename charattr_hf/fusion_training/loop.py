@@ -58,6 +58,12 @@ class FusionTrainingConfig:
         metadata={"help": "Continued feedback training: weight of keeping the policy's earlier answers on the "
                   "images without feedback (learning without forgetting; 0 = off)."},
     )
+    anchor_rows: str = field(
+        default="unlike_feedback",
+        metadata={"help": "Which images the anchor keeps: 'unlike_feedback' (each image weighted by how unlike "
+                  "the images with feedback it looks, from a classifier of the context) or 'all' (every image "
+                  "without feedback alike)."},
+    )
 
     def check(self) -> None:
         if self.objective not in ("likelihood", "snips"):
@@ -70,6 +76,8 @@ class FusionTrainingConfig:
             raise ValueError("propensity_floor must be in (0, 1]")
         if not self.anchor_weight >= 0.0:
             raise ValueError("anchor_weight must be >= 0")
+        if self.anchor_rows not in ("unlike_feedback", "all"):
+            raise ValueError(f"anchor_rows must be 'unlike_feedback' or 'all', got {self.anchor_rows!r}")
 
 
 @dataclass
