@@ -17,7 +17,9 @@ Steps (every number from one run, on images no model was trained on):
    image order, and ``before`` is continued (``train_from_feedback``) from the first 100, 300 and 1000 of them:
    no labels are used. The training data is every train image (as the deployed policy annotated them); the
    images without events anchor the policy's earlier answers (``--anchor_weight``, learning without
-   forgetting; 0 turns it off). The largest is saved as ``DIR/adapted``;
+   forgetting; 0 turns it off), each weighted by how unlike the images with events it looks
+   (``--anchor_rows unlike_feedback``, the default; ``all``: every image alike). The largest is saved as
+   ``DIR/adapted``;
 5. ``reference``: a policy trained with labels on the train images of all six styles, lit included (the upper
    reference for what the events could teach).
 
@@ -61,7 +63,8 @@ def parse(argv=None) -> argparse.Namespace:
                    help="keep the earlier answers on images without events (0: plain continued training)")
     p.add_argument("--anchor_rows", default="unlike_feedback", choices=["unlike_feedback", "all"],
                    help="which images the anchor keeps: weighted by how unlike the feedback images they look, or all")
-    p.add_argument("--learning_rate", type=float, default=None, help="of the continued training (default: the library's)")
+    p.add_argument("--learning_rate", type=float, default=None,
+                   help="of the continued training (default: the library's)")
     p.add_argument("--weighting", default=None, choices=["ips", "none"],
                    help="feedback event weights of the continued training (default: the library's)")
     p.add_argument("--no_embedding", action="store_true",

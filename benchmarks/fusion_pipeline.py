@@ -50,7 +50,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--noise_init_range", type=float, default=1.0,
                    help="weight init std of the random BLIP-2 (larger: more confident noise)")
     p.add_argument("--keep_embedding", action="store_true",
-                   help="store the demo CLIP's image embedding in the output (policy context; see fusion.py --no-embedding)")
+                   help="store the demo CLIP's image embedding in the output (policy context; fusion.py uses it "
+                   "unless --fusion_args --no-embedding)")
     p.add_argument("--fusion_args", nargs=argparse.REMAINDER, default=[], help="passed on to benchmarks/fusion.py")
     return p.parse_args()
 

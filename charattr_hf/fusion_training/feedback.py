@@ -33,13 +33,13 @@ Continued training without forgetting
 Reviewers look at what is wrong, so feedback comes from a narrow slice of the data (a new style, a hard
 case), and a policy fitted to those events alone drifts everywhere else: on the adaptation benchmark
 (``benchmarks/adaptation.py``: demo CLIP, demo tagger and tags), 1000 events on ``lit`` images cost up to 25.2
-points on another style without the term below, 0.8 with the default weight of 1 (0.1 with 3), which in
-exchange learns ``lit`` more slowly (+19.5 points instead of +25.8; +9.7 with 3). When the model was trained
-before, each step
-therefore also pulls its answers on the *anchor* rows, by default the rows of ``data`` that have no event,
-towards the answers it gave before this round (the KL divergence from the earlier fused distribution, per
-attribute; "learning without forgetting", Li and Hoiem 2016), weighted by ``anchor_weight``. No labels are
-needed: the earlier policy is its own teacher, and what the reviewers said still wins where they said it.
+points on another style without the term below, 0.8 with the default weight of 1 (0.1 with 3; every image
+without events anchored alike), which in exchange learns ``lit`` more slowly (+19.5 points instead of +25.8;
++9.7 with 3). When the model was trained before, each step therefore also pulls its answers on the *anchor*
+rows, by default the rows of ``data`` that have no event (weighted, see below), towards the answers it gave
+before this round (the KL divergence from the earlier fused distribution, per attribute; "learning without
+forgetting", Li and Hoiem 2016), weighted by ``anchor_weight``. No labels are needed: the earlier policy is
+its own teacher, and what the reviewers said still wins where they said it.
 
 Which rows the anchor holds matters as much as how hard. The images without events include the rest of the
 slice the reviewers worked on (the other ``lit`` images), and anchoring the earlier answers there holds exactly
