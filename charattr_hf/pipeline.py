@@ -26,7 +26,7 @@ from .errors import UserError
 from .options import PipelineOptions  # defined with the other option dataclasses; imported from here too
 from .schema import Schema, load_schema
 from .sources.clip import spec_schema as _model_schema  # noqa: F401 - kept for callers
-from .stages.base import ERROR, TEMP_PREFIX, Compose, Stage, stable_hash
+from .stages.base import ERROR, TEMP_PREFIX, Compose, Stage, WithoutColumns, stable_hash
 from .stages.fusion import FusionStage, SimpleFusion
 from .stages.identity import Identify
 
@@ -151,6 +151,9 @@ class Pipeline:
         # the Arrow file lives in this chunk's scratch folder, which is never read back (load_from_cache_file is
         # off) and is deleted after the chunk: the fingerprint only has to name this step of this chunk
         fp = stable_hash(str(scratch), step, stage.fingerprint(), sorted(remove))
+        own = set(remove) & set(stage.features())  # written and read within this step, needed by no later one
+        if own:
+            stage = WithoutColumns(stage, own)
         if num_proc and num_proc > 1:
             from .workers import CpuWorkers
 
