@@ -47,12 +47,15 @@ def check(opts: ClipOptions) -> None:
 
 
 def clip_spec(opts: ClipOptions):
-    """The :class:`~charattr_hf.openclip.ClipSpec` of ``--model`` (a name that does not parse is the user's to fix)."""
+    """The :class:`~charattr_hf.openclip.ClipSpec` of ``--model``, resolved (a hf-hub: name to a commit, its config
+    fetched); a name that does not parse or resolve is the user's to fix."""
     from ..loading import model_load_error
     from ..openclip import ClipSpec
 
     try:
-        return ClipSpec.parse(opts.model, opts.pretrained, opts.model_revision)
+        spec = ClipSpec.parse(opts.model, opts.pretrained, opts.model_revision)
+        spec.fingerprint()
+        return spec
     except Exception as exc:  # noqa: BLE001
         raise model_load_error("CLIP model", opts.model, exc) from exc
 
@@ -75,7 +78,6 @@ def model_schema(opts: ClipOptions) -> str | None:
 
 
 def build(ctx, opts) -> None:
-    from ..loading import model_load_error
     from ..openclip import demo_model_dir
     from ..stages.clip import ClipZeroShot
 
@@ -84,10 +86,6 @@ def build(ctx, opts) -> None:
     if opts.model == "demo" and demo_model_dir() is None:
         ctx.skip("no --model given and this installation ships no demo model")
     spec = clip_spec(opts)
-    try:
-        spec.fingerprint()  # resolves a hf-hub: name to a commit (and fetches its config) now
-    except Exception as exc:  # noqa: BLE001 - a name that does not resolve is the user's to fix
-        raise model_load_error("CLIP model", opts.model, exc) from exc
     run = ctx.options  # the options every source shares (batch size, precision, device, cache)
     clip = ClipZeroShot(ctx.schema, spec, batch_size=run.batch_size, precision=run.precision,
                         embedding=ctx.embedding, device=run.device)
