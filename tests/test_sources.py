@@ -165,3 +165,28 @@ def test_sources_mistakes_are_one_line_before_any_work(args, words, tmp_path):
 
     proc, seconds = annotate(*args, "--output_dir", str(tmp_path / "out"))
     assert_user_error(proc, seconds, *words)
+
+
+def test_a_users_own_probs_column_is_fused_trained_on_and_read_by_the_policy(tmp_path):
+    """A precomputed ``probs_foo`` column (no source code at all): the fusion rules, fusion training and a learned
+    policy take it like any source's."""
+    from charattr_hf import fusion_training as ft
+    from charattr_hf.schema import load_schema
+    from charattr_hf.stages.fusion import SimpleFusion
+    from charattr_hf.stages.policy import PolicyFusion
+
+    schema = load_schema("synthetic")
+    data = ft.simulate_annotated(schema, 400, seed=1, sources=("clip", "foo"),
+                                 profiles={**ft.DEFAULT_PROFILES, "foo": ft.DEFAULT_PROFILES["tags"]})
+    config = ft.build_config(schema, data, hidden_size=16)
+    assert config.sources == ["clip", "foo"]
+    policy = ft.build_model(config, seed=0)
+    ft.train_supervised(policy, ft.build_features(data, config), args=ft.FusionTrainingConfig(max_epochs=3, seed=0))
+    policy.save_pretrained(tmp_path / "policy")
+
+    batch = data[:32]
+    conf = "hair_color_confidence"
+    assert SimpleFusion(schema, ["clip", "foo"])(batch)[conf] != SimpleFusion(schema, ["clip"])(batch)[conf]
+    with_foo = PolicyFusion(schema, ["clip", "foo"], str(tmp_path / "policy"))
+    assert list(with_foo.sources) == ["clip", "foo"]
+    assert with_foo(batch)[conf] != PolicyFusion(schema, ["clip"], str(tmp_path / "policy"))(batch)[conf]
