@@ -197,12 +197,7 @@ def build_pipeline(
     check_precision(options.precision, options.device)
     load_plugins(options.plugins)
     chosen, named = select_sources(options)
-    schema_arg = options.schema
-    for source in chosen if schema_arg is None else ():
-        schema_arg = source.shipped_schema(source_options(source, options)) if source.shipped_schema else None
-        if schema_arg is not None:
-            break
-    schema = load_schema(schema_arg or "default")
+    schema = load_schema(options.schema or _shipped_schema(chosen, options) or "default")
 
     ctx = BuildContext(options, schema, list(input_columns), decode=DecodeStage(), writer=writer,
                        embedding=options.keep_embedding or _fusion_wants_embedding(options))
@@ -260,6 +255,17 @@ def build_pipeline(
         messages=ctx.messages,
         columns=ctx.columns,
     )
+
+
+def _shipped_schema(chosen, options: PipelineOptions) -> str | None:
+    """The schema the first chosen source's model ships (a CLIP folder's ``charattr_schema.yaml``), if any."""
+    from .sources import source_options
+
+    for source in chosen:
+        found = source.shipped_schema(source_options(source, options)) if source.shipped_schema else None
+        if found:
+            return found
+    return None
 
 
 def _fusion_wants_embedding(options: PipelineOptions) -> bool:

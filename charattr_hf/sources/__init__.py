@@ -110,7 +110,8 @@ class BuildContext:
     messages: list = field(default_factory=list)
 
     def skip(self, reason: str):
-        """Stop building the current source: it cannot run on this input (``reason``: why, and what to do)."""
+        """Stop building the current source (call it before adding anything): it cannot run on this input
+        (``reason``: why, and what to do)."""
         raise SkipSource(reason)
 
 
