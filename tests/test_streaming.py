@@ -1,0 +1,151 @@
+"""Streamed input split between processes: each reads only its shards, and the output is the 1-process output."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+from datasets import Dataset
+from datasets.distributed import split_dataset_by_node
+
+from charattr_hf.api import annotate_to_disk
+from charattr_hf.inputs import InputSpec
+from charattr_hf.runner import shard_chunk_path, stream_units
+from tests.test_pipeline import image_dataset
+from tests.test_recipe import accelerate, run_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = (7, 5, 9, 6)  # rows per Parquet file: uneven, so a shard's place in the stream is not a multiple of anything
+
+
+@pytest.fixture(scope="module")
+def parquet_folder(tmp_path_factory):
+    """Four Parquet files; the rows of the third have no path (ids come from the row's place in the stream)."""
+    folder = tmp_path_factory.mktemp("stream") / "data"
+    folder.mkdir()
+    ds = image_dataset(sum(SIZES), bad=(3, 20))
+    start = 0
+    for i, n in enumerate(SIZES):
+        part = ds.select(range(start, start + n))
+        if i == 2:
+            part = part.cast_column("image", datasets.Image(decode=False)).map(
+                lambda r: {"image": {"bytes": r["image"]["bytes"], "path": None}}
+            ).cast_column("image", datasets.Image())
+        part.to_parquet(str(folder / f"part-{i}.parquet"))
+        start += n
+    return folder
+
+
+def streamed(folder: Path) -> datasets.IterableDataset:
+    files = sorted(str(p) for p in folder.glob("*.parquet"))
+    return datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
+
+
+def test_which_streams_split_by_shard(parquet_folder):
+    ds = streamed(parquet_folder)
+    assert stream_units(ds, 1) == 4 and stream_units(ds, 2) == 4 and stream_units(ds, 4) == 4
+    assert stream_units(ds, 5) == 0  # fewer shards than processes: every process reads the stream
+    assert stream_units(ds.map(lambda r: r), 2) == 4  # a row-wise map keeps the shards independent
+    assert stream_units(ds.take(10), 2) == 0  # take's meaning spans shards (sharded, it would take 10 per shard)
+    assert stream_units(ds.skip(3), 1) == 0
+    assert stream_units(ds.shuffle(seed=0), 2) == 0
+    assert stream_units(Dataset.from_dict({"x": [1, 2]}).to_iterable_dataset(), 1) == 0  # one shard
+
+
+def load(out: Path) -> Dataset:
+    return datasets.load_dataset(str(out), split="train")
+
+
+def same_rows(a: Dataset, b: Dataset):
+    assert len(a) == len(b) == sum(SIZES)
+    for column in ("index", "id", "path", "sha256", "error", "hair_color", "accessories"):
+        assert a[column] == b[column], column
+    np.testing.assert_allclose(
+        [r["hair_color"] for r in a["probs_clip"] if r], [r["hair_color"] for r in b["probs_clip"] if r], atol=1e-5
+    )
+
+
+@pytest.fixture(scope="module")
+def plain_output(parquet_folder, tiny_clip_dir, tmp_path_factory):
+    """The same files, not streamed: rows numbered in file order."""
+    out = tmp_path_factory.mktemp("plain")
+    annotate_to_disk(None, out, input_spec=InputSpec(dataset=str(parquet_folder)), chunk_size=4, progress=False,
+                     model=f"local-dir:{tiny_clip_dir}", use_cache=False)
+    return load(out)
+
+
+def test_one_process_stream_gives_the_plain_output_and_resumes_by_shard(parquet_folder, plain_output, tiny_clip_dir,
+                                                                         tmp_path):
+    out = tmp_path / "one"
+    spec = InputSpec(dataset=str(parquet_folder), streaming=True)
+    kwargs = dict(input_spec=spec, chunk_size=4, progress=False, model=f"local-dir:{tiny_clip_dir}", use_cache=False)
+    result, _ = annotate_to_disk(None, out, **kwargs)
+    assert result.rows == sum(SIZES) and result.chunks == sum(-(-n // 4) for n in SIZES)
+    first = load(out)
+    same_rows(first, plain_output)
+    third = first.select(range(SIZES[0] + SIZES[1], SIZES[0] + SIZES[1] + SIZES[2]))
+    assert third["path"] == [None] * SIZES[2] and third["id"] == [str(i) for i in third["index"]]
+
+    # a chunk lost in shard 2: the rerun reads shard 2 again, and only shard 2, and redoes only that chunk
+    shard_chunk_path(result.run_dir, 2, 1).unlink()
+    result, _ = annotate_to_disk(None, out, **kwargs)
+    (rank,) = result.ranks
+    assert rank["chunks_processed"] == ["2/1"] and rank["shards_read"] == [2] and rank["rows_read"] == SIZES[2]
+    same_rows(load(out), plain_output)
+
+
+def test_two_processes_each_read_only_their_shards(parquet_folder, plain_output, tiny_clip_dir, tmp_path):
+    out = tmp_path / "two"
+    args = ["--dataset", str(parquet_folder), "--streaming", "--model", f"local-dir:{tiny_clip_dir}", "--output_dir",
+            str(out), "--chunk_size", "4", "--no_cache", "--quiet"]
+    proc = subprocess.run(accelerate(*args, processes=2), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((run_dir(out) / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    # the shards split_dataset_by_node gives each rank, and nothing else: no row is read twice
+    ds = streamed(parquet_folder).cast_column("image", datasets.Image(decode=False))
+    for r, record in enumerate(ranks):
+        assert record["world"] == 2 and record["shards_read"] == list(range(r, 4, 2))
+        assert record["rows_read"] == sum(1 for _ in split_dataset_by_node(ds, r, 2)) == record["rows_processed"]
+    assert ranks[0]["rows_read"] + ranks[1]["rows_read"] == sum(SIZES)
+    done = [set(r["chunks_processed"]) for r in ranks]
+    assert done[0] and done[1] and not done[0] & done[1]
+    same_rows(load(out), plain_output)
+
+
+def test_one_shard_two_processes_share_chunks_of_one_stream(parquet_folder, plain_output, tiny_clip_dir, tmp_path):
+    """The fallback: a stream that cannot be split by shard is read by both processes, each taking its chunks."""
+    single = tmp_path / "single.parquet"
+    Dataset.from_parquet(sorted(str(p) for p in parquet_folder.glob("*.parquet"))).to_parquet(str(single))
+    out = tmp_path / "rows"
+    args = ["--dataset", str(single), "--streaming", "--model", f"local-dir:{tiny_clip_dir}", "--output_dir", str(out),
+            "--chunk_size", "4", "--no_cache", "--quiet"]
+    proc = subprocess.run(accelerate(*args, processes=2), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "every process reads all of it" in proc.stderr
+    ranks = [json.loads((run_dir(out) / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert [r["rows_read"] for r in ranks] == [sum(SIZES)] * 2 and [r["shards_read"] for r in ranks] == [[], []]
+    assert sum(r["rows_processed"] for r in ranks) == sum(SIZES)
+    assert not set(ranks[0]["chunks_processed"]) & set(ranks[1]["chunks_processed"])
+    same_rows(load(out), plain_output)
+
+
+def test_a_second_run_into_the_same_folder_is_refused(parquet_folder, tiny_clip_dir, tmp_path):
+    """While one launch writes into an output folder, another one is told so, before any work, and changes nothing."""
+    import fcntl
+
+    from charattr_hf.errors import UserError
+
+    out = tmp_path / "busy"
+    (out / ".charattr").mkdir(parents=True)
+    kwargs = dict(input_spec=InputSpec(dataset=str(parquet_folder)), chunk_size=4, progress=False,
+                  model=f"local-dir:{tiny_clip_dir}", use_cache=False)
+    with open(out / ".charattr" / "lock", "w") as held:  # as the running launch's main process holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(UserError, match="another run is writing into"):
+            annotate_to_disk(None, out, **kwargs)
+    assert sorted(p.name for p in (out / ".charattr").iterdir()) == ["lock"] and not (out / "data").exists()
+    result, _ = annotate_to_disk(None, out, **kwargs)  # released: the run goes ahead
+    assert result.rows == sum(SIZES) and result.data_files
