@@ -47,8 +47,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..stages.base import Stage
 
 __all__ = ["Source", "BuildContext", "register_source", "registered_sources", "order_sources", "load_plugins",
-           "plugins_in_args", "select_sources", "check_sources", "source_options", "BUILTIN_SOURCES", "ENTRY_POINT_GROUP",
-           "PLUGINS_ENV"]
+           "plugins_in_args", "select_sources", "check_sources", "source_options", "BUILTIN_SOURCES",
+           "ENTRY_POINT_GROUP", "PLUGINS_ENV"]
 
 #: The built-in sources, in their order.
 BUILTIN_SOURCES = ("clip", "tagger", "tags", "blip2")
@@ -73,7 +73,7 @@ class Source:
 
     def __post_init__(self):
         if not self.name.isidentifier():
-            raise ValueError(f"a source name must be an identifier (it names the column probs_<name>), got {self.name!r}")
+            raise ValueError(f"a source name must be an identifier (its column is probs_<name>), got {self.name!r}")
 
 
 class SkipSource(Exception):
