@@ -77,6 +77,19 @@ class Pipeline:
             emb = emb_feat.length if emb_feat is not None else None
         feats = dict(self.schema.output_features(self.sources, embedding_dim=emb))
         feats.update(self.columns)
+        for name in self.description.get("given_sources", ()):
+            column, want = f"probs_{name}", self.schema.probs_feature()
+            have = input_features.get(column)
+            if not isinstance(have, dict) or set(have) != set(want) or any(
+                type(have[a]).__name__ not in ("List", "LargeList", "Sequence")
+                or getattr(have[a], "length", -1) not in (-1, want[a].length) for a in want
+            ):
+                raise UserError(
+                    f"the input column {column} is taken as a source's probabilities, but it does not have the shape "
+                    f"of schema {self.schema.name!r} (a struct of one probability list per attribute: "
+                    f"{', '.join(f'{a}[{want[a].length}]' for a in want)}); rename or drop the column, or name the "
+                    "sources to use with --sources"
+                )
         clash = sorted(c for c in self.keep_columns if c in feats or c == "image")
         if clash:
             raise ValueError(f"input column(s) {clash} would overwrite output columns of the same name; rename them")
@@ -211,6 +224,11 @@ def build_pipeline(
             ctx.messages.append(f"{source.title or source.name} source skipped: {skip}.")
             continue
         sources.append(source.name)
+    given = [] if named else _given_sources(input_columns, sources)
+    if given:
+        ctx.messages.append(f"the input's own {', '.join('probs_' + g for g in given)} column(s) are fused as "
+                            "source(s) (name the sources with --sources to leave them out)")
+        sources += given
     if not sources:
         ctx.messages.append("no source can run: rows get decode results and quality flags only.")
 
@@ -243,6 +261,8 @@ def build_pipeline(
         "fusion": options.fusion or f"simple ({options.fusion_method})",
     }
     description.update(ctx.description)
+    if given:
+        description["given_sources"] = given
     return Pipeline(
         schema=schema,
         cpu=[Identify(root=id_root), ctx.decode, *ctx.cpu],
@@ -255,6 +275,13 @@ def build_pipeline(
         messages=ctx.messages,
         columns=ctx.columns,
     )
+
+
+def _given_sources(input_columns: Sequence[str], running: Sequence[str]) -> list[str]:
+    """Sources the input brings: its ``probs_<name>`` columns (a model of the user's, run beforehand) for names no
+    running source writes. Their shape is checked against the schema in :meth:`Pipeline.output_features`."""
+    names = [c[len("probs_"):] for c in input_columns if c.startswith("probs_")]
+    return [n for n in names if n.isidentifier() and n not in running]
 
 
 def _shipped_schema(chosen, options: PipelineOptions) -> str | None:

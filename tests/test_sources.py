@@ -191,3 +191,40 @@ def test_a_users_own_probs_column_is_fused_trained_on_and_read_by_the_policy(tmp
     with_foo = PolicyFusion(schema, ["clip", "foo"], str(tmp_path / "policy"))
     assert list(with_foo.sources) == ["clip", "foo"]
     assert with_foo(batch)[conf] != PolicyFusion(schema, ["clip"], str(tmp_path / "policy"))(batch)[conf]
+
+
+def test_an_inputs_own_probs_column_is_fused_when_annotating(tiny_clip_dir, tmp_path):
+    """An input that brings ``probs_mine`` (a classifier of the user's, run beforehand): annotation fuses it with the
+    running sources; a column of the wrong shape is one clear error; ``--sources`` leaves it out."""
+    import numpy as np
+
+    from charattr_hf.api import annotate
+    from charattr_hf.errors import UserError
+    from charattr_hf.schema import load_schema
+    from tests.test_pipeline import image_dataset
+
+    schema = load_schema("default")
+    ds = image_dataset(12)
+    hair = schema["hair_color"]
+    picks = [i % hair.num_labels for i in range(len(ds))]
+
+    def row(i):  # certain of one hair colour, uniform elsewhere
+        out = {a.name: (np.full(a.num_labels, 1.0 / a.num_labels) if a.name != "hair_color"
+                        else np.eye(a.num_labels)[picks[i]] * 0.999 + 0.001 / a.num_labels).tolist()
+               for a in schema}
+        return out
+
+    mine = ds.add_column("probs_mine", [row(i) for i in range(len(ds))])
+    opts = dict(model=f"local-dir:{tiny_clip_dir}", schema="default", use_cache=False)
+    out = annotate(mine, progress=False, tags=False, **opts)
+    assert "probs_mine" in out.column_names and "probs_clip" in out.column_names
+    assert out["hair_color"] == picks  # the random tiny CLIP is unsure; the confident column decides
+    plain = annotate(ds, progress=False, tags=False, **opts)
+    assert plain["hair_color"] != picks and "probs_mine" not in plain.column_names
+
+    named = annotate(mine, progress=False, tags=False, sources="clip", **opts)
+    assert "probs_mine" not in named.column_names and named["hair_color"] == plain["hair_color"]
+
+    bad = ds.add_column("probs_bad", [{"hair_color": [0.5, 0.5]}] * len(ds))
+    with pytest.raises(UserError, match="probs_bad .* does not have the shape"):
+        annotate(bad, progress=False, tags=False, **opts)
