@@ -171,7 +171,9 @@ def stream_units(ds: IterableDataset, world: int) -> int:
     Shards split between processes only when each shard is a stream of its own rows (no ``take``, ``skip``,
     shuffle or interleave whose meaning spans shards; datasets has no public test, so the steps are read and
     anything unknown counts as spanning), and when there are at least as many units as processes. The unit
-    count depends on the input alone, never on ``world``, so a rerun with another process count reuses chunks.
+    count depends on the input alone, never on ``world``, so a rerun with another process count reuses the chunks
+    (while there are still at least as many units as processes: otherwise the stream is read whole, in chunks of
+    the whole stream, and they are redone).
     """
     try:
         if ds.num_shards < 2 or getattr(ds, "_shuffling", None) is not None or getattr(ds, "_distributed", None):
