@@ -7,8 +7,8 @@ A WD v3 ViT tagger's shape with random weights (timm ``vit_base_patch16_224`` at
 pooling, 10,861 tags: the architecture of ``SmilingWolf/wd-vit-tagger-v3``, the same compute, no download), saved
 in the WD folder layout and loaded through ``local-dir:`` like a real one. Rows of the table:
 
-- ``model only``: the model's forward on ready tensors (batch ``--batch_size``), measured before and after the
-  pipeline and averaged (this machine is shared);
+- ``model only``: the model's forward on ready tensors (batch ``--batch_size``), measured before and after each
+  pipeline round and averaged (this machine is shared; ``--rounds`` alternates the two);
 - ``pipeline``: ``annotate_to_disk`` with the tagger as the only source (decode, hash, quality and the tagger's
   white-square bicubic preparation in ``num_proc`` workers, the model, thresholds and the alias mapping, fusion,
   Parquet), on synthetic PNGs of ``--image_size`` px; the one-off model load is measured apart.
@@ -37,6 +37,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--num_tags", type=int, default=10861)
     p.add_argument("--input_size", type=int, default=448, help="the tagger's input size (448: WD v3)")
     p.add_argument("--num_proc", type=int, default=None)
+    p.add_argument("--rounds", type=int, default=3, help="model only / pipeline / model only, this many times")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
@@ -98,31 +99,40 @@ def main(argv=None) -> int:
     options = PipelineOptions(model=None, tags=False, tagger=f"local-dir:{folder}", batch_size=args.batch_size,
                               use_cache=False)
 
-    before = model_only(folder, args.batch_size, args.images)
-    print(f"model only (before): {before:.2f} images/s", flush=True)
     t = time.perf_counter()
     annotate_to_disk(warm, tmp / "warm", options=options, num_proc=args.num_proc or 1, progress=False)
     startup = time.perf_counter() - t
-    result, _ = annotate_to_disk(ds, tmp / "out", options=options, num_proc=args.num_proc or 1, progress=False,
-                                 chunk_size=max(args.images, 1))
-    pipe = result.images_per_second
-    print(f"pipeline: {pipe:.2f} images/s", flush=True)
-    after = model_only(folder, args.batch_size, args.images)
-    print(f"model only (after): {after:.2f} images/s", flush=True)
-    ceiling = (before + after) / 2
-    rows = [("model only (mean of before and after)", ceiling), ("pipeline (tagger only, end to end)", pipe)]
+    # rounds of model only / pipeline / model only: each pipeline figure is set against the ceiling measured just
+    # before and just after it, so a change in the machine's load between rounds does not tilt the ratio
+    rounds = []
+    for r in range(args.rounds):
+        before = model_only(folder, args.batch_size, args.images)
+        result, _ = annotate_to_disk(ds, tmp / f"out-{r}", options=options, num_proc=args.num_proc or 1,
+                                     progress=False, chunk_size=max(args.images, 1))
+        after = model_only(folder, args.batch_size, args.images)
+        pipe = result.images_per_second
+        rounds.append({"model_only_before": before, "pipeline": pipe, "model_only_after": after,
+                       "ratio": pipe / ((before + after) / 2)})
+        print(f"round {r + 1}: model only {before:.3f} / {after:.3f} images/s, pipeline {pipe:.3f} images/s "
+              f"({100 * rounds[-1]['ratio']:.0f} %)", flush=True)
+    ceiling = sum((x["model_only_before"] + x["model_only_after"]) / 2 for x in rounds) / len(rounds)
+    pipe = sum(x["pipeline"] for x in rounds) / len(rounds)
+    ratios = sorted(x["ratio"] for x in rounds)
     print(f"\nWD ViT tagger shape (vit_base_patch16_224 at {args.input_size} px, {args.num_tags} tags, random weights), batch "
-          f"{args.batch_size}, {args.images} PNGs of {args.image_size} px, {threads} torch threads; "
-          f"start-up run (model load, {args.batch_size} images): {startup:.1f} s\n")
+          f"{args.batch_size}, {args.images} PNGs of {args.image_size} px per round, {args.rounds} round(s), {threads} "
+          f"torch threads, {args.num_proc or 1} decode worker(s); start-up run (model load, {args.batch_size} images): "
+          f"{startup:.1f} s\n")
     print("| measurement | images/s | vs. model only |\n|---|---:|---:|")
-    for name, v in rows:
-        print(f"| {name} | {v:.2f} | {100 * v / ceiling:.0f} % |")
+    print(f"| model only (mean over rounds of before and after) | {ceiling:.3f} | 100 % |")
+    print(f"| pipeline (tagger only, end to end; mean over rounds) | {pipe:.3f} | {100 * pipe / ceiling:.0f} % |")
+    print(f"\nper-round ratio: {', '.join(f'{100 * x:.0f} %' for x in ratios)} (median "
+          f"{100 * ratios[len(ratios) // 2]:.0f} %)")
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)  # the random weights alone are 350 MB
     if args.json:
-        Path(args.json).write_text(json.dumps({"model_only_before": before, "model_only_after": after,
-                                               "pipeline": pipe, "startup_s": startup, "threads": threads,
+        Path(args.json).write_text(json.dumps({"rounds": rounds, "model_only": ceiling, "pipeline": pipe,
+                                               "startup_s": startup, "threads": threads,
                                                "args": vars(args), "torch": torch.__version__}, indent=2))
     return 0
 

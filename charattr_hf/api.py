@@ -85,7 +85,8 @@ def annotate_to_disk(
     pipeline = build_pipeline(
         options,
         input_columns=list(ds.features),
-        keep_columns=[c for c in ds.features if c not in ("image", "tags", "caption", "_source_id")],
+        keep_columns=[c for c in ds.features
+                      if c not in ("image", "tags", "caption", "_source_id") and not c.startswith("probs_")],
         writer=f"rank-{state.process_index}",
         id_root=id_root,
     )

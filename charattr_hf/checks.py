@@ -14,7 +14,7 @@ from pathlib import Path
 from .errors import UserError
 from .options import InputSpec, PipelineOptions, RunOptions
 
-__all__ = ["check_input", "check_schema", "check_models", "check_writable", "check_run"]
+__all__ = ["check_input", "check_schema", "check_models", "check_fusion", "check_writable", "check_run"]
 
 _IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 _TABLE_EXT = {".parquet", ".arrow", ".csv", ".json", ".jsonl"}
@@ -141,12 +141,15 @@ def check_schema(schema: str | None) -> None:
 
 
 def check_models(options: PipelineOptions) -> None:
-    """Local model folders named with ``local-dir:`` (or given as paths) exist."""
-    model = options.model or ""
-    if model.startswith("local-dir:"):
-        folder = Path(model[len("local-dir:"):]).expanduser()
-        if not folder.is_dir():
-            raise UserError(f"--model {model}: no such folder {str(folder)!r}; check the path after 'local-dir:'")
+    """Local model folders named with ``local-dir:`` (or given as paths) exist: CLIP's and the fusion policy's."""
+    from .sources import clip
+
+    clip.check(options)
+    check_fusion(options)
+
+
+def check_fusion(options: PipelineOptions) -> None:
+    """A fusion policy given as a path is a folder."""
     fusion = options.fusion or ""
     if fusion and fusion != "demo" and fusion.startswith((".", "/", "~")) and not Path(fusion).expanduser().is_dir():
         raise UserError(f"--fusion {fusion}: no such folder; give a folder saved with save_pretrained or a Hub id")
@@ -172,8 +175,12 @@ def check_writable(folder: str | os.PathLike, option: str) -> None:
 
 
 def check_run(spec: InputSpec, options: PipelineOptions, run: RunOptions) -> None:
-    """Every check of an annotation run, cheapest first."""
-    check_models(options)
+    """Every check of an annotation run, cheapest first: the sources' (``--sources``, ``--plugins`` and each chosen
+    source's own checks, see :mod:`charattr_hf.sources`), the input, the schema, the folders."""
+    from .sources import check_sources
+
+    check_sources(options)
+    check_fusion(options)
     check_input(spec)
     check_schema(options.schema)
     check_writable(run.output_dir, "--output_dir")

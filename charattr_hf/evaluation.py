@@ -45,7 +45,8 @@ from .markdown import markdown_table
 from .metrics import core
 from .metrics.core import DEFAULT_CURVE_THRESHOLDS
 from .reader import read_dataset
-from .schema import SOURCES, Attribute, Label, Schema, load_schema
+from .schema import Attribute, Label, Schema, load_schema
+from .sources import order_sources
 
 __all__ = [
     "FUSED",
@@ -346,8 +347,7 @@ def _join_truth(
 def _present_sources(table: pa.Table) -> list[str]:
     """Sources with a ``probs_<source>`` column, the pipeline's known sources first."""
     names = [c[len(_PROBS_PREFIX):] for c in table.column_names if c.startswith(_PROBS_PREFIX)]
-    ordered = [s for s in SOURCES if s in names] + sorted(s for s in names if s not in SOURCES)
-    return ordered
+    return order_sources(names)
 
 
 def _source_is_empty(col: pa.Array) -> bool:

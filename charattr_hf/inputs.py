@@ -92,6 +92,8 @@ def _normalise(ds: AnyDataset, spec: InputSpec) -> AnyDataset:
     if missing:
         raise ValueError(f"--keep_columns {missing} not found; columns: {columns}")
     keep += [c for c in _KEEP_DEFAULT if c in columns and c not in keep]
+    # a source's probabilities computed beforehand (probs_<name>): the pipeline fuses them (see build_pipeline)
+    keep += [c for c in columns if c.startswith("probs_") and c not in keep]
     # an image folder prepared for LoRA training carries its tags beside the images (foo.png + foo.txt, kohya
     # style); a metadata.jsonl/csv tags column is already a column here and wins, as --tags_column does
     sidecars = _sidecar_files(spec) if tags is None and _is_image_folder(ds, spec) else []

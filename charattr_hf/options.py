@@ -3,7 +3,8 @@ them from the command line and YAML (:mod:`charattr_hf.cli`): each ``field(metad
 option, written once. This module imports nothing heavy, so ``--help`` is fast.
 
 - :class:`InputSpec`: where the images come from and which columns mean what (``charattr_hf.inputs``).
-- :class:`PipelineOptions`: sources, model, schema, fusion (``charattr_hf.pipeline``).
+- :class:`PipelineOptions`: sources, schema, fusion (:class:`SharedOptions`) and the built-in sources' options
+  (each declared by its module in :mod:`charattr_hf.sources`) (``charattr_hf.pipeline``).
 - :class:`RunOptions`: output folder, chunks, workers, progress (``charattr_hf.api.annotate_to_disk``).
 """
 
@@ -12,9 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-__all__ = ["InputSpec", "PipelineOptions", "RunOptions", "DEMO_MODEL_WARNING", "REAL_MODEL_HINT"]
+from .sources import BUILTIN_SOURCES
+from .sources.blip2 import Blip2Options
+from .sources.clip import REAL_MODEL_HINT, ClipOptions
+from .sources.tagger import TaggerOptions
+from .sources.tags import TagsOptions
 
-REAL_MODEL_HINT = "--model ViT-B-32 --pretrained laion2b_s34b_b79k"
+__all__ = ["InputSpec", "PipelineOptions", "SharedOptions", "RunOptions", "DEMO_MODEL_WARNING", "REAL_MODEL_HINT"]
+
 DEMO_MODEL_WARNING = (
     "the demo model (--model demo, the default) was trained only on synthetic drawings and its labels on real "
     f"images are confident nonsense; for real images use a real CLIP checkpoint, e.g. {REAL_MODEL_HINT}"
@@ -65,8 +71,8 @@ class InputSpec:
 
 
 @dataclass
-class PipelineOptions:
-    """Which sources run, with which models, schema and fusion."""
+class SharedOptions:
+    """Which sources run, the schema, fusion, and what every source shares (batch size, precision, cache)."""
 
     schema: Optional[str] = field(
         default=None,
@@ -75,27 +81,20 @@ class PipelineOptions:
             "schema when it ships one, else 'default'."
         },
     )
-    model: Optional[str] = field(
-        default="demo",
+    sources: Optional[str] = field(
+        default=None,
         metadata={
-            "help": "open_clip model: 'demo' (the default: shipped, trained on synthetic drawings only, not for real "
-            f"images), a built-in name such as ViT-B-32 (with --pretrained; real images: {REAL_MODEL_HINT}), "
-            "'hf-hub:org/repo' or 'local-dir:/path'. Empty string: no CLIP source."
+            "help": f"Sources to run, comma-separated, from {', '.join(BUILTIN_SOURCES)} and those of --plugins. "
+            "Default: every source the input and the other options make available."
         },
     )
-    pretrained: Optional[str] = field(
+    plugins: Optional[str] = field(
         default=None,
-        metadata={"help": "Pretrained tag of a built-in model, e.g. laion2b_s34b_b79k ('none' = random weights)."},
+        metadata={
+            "help": "Modules to import first, comma-separated: each registers its sources (see README, 'Adding a "
+            "source'). Also read from $CHARATTR_HF_PLUGINS; installed packages declare entry points instead."
+        },
     )
-    model_revision: Optional[str] = field(default=None, metadata={"help": "Revision of an hf-hub: model."})
-    tags: bool = field(
-        default=True, metadata={"help": "Do not use the tags/caption columns as a source.", "flag": "no_tags"}
-    )
-    blip2: Optional[str] = field(
-        default=None,
-        metadata={"help": "Add the BLIP-2 question-answering source, e.g. Salesforce/blip2-opt-2.7b (slow)."},
-    )
-    blip2_revision: Optional[str] = field(default=None, metadata={"help": "Revision of the BLIP-2 model."})
     fusion: Optional[str] = field(
         default=None,
         metadata={
@@ -138,25 +137,14 @@ class PipelineOptions:
                   "Default: SQLite files in --cache_dir. A cache that fails never fails the run."},
     )
     device: Optional[str] = None
-    # the WD tagger source (#9)
-    tagger: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "Add the WD tagger source: a Hub id (SmilingWolf/wd-vit-tagger-v3, with --tagger_revision), "
-            "'hf-hub:org/repo', 'local-dir:/path' (config.json, model.safetensors, selected_tags.csv) or 'demo' "
-            "(shipped, synthetic drawings only)."
-        },
-    )
-    tagger_revision: Optional[str] = field(default=None, metadata={"help": "Revision (commit) of a Hub tagger."})
-    tagger_threshold: float = field(
-        default=0.35, metadata={"help": "Score above which a general tag goes to tagger_tags.", "min": 0}
-    )
-    tagger_character_threshold: float = field(
-        default=0.85, metadata={"help": "Score above which a character tag goes to tagger_characters.", "min": 0}
-    )
-    tagger_mcut: bool = field(
-        default=False, metadata={"help": "MCut thresholds (the largest gap in the scores) for the tagger's tags."}
-    )
+    #: the options of plugin sources by source name (the built-in sources' options are fields of this class)
+    source_options: dict = field(default_factory=dict)
+
+
+@dataclass
+class PipelineOptions(Blip2Options, TagsOptions, TaggerOptions, ClipOptions, SharedOptions):
+    """Which sources run, with which models, schema and fusion: the shared options and every built-in source's
+    (:mod:`charattr_hf.sources`)."""
 
 
 @dataclass

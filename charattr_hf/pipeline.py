@@ -3,8 +3,11 @@
 A chunk is a plain ``datasets.Dataset``; every stage is one batched ``map`` over it:
 
     identify + decode + tags   (CPU, one map; with num_proc, in forkserver workers that never see torch)
-    -> clip [-> blip2]          (accelerator, main process, model loaded once)
+    -> clip [-> tagger] [-> blip2]   (accelerator, main process, model loaded once)
     -> fusion                   (simple rules, or the learned policy)
+
+The sources are plugins (:mod:`charattr_hf.sources`): :func:`build_pipeline` asks each chosen one to add its
+stages to a :class:`~charattr_hf.sources.BuildContext`.
 
 Each map gets ``new_fingerprint`` = hash(chunk scratch folder, step, stage fingerprint), so ``datasets`` never
 hashes a model, and writes its Arrow cache into that scratch folder, which the runner deletes after the chunk.
@@ -22,7 +25,8 @@ from datasets import Dataset, Features, Image, Value
 from .errors import UserError
 from .options import PipelineOptions  # defined with the other option dataclasses; imported from here too
 from .schema import Schema, load_schema
-from .stages.base import ERROR, TEMP_PREFIX, Compose, Stage, stable_hash
+from .sources.clip import spec_schema as _model_schema  # noqa: F401 - kept for callers
+from .stages.base import ERROR, TEMP_PREFIX, Compose, Stage, WithoutColumns, stable_hash
 from .stages.fusion import FusionStage, SimpleFusion
 from .stages.identity import Identify
 
@@ -42,6 +46,8 @@ class Pipeline:
     keep_images: bool = False
     description: dict = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
+    #: output columns of the sources besides their probs_<source> (tagger_tags, ...)
+    columns: dict = field(default_factory=dict)
 
     @property
     def sources(self) -> list[str]:
@@ -70,8 +76,20 @@ class Pipeline:
             emb_feat = next((s.features()["embedding"] for s in self.device if "embedding" in s.features()), None)
             emb = emb_feat.length if emb_feat is not None else None
         feats = dict(self.schema.output_features(self.sources, embedding_dim=emb))
-        for stage in self.device:  # a source's own columns besides probs_<source> (tagger_tags, ...)
-            feats.update(getattr(stage, "output_features", dict)())
+        feats.update(self.columns)
+        for name in self.description.get("given_sources", ()):
+            column, want = f"probs_{name}", self.schema.probs_feature()
+            have = input_features.get(column)
+            if not isinstance(have, dict) or set(have) != set(want) or any(
+                type(have[a]).__name__ not in ("List", "LargeList", "Sequence")
+                or getattr(have[a], "length", -1) not in (-1, want[a].length) for a in want
+            ):
+                raise UserError(
+                    f"the input column {column} is taken as a source's probabilities, but it does not have the shape "
+                    f"of schema {self.schema.name!r} (a struct of one probability list per attribute: "
+                    f"{', '.join(f'{a}[{want[a].length}]' for a in want)}); rename or drop the column, or name the "
+                    "sources to use with --sources"
+                )
         clash = sorted(c for c in self.keep_columns if c in feats or c == "image")
         if clash:
             raise ValueError(f"input column(s) {clash} would overwrite output columns of the same name; rename them")
@@ -146,6 +164,9 @@ class Pipeline:
         # the Arrow file lives in this chunk's scratch folder, which is never read back (load_from_cache_file is
         # off) and is deleted after the chunk: the fingerprint only has to name this step of this chunk
         fp = stable_hash(str(scratch), step, stage.fingerprint(), sorted(remove))
+        own = set(remove) & set(stage.features())  # written and read within this step, needed by no later one
+        if own:
+            stage = WithoutColumns(stage, own)
         if num_proc and num_proc > 1:
             from .workers import CpuWorkers
 
@@ -177,109 +198,42 @@ def build_pipeline(
     writer: str = "main",
     id_root: str | None = None,
 ) -> Pipeline:
-    """Choose and configure the stages for ``options``; sources that cannot run are skipped with a message.
+    """Choose and configure the stages for ``options``: each registered source (:mod:`charattr_hf.sources`) that
+    ``--sources`` names, or, without it, that the options and ``input_columns`` make available, adds its stages;
+    a source that cannot run is skipped with a message (a :class:`UserError` when ``--sources`` names it).
 
     ``id_root``: the local folder the input was read from; image paths under it give relative ids."""
-    from .openclip import ClipSpec, check_precision, demo_model_dir
-
-    from .loading import model_load_error
-
-    messages: list[str] = []
-    clip_spec = None
-    check_precision(options.precision, options.device)
-    if options.model:
-        if options.model == "demo" and demo_model_dir() is None:
-            messages.append("CLIP source skipped: no --model given and this installation ships no demo model.")
-        else:
-            try:
-                clip_spec = ClipSpec.parse(options.model, options.pretrained, options.model_revision)
-                clip_spec.fingerprint()  # resolves a hf-hub: name to a commit (and fetches its config) now
-            except Exception as exc:  # noqa: BLE001 - a name that does not resolve is the user's to fix
-                raise model_load_error("CLIP model", options.model, exc) from exc
-    else:
-        messages.append("CLIP source skipped: --model is empty.")
-
-    schema_arg = options.schema
-    if schema_arg is None:
-        schema_arg = _model_schema(clip_spec) or "default"
-    schema = load_schema(schema_arg)
-
-    cpu: list[Stage] = [Identify(root=id_root)]
-    device: list[Stage] = []
-    sources: list[str] = []
-
+    from .openclip import check_precision
+    from .sources import BuildContext, SkipSource, load_plugins, select_sources, source_options
     from .stages.decode import DecodeStage
 
-    if clip_spec is not None:
-        from .cache import default_cache_dir
-        from .cache_redis import open_feature_cache
-        from .stages.clip import ClipZeroShot
+    check_precision(options.precision, options.device)
+    load_plugins(options.plugins)
+    chosen, named = select_sources(options)
+    schema = load_schema(options.schema or _shipped_schema(chosen, options) or "default")
 
-        clip = ClipZeroShot(
-            schema,
-            clip_spec,
-            batch_size=options.batch_size,
-            precision=options.precision,
-            embedding=options.keep_embedding or _fusion_wants_embedding(options),
-            device=options.device,
-        )
-        if options.use_cache:
-            root = Path(options.cache_dir).expanduser() if options.cache_dir else default_cache_dir()
-            clip.cache = open_feature_cache(options.cache_url, root, clip.cache_namespace(), writer=writer)
-        decode_at = len(cpu)
-        cpu.append(clip.decode)
-        device.append(clip)
-        sources.append("clip")
-    else:
-        decode_at = len(cpu)
-        cpu.append(DecodeStage())
-
-    tagger_desc = None
-    if options.tagger:
-        from .stages.tagger import TaggerSpec, TaggerStage
-
-        tagger = TaggerStage(
-            schema,
-            TaggerSpec.parse(options.tagger, options.tagger_revision),
-            threshold=options.tagger_threshold,
-            character_threshold=options.tagger_character_threshold,
-            mcut=options.tagger_mcut,
-            batch_size=options.batch_size,
-            precision=options.precision,
-            device=options.device,
-        )
-        cpu.append(tagger.preprocess)  # after decode: rows it quarantined are skipped
-        device.append(tagger)
-        sources.append("tagger")
-        tagger_desc = tagger.spec.describe()
-
-    if options.tags:
-        if "tags" in input_columns or "caption" in input_columns:
-            from .stages.tags import TagStage
-
-            cpu.append(TagStage(schema))
-            sources.append("tags")
-        else:
-            messages.append("tag source skipped: the dataset has no tags or caption column (see --tags_column).")
-
-    if options.blip2:
-        from .stages.blip2 import Blip2Source
-
+    ctx = BuildContext(options, schema, list(input_columns), decode=DecodeStage(), writer=writer,
+                       embedding=options.keep_embedding or _fusion_wants_embedding(options))
+    sources: list[str] = []
+    for source in chosen:
         try:
-            spec = Blip2Source(schema, model_id=options.blip2, revision=options.blip2_revision).decode_spec()
-        except Exception as exc:  # noqa: BLE001 - the processor names the image size; a bad name fails here
-            raise model_load_error("BLIP-2 model", options.blip2, exc) from exc
-        # BLIP-2 reads its pixels from the shared decode stage (one decode per image, the same size limit,
-        # EXIF, 16-bit and remote-file handling as every other source), in a column of its own size
-        cpu[decode_at] = cpu[decode_at].with_extra_pixels(_pixels_blip2=spec)
-        device.append(Blip2Source(schema, model_id=options.blip2, revision=options.blip2_revision,
-                                  pixel_shape=spec["image_size"], pixels_column="_pixels_blip2"))
-        sources.append("blip2")
-
+            source.build(ctx, source_options(source, options))
+        except SkipSource as skip:
+            if named:
+                raise UserError(f"--sources {source.name}: it cannot run: {skip}; leave it out of --sources") from None
+            ctx.messages.append(f"{source.title or source.name} source skipped: {skip}.")
+            continue
+        sources.append(source.name)
+    given = [] if named else _given_sources(input_columns, sources)
+    if given:
+        ctx.messages.append(f"the input's own {', '.join('probs_' + g for g in given)} column(s) are fused as "
+                            "source(s) (name the sources with --sources to leave them out)")
+        sources += given
     if not sources:
-        messages.append("no source can run: rows get decode results and quality flags only.")
+        ctx.messages.append("no source can run: rows get decode results and quality flags only.")
 
     if options.fusion:
+        from .loading import model_load_error
         from .stages.policy import PolicyFusion
 
         try:
@@ -289,10 +243,11 @@ def build_pipeline(
         except Exception as exc:  # noqa: BLE001 - a policy that cannot be found, resolved or read
             raise model_load_error("fusion policy", options.fusion, exc) from exc
         dim = fusion.config.embedding_dim
-        if dim and clip_spec is not None and dim != clip.embed_dim:
+        have = next((s.features()["embedding"].length for s in ctx.device if "embedding" in s.features()), None)
+        if dim and have is not None and dim != have:
             raise UserError(
                 f"the fusion policy {options.fusion} reads {dim}-dim image embeddings (those of the CLIP model it was "
-                f"trained with), but --model {options.model} gives {clip.embed_dim}: annotate with that model, or "
+                f"trained with), but --model {options.model} gives {have}: annotate with that model, or "
                 "train a policy on this one"
             )
     else:
@@ -301,32 +256,42 @@ def build_pipeline(
     description = {
         "schema": schema.name,
         "schema_fingerprint": schema.fingerprint(),
-        "model": clip_spec.describe() if clip_spec else None,
+        "model": None,
         "sources": sources,
         "fusion": options.fusion or f"simple ({options.fusion_method})",
     }
-    if tagger_desc is not None:
-        description["tagger"] = tagger_desc
+    description.update(ctx.description)
+    if given:
+        description["given_sources"] = given
     return Pipeline(
         schema=schema,
-        cpu=cpu,
-        device=device,
+        cpu=[Identify(root=id_root), ctx.decode, *ctx.cpu],
+        device=ctx.device,
         fusion=fusion,
         keep_columns=list(keep_columns),
         keep_embedding=options.keep_embedding,
         keep_images=options.keep_images,
         description=description,
-        messages=messages,
+        messages=ctx.messages,
+        columns=ctx.columns,
     )
 
 
-def _model_schema(spec) -> str | None:
-    """A model folder may ship the schema it was trained for (``charattr_schema.yaml``)."""
-    if spec is None:
-        return None
-    folder = spec.local_dir()
-    if folder is not None and (folder / "charattr_schema.yaml").is_file():
-        return str(folder / "charattr_schema.yaml")
+def _given_sources(input_columns: Sequence[str], running: Sequence[str]) -> list[str]:
+    """Sources the input brings: its ``probs_<name>`` columns (a model of the user's, run beforehand) for names no
+    running source writes. Their shape is checked against the schema in :meth:`Pipeline.output_features`."""
+    names = [c[len("probs_"):] for c in input_columns if c.startswith("probs_")]
+    return [n for n in names if n.isidentifier() and n not in running]
+
+
+def _shipped_schema(chosen, options: PipelineOptions) -> str | None:
+    """The schema the first chosen source's model ships (a CLIP folder's ``charattr_schema.yaml``), if any."""
+    from .sources import source_options
+
+    for source in chosen:
+        found = source.shipped_schema(source_options(source, options)) if source.shipped_schema else None
+        if found:
+            return found
     return None
 
 

@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset, IterableDataset, Value
 
 from .distributed import broadcast, get_state
-from .errors import ModelLoadError
+from .errors import ModelLoadError, UserError
 from .pipeline import Pipeline
 from .stages.base import stable_hash
 
@@ -171,7 +171,9 @@ def stream_units(ds: IterableDataset, world: int) -> int:
     Shards split between processes only when each shard is a stream of its own rows (no ``take``, ``skip``,
     shuffle or interleave whose meaning spans shards; datasets has no public test, so the steps are read and
     anything unknown counts as spanning), and when there are at least as many units as processes. The unit
-    count depends on the input alone, never on ``world``, so a rerun with another process count reuses chunks.
+    count depends on the input alone, never on ``world``, so a rerun with another process count reuses the chunks
+    (while there are still at least as many units as processes: otherwise the stream is read whole, in chunks of
+    the whole stream, and they are redone).
     """
     try:
         if ds.num_shards < 2 or getattr(ds, "_shuffling", None) is not None or getattr(ds, "_distributed", None):
@@ -291,8 +293,43 @@ def run(
         raise ValueError("chunk_size must be >= 1")
     pipeline.output_features(ds.features)  # a column clash is a clear error now, not a failure per chunk
     state = get_state()
-    rank, world = state.process_index, state.num_processes
     output_dir = Path(output_dir)
+    # one launch at a time writes into an output folder: a second would assemble shards and a card from chunks
+    # the first is still writing. The main process holds the lock for the whole run; every rank learns the outcome.
+    lock = _lock_output(output_dir) if state.is_main_process else None
+    if broadcast(lock is False):
+        raise UserError(f"another run is writing into {output_dir} (its lock {output_dir / WORK_DIR / 'lock'} is held): "
+                        "wait for it to finish, or choose another --output_dir")
+    try:
+        return _run(ds, pipeline, output_dir, state, input_id=input_id, chunk_size=chunk_size, num_proc=num_proc,
+                    split=split, max_shard_rows=max_shard_rows, progress=progress, card_extra=card_extra,
+                    prefetch=prefetch)
+    finally:
+        if lock:
+            os.close(lock)  # releases the lock
+
+
+def _lock_output(output_dir: Path) -> "int | bool | None":
+    """An exclusive lock on ``output_dir`` (the open file; closing it releases the lock), False when another
+    process holds it, None where the platform has no ``flock``."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    path = output_dir / WORK_DIR / "lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    return fd
+
+
+def _run(ds, pipeline: Pipeline, output_dir: Path, state, *, input_id: str, chunk_size: int, num_proc, split: str,
+         max_shard_rows: int, progress: bool, card_extra, prefetch) -> RunResult:
+    rank, world = state.process_index, state.num_processes
     # the main process's identity of the run wins: a rank whose input fingerprint differs (an unhashable
     # transform upstream gives random fingerprints) must still write into the same run folder
     run_fp = broadcast(stable_hash(input_id, pipeline.fingerprint(), chunk_size, split))

@@ -40,10 +40,10 @@ from typing import Any, Iterable, Mapping
 import yaml
 from datasets import ClassLabel, Features, List, Value
 
+from .sources import BUILTIN_SOURCES as SOURCES  # the built-in sources, in their order (the one list of them)
+
 __all__ = ["Attribute", "Label", "Schema", "load_schema", "list_schemas", "SOURCES"]
 
-#: Sources the pipeline knows, in the order they appear in the output.
-SOURCES = ("clip", "tags", "blip2")
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _DEFAULT_TEMPLATES = ("a picture of a character with {}.",)

@@ -44,24 +44,25 @@ class CaptionArguments:
     overwrite_captions: bool = field(default=False, metadata={"help": "Replace caption files that already exist there."})
 
 
-def check_tagger(options: PipelineOptions, captions: CaptionArguments) -> None:
-    """The tagger options, before anything heavy (#9)."""
+def check_captions(options: PipelineOptions, captions: CaptionArguments) -> None:
+    """--write_captions writes the tagger's tags (#9): it needs --tagger and a folder it can write in."""
+    if not captions.write_captions:
+        return
     from charattr_hf.errors import UserError
 
-    if captions.write_captions and not options.tagger:
-        raise UserError("--write_captions writes the tagger's tags: give --tagger too (e.g. --tagger demo)")
     if not options.tagger:
-        return
-    for flag in ("tagger_threshold", "tagger_character_threshold"):
-        if not 0.0 <= getattr(options, flag) <= 1.0:
-            raise UserError(f"--{flag} must be in [0, 1], got {getattr(options, flag)}")
-    from charattr_hf.stages.tagger import TaggerSpec
+        raise UserError("--write_captions writes the tagger's tags: give --tagger too (e.g. --tagger demo)")
+    from charattr_hf.checks import check_writable
 
-    TaggerSpec.parse(options.tagger, options.tagger_revision)  # a missing folder or a bad id ends here
-    if captions.write_captions:
-        from charattr_hf.checks import check_writable
+    check_writable(captions.write_captions, "--write_captions")
 
-        check_writable(captions.write_captions, "--write_captions")
+
+def plugin_options() -> dict[str, type]:
+    """The option dataclasses of the registered sources that are not fields of PipelineOptions (plugins')."""
+    from charattr_hf.sources import registered_sources
+
+    return {name: s.options for name, s in registered_sources().items()
+            if s.options is not None and not issubclass(PipelineOptions, s.options)}
 
 
 @dataclass
@@ -72,10 +73,15 @@ class PublishArguments:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    spec, options, run_opts, captions, publish = parse_args(
-        [InputSpec, PipelineOptions, RunOptions, CaptionArguments, PublishArguments], argv,
+    from charattr_hf.sources import load_plugins, plugins_in_args
+
+    load_plugins(plugins_in_args(argv))  # before parsing: a plugin's sources bring their own options
+    plugins = plugin_options()
+    spec, options, run_opts, captions, publish, *mine = parse_args(
+        [InputSpec, PipelineOptions, RunOptions, CaptionArguments, PublishArguments, *plugins.values()], argv,
         description=__doc__.split("\n\n")[0],
     )
+    options = replace(options, source_options=dict(zip(plugins, mine)))
     if run_opts.quiet:
         from charattr_hf.cli import quiet_progress
 
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     from charattr_hf.checks import check_run
 
     check_run(spec, options, run_opts)  # before anything heavy: mistakes end here, in a second
-    check_tagger(options, captions)
+    check_captions(options, captions)
 
     from charattr_hf.distributed import relaunch_as_cpu_processes
 

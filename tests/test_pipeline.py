@@ -146,7 +146,7 @@ def test_rerun_resumes_from_finished_chunks(tiny_clip_dir, tmp_path):
     out_dir = tmp_path / "out"
     first, _ = annotate_to_disk(ds, out_dir, options=PipelineOptions(**opts), chunk_size=6, progress=False)
     before = pq.read_table(first.data_files[0])
-    run_dir = chunk_path(next((out_dir / ".charattr").iterdir()), 0).parent.parent
+    run_dir = chunk_path(next(p for p in (out_dir / ".charattr").iterdir() if p.is_dir()), 0).parent.parent
     chunk_path(run_dir, 2).unlink()  # as if the run died while this chunk was in flight
     second, _ = annotate_to_disk(ds, out_dir, options=PipelineOptions(**opts), chunk_size=6, progress=False)
     assert second.chunks_skipped == 3 and second.rows_processed == 6
@@ -251,7 +251,7 @@ def test_a_chunk_file_with_the_wrong_rows_is_recomputed(tiny_clip_dir, tmp_path)
     ds = image_dataset(10)
     opts = dict(model=f"local-dir:{tiny_clip_dir}", use_cache=False)
     first, _ = annotate_to_disk(ds, tmp_path / "o", options=PipelineOptions(**opts), chunk_size=4, progress=False)
-    run = next((tmp_path / "o" / ".charattr").iterdir())
+    run = next(p for p in (tmp_path / "o" / ".charattr").iterdir() if p.is_dir())
     # chunk 1 replaced by chunk 0's content: right size, wrong rows
     chunk_path(run, 1).write_bytes(chunk_path(run, 0).read_bytes())
     again, _ = annotate_to_disk(ds, tmp_path / "o", options=PipelineOptions(**opts), chunk_size=4, progress=False)

@@ -44,3 +44,19 @@ def test_reading_example_matches_the_recipe_output_layout(tmp_path, monkeypatch)
     namespace: dict = {}
     exec(compile(block, str(README), "exec"), namespace)
     assert namespace["ds"].num_rows == 8
+
+
+def test_adding_a_source_example_runs(tmp_path, monkeypatch):
+    """The 'Adding a source' module, saved as my_sources.py, is found by --plugins-style import and annotates."""
+    from charattr_hf import annotate, synthetic
+    from charattr_hf.sources import load_plugins
+
+    section = README.read_text().split("### Adding a source", 1)[1]
+    (tmp_path / "my_sources.py").write_text(_python_blocks(section)[0])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))
+    load_plugins("my_sources")
+    ds = annotate(synthetic.generate(8, seed=2), sources="clip,bright", model="demo", use_cache=False, progress=False)
+    probs = ds["probs_bright"]
+    assert all(len(p["hair_color"]) == ds.features["probs_bright"]["hair_color"].length for p in probs)
+    assert abs(sum(probs[0]["hair_color"]) - 1.0) < 1e-5

@@ -50,7 +50,7 @@ def load(out: Path):
 
 
 def run_dir(out: Path) -> Path:
-    (folder,) = (out / ".charattr").iterdir()
+    (folder,) = [p for p in (out / ".charattr").iterdir() if p.is_dir()]  # beside the lock file
     return folder
 
 

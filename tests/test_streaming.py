@@ -130,3 +130,22 @@ def test_one_shard_two_processes_share_chunks_of_one_stream(parquet_folder, plai
     assert sum(r["rows_processed"] for r in ranks) == sum(SIZES)
     assert not set(ranks[0]["chunks_processed"]) & set(ranks[1]["chunks_processed"])
     same_rows(load(out), plain_output)
+
+
+def test_a_second_run_into_the_same_folder_is_refused(parquet_folder, tiny_clip_dir, tmp_path):
+    """While one launch writes into an output folder, another one is told so, before any work, and changes nothing."""
+    import fcntl
+
+    from charattr_hf.errors import UserError
+
+    out = tmp_path / "busy"
+    (out / ".charattr").mkdir(parents=True)
+    kwargs = dict(input_spec=InputSpec(dataset=str(parquet_folder)), chunk_size=4, progress=False,
+                  model=f"local-dir:{tiny_clip_dir}", use_cache=False)
+    with open(out / ".charattr" / "lock", "w") as held:  # as the running launch's main process holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(UserError, match="another run is writing into"):
+            annotate_to_disk(None, out, **kwargs)
+    assert sorted(p.name for p in (out / ".charattr").iterdir()) == ["lock"] and not (out / "data").exists()
+    result, _ = annotate_to_disk(None, out, **kwargs)  # released: the run goes ahead
+    assert result.rows == sum(SIZES) and result.data_files

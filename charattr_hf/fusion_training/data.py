@@ -21,6 +21,7 @@ from datasets import Dataset
 from ..models.fusion import CharattrFusionConfig, CharattrFusionModel, encode_columns
 from ..reader import read_dataset
 from ..schema import SOURCES, Schema, load_schema
+from ..sources import order_sources
 
 logger = logging.getLogger(__name__)
 
@@ -110,11 +111,9 @@ def build_config(
     schema = load_schema(schema)
     names = list(data.column_names if isinstance(data, Dataset) else (data or {}).keys())
     if sources is None:
-        # every probs_<source> column present: the built-in sources in their usual order, then any other
-        # (the tagger's, a user's own precomputed one) by name
-        present = [c[len("probs_"):] for c in names if c.startswith("probs_")]
-        sources = [s for s in SOURCES if s in present] + sorted(s for s in present if s not in SOURCES)
-        sources = sources or list(SOURCES)
+        # every probs_<source> column present: the registered sources in their order, then any other (a user's
+        # own precomputed one) by name
+        sources = order_sources(c[len("probs_"):] for c in names if c.startswith("probs_")) or list(SOURCES)
     flag_vocab: list[str] = []
     if data is not None and "flags" in names:
         counts: dict[str, int] = {}

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from datasets import Dataset, Features, List, Value
 
-from ..schema import QUALITY_FEATURES, QUALITY_FIELDS, SOURCES, Schema, load_schema, probs_column
+from ..schema import QUALITY_FEATURES, QUALITY_FIELDS, Schema, load_schema, probs_column
 
 __all__ = ["SIM_STYLES", "SourceProfile", "DEFAULT_PROFILES", "simulate_annotated"]
 
@@ -72,7 +72,7 @@ def simulate_annotated(
     schema: "Schema | str | None" = None,
     num_rows: int = 2000,
     seed: int = 0,
-    sources: Sequence[str] = SOURCES,
+    sources: Sequence[str] | None = None,
     profiles: Mapping[str, Mapping[str, SourceProfile]] | None = None,
     styles: Sequence[str] = SIM_STYLES,
     embedding_dim: int = 0,
@@ -87,6 +87,7 @@ def simulate_annotated(
     bigger simulation are the same rows."""
     schema = load_schema(schema)
     profiles = profiles or DEFAULT_PROFILES
+    sources = tuple(profiles) if sources is None else sources  # default: every source it has profiles for
     for s in sources:
         if s not in profiles:
             raise ValueError(f"no simulation profile for source {s!r}; profiles: {sorted(profiles)}")

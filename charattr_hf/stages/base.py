@@ -162,6 +162,17 @@ class Stage:
         return f"{type(self).__name__}({self.params()})"
 
 
+class WithoutColumns:
+    """``stage`` minus some of its output columns: working columns that it both writes and reads (a CPU source's
+    pixels, written by decode and read by the source in the same :class:`Compose`) and no later stage needs."""
+
+    def __init__(self, stage: Stage, columns):
+        self.stage, self.columns, self.name = stage, frozenset(columns), stage.name
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        return {k: v for k, v in self.stage(batch).items() if k not in self.columns}
+
+
 class Compose(Stage):
     """Several stages applied in order within one ``map`` call (one pass over the data, one Arrow write)."""
 

@@ -17,11 +17,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from transformers import PretrainedConfig
 
+from ...sources import BUILTIN_SOURCES as DEFAULT_SOURCES  # the one list of the built-in sources (a light module)
+
 __all__ = ["CharattrFusionConfig", "DEFAULT_SOURCES", "DEFAULT_QUALITY_FIELDS"]
 
-#: Kept in sync with ``charattr_hf.schema.SOURCES`` / ``QUALITY_FIELDS`` (not imported, so that this file
-#: only depends on transformers and stays usable on its own).
-DEFAULT_SOURCES = ("clip", "tags", "blip2")
+#: Kept in sync with ``charattr_hf.schema.QUALITY_FIELDS`` (not imported: the schema module imports datasets).
 DEFAULT_QUALITY_FIELDS = ("brightness", "contrast", "saturation", "colorfulness", "sharpness")
 
 
