@@ -85,8 +85,9 @@ def annotate_to_disk(
     pipeline = build_pipeline(
         options,
         input_columns=list(ds.features),
-        keep_columns=[c for c in ds.features
-                      if c not in ("image", "tags", "caption", "_source_id") and not c.startswith("probs_")],
+        # probs_<name> columns are fused as sources (see build_pipeline), unless --keep_columns names them
+        keep_columns=[c for c in ds.features if c not in ("image", "tags", "caption", "_source_id")
+                      and (not c.startswith("probs_") or c in _named(spec.keep_columns))],
         writer=f"rank-{state.process_index}",
         id_root=id_root,
     )
@@ -116,6 +117,10 @@ def annotate_to_disk(
         card_extra=card_extra,
     )
     return result, pipeline
+
+
+def _named(columns) -> set[str]:
+    return {columns} if isinstance(columns, str) else set(columns or ())
 
 
 def _python_call(dataset, spec: InputSpec, output_dir, options: PipelineOptions, input_id: str, chunk_size: int) -> str:

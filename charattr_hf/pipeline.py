@@ -224,7 +224,7 @@ def build_pipeline(
             ctx.messages.append(f"{source.title or source.name} source skipped: {skip}.")
             continue
         sources.append(source.name)
-    given = [] if named else _given_sources(input_columns, sources)
+    given = [] if named else _given_sources(input_columns, [*sources, *(c[len("probs_"):] for c in keep_columns)])
     if given:
         ctx.messages.append(f"the input's own {', '.join('probs_' + g for g in given)} column(s) are fused as "
                             "source(s) (name the sources with --sources to leave them out)")
@@ -279,7 +279,8 @@ def build_pipeline(
 
 def _given_sources(input_columns: Sequence[str], running: Sequence[str]) -> list[str]:
     """Sources the input brings: its ``probs_<name>`` columns (a model of the user's, run beforehand) for names no
-    running source writes. Their shape is checked against the schema in :meth:`Pipeline.output_features`."""
+    running source writes (``running``; a column kept as it is with ``--keep_columns`` counts as such). Their
+    shape is checked against the schema in :meth:`Pipeline.output_features`."""
     names = [c[len("probs_"):] for c in input_columns if c.startswith("probs_")]
     return [n for n in names if n.isidentifier() and n not in running]
 

@@ -16,7 +16,9 @@ chunks are all finished is skipped on a rerun without being read. Rows are numbe
 run goes on, and the final ``index`` (and an ``id`` taken from it) is the position in the whole stream, fixed when
 the output is assembled. Otherwise (one shard, fewer shards than processes, or a stream cut with ``take``/``skip``
 whose shards are not independent) every process reads the whole stream and takes every ``world``-th chunk,
-decoding only its own rows. The stream must give the same rows in the same order every time (no unseeded shuffle).
+decoding only its own rows (and a rerun with another process count reuses the chunks only within one of the two
+ways). The stream must give the same rows in the same order every time (no unseeded shuffle), and ``input_id``
+must name its content: a shard whose chunks are all finished is not read again.
 
 When every chunk is written, the main process assembles the final dataset in the layout ``push_to_hub`` uses
 (``data/<split>-XXXXX-of-YYYYY.parquet`` and a README.md whose YAML header declares the files and features),
@@ -36,6 +38,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterator
@@ -52,7 +55,7 @@ from .stages.base import stable_hash
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunResult", "run", "chunk_path", "finalize"]
+__all__ = ["RunResult", "run", "hold_output", "chunk_path", "finalize"]
 
 WORK_DIR = ".charattr"
 
@@ -180,8 +183,8 @@ def stream_units(ds: IterableDataset, world: int) -> int:
             return 0
         ex = ds._ex_iterable
         while ex is not None:
-            if type(ex).__name__ not in _ROW_WISE:
-                return 0
+            if type(ex).__name__ not in _ROW_WISE or getattr(ex, "drop_last_batch", False):
+                return 0  # (a batched map that drops a short last batch would drop one per shard)
             ex = getattr(ex, "ex_iterable", None)
     except AttributeError:
         return 0
@@ -217,7 +220,7 @@ def _shard_chunks(ds: IterableDataset, units: int, run_dir: Path, chunk_size: in
     features = ds.features
     for s in range(rank, units, world):
         base = s * SHARD_STRIDE
-        known = _read_json(_shard_record_path(run_dir, s))
+        known = _shard_record(run_dir, s, units, ds.num_shards)
         if known is not None:
             works = [_Work(f"{s}/{k}", shard_chunk_path(run_dir, s, k), base + k * chunk_size, None,
                            min(chunk_size, known["rows"] - k * chunk_size)) for k in range(known["chunks"])]
@@ -239,17 +242,27 @@ def _shard_chunks(ds: IterableDataset, units: int, run_dir: Path, chunk_size: in
             rows_in_shard += len(rows)
             k += 1
         record["shards_read"].append(s)
-        _write_json_atomic(_shard_record_path(run_dir, s), {"rows": rows_in_shard, "chunks": k})
+        _write_json_atomic(_shard_record_path(run_dir, s),
+                           {"rows": rows_in_shard, "chunks": k, "units": units, "num_shards": ds.num_shards})
 
 
-def _shard_outcome(run_dir: Path, units: int, chunk_size: int) -> tuple[list[tuple[Path, int]], list[str], int]:
+def _shard_record(run_dir: Path, s: int, units: int, num_shards: int) -> dict | None:
+    """What an earlier read of unit ``s`` found (its rows and chunks), if it read the stream cut the same way."""
+    known = _read_json(_shard_record_path(run_dir, s))
+    if known is None or known.get("units") != units or known.get("num_shards") != num_shards:
+        return None
+    return known
+
+
+def _shard_outcome(run_dir: Path, units: int, num_shards: int, chunk_size: int
+                   ) -> tuple[list[tuple[Path, int]], list[str], int]:
     """Every unit's chunks in stream order with the shift from provisional to final index, the missing chunks, and
     the rows of the whole stream (of the units read so far)."""
     files: list[tuple[Path, int]] = []
     missing: list[str] = []
     offset = 0
     for s in range(units):
-        known = _read_json(_shard_record_path(run_dir, s))
+        known = _shard_record(run_dir, s, units, num_shards)
         if known is None:
             missing.append(f"{s}/*")  # never read to its end
             continue
@@ -294,19 +307,54 @@ def run(
     pipeline.output_features(ds.features)  # a column clash is a clear error now, not a failure per chunk
     state = get_state()
     output_dir = Path(output_dir)
-    # one launch at a time writes into an output folder: a second would assemble shards and a card from chunks
-    # the first is still writing. The main process holds the lock for the whole run; every rank learns the outcome.
-    lock = _lock_output(output_dir) if state.is_main_process else None
-    if broadcast(lock is False):
-        raise UserError(f"another run is writing into {output_dir} (its lock {output_dir / WORK_DIR / 'lock'} is held): "
-                        "wait for it to finish, or choose another --output_dir")
-    try:
+    with hold_output(output_dir):
         return _run(ds, pipeline, output_dir, state, input_id=input_id, chunk_size=chunk_size, num_proc=num_proc,
                     split=split, max_shard_rows=max_shard_rows, progress=progress, card_extra=card_extra,
                     prefetch=prefetch)
+
+
+_HELD: dict[str, list] = {}  # output folders this process holds: realpath -> [fd, depth]
+
+
+@contextmanager
+def hold_output(output_dir: "str | os.PathLike"):
+    """Hold ``output_dir`` for one launch: a second launch writing into it would assemble shards and a card from
+    chunks the first is still writing, or replace files the first is uploading. Every process of the launch calls
+    it (the main process takes the lock, the others learn the outcome); a launch that finds it held raises
+    :class:`UserError`. Re-entrant within a process: the recipe holds the folder for the run and its later steps
+    (captions, publishing), and :func:`run` inside it holds it again."""
+    state = get_state()
+    key = os.path.realpath(output_dir)
+    outcome = "held"
+    if state.is_main_process:
+        if key in _HELD:
+            _HELD[key][1] += 1
+        else:
+            try:
+                fd = _lock_output(Path(output_dir))
+            except OSError as exc:
+                outcome = f"cannot create {Path(output_dir) / WORK_DIR / 'lock'}: {exc.strerror or exc}"
+            else:
+                if fd is False:
+                    outcome = "busy"
+                else:
+                    _HELD[key] = [fd, 1]
+    outcome = broadcast(outcome)
+    if outcome == "busy":
+        raise UserError(f"another run is writing into {output_dir} (its lock {Path(output_dir) / WORK_DIR / 'lock'} "
+                        "is held): wait for it to finish, or choose another --output_dir")
+    if outcome != "held":
+        raise UserError(f"--output_dir {output_dir}: {outcome}; choose a folder you can write in")
+    try:
+        yield
     finally:
-        if lock:
-            os.close(lock)  # releases the lock
+        held = _HELD.get(key) if state.is_main_process else None
+        if held is not None:
+            held[1] -= 1
+            if held[1] == 0:
+                del _HELD[key]
+                if held[0] is not None:
+                    os.close(held[0])  # releases the lock
 
 
 def _lock_output(output_dir: Path) -> "int | bool | None":
@@ -485,7 +533,7 @@ def _run(ds, pipeline: Pipeline, output_dir: Path, state, *, input_id: str, chun
             except (OSError, ValueError):
                 pass
         if units:
-            files, result.missing_chunks, result.rows = _shard_outcome(run_dir, units, chunk_size)
+            files, result.missing_chunks, result.rows = _shard_outcome(run_dir, units, ds.num_shards, chunk_size)
             result.chunks = len(files) + len(result.missing_chunks)
         else:
             files = [(chunk_path(run_dir, k), 0) for k in range(n_chunks)]

@@ -52,6 +52,11 @@ def check_captions(options: PipelineOptions, captions: CaptionArguments) -> None
 
     if not options.tagger:
         raise UserError("--write_captions writes the tagger's tags: give --tagger too (e.g. --tagger demo)")
+    from charattr_hf.sources import select_sources
+
+    if "tagger" not in {s.name for s in select_sources(options)[0]}:
+        raise UserError(f"--write_captions writes the tagger's tags, but --sources {options.sources} leaves the tagger "
+                        "out: add tagger to --sources")
     from charattr_hf.checks import check_writable
 
     check_writable(captions.write_captions, "--write_captions")
@@ -103,14 +108,22 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(lambda record: record.name != "root" or record.levelno >= logging.WARNING)
 
-    from charattr_hf.api import annotate_to_disk
     from charattr_hf.cli import configure_torch_threads
     from charattr_hf.distributed import get_state
-    from charattr_hf.summary import format_summary
+    from charattr_hf.runner import hold_output
 
     state = get_state()
     threads = configure_torch_threads(run_opts.torch_threads)
     run_opts = replace(run_opts, num_proc=run_opts.num_proc or max(1, threads))
+    # the folder is held from before the input is read until the captions and the upload are done
+    with hold_output(run_opts.output_dir):
+        return _annotate(spec, options, run_opts, captions, publish, argv, state, threads)
+
+
+def _annotate(spec, options, run_opts, captions, publish, argv, state, threads) -> int:
+    from charattr_hf.api import annotate_to_disk
+    from charattr_hf.summary import format_summary
+
     start = time.perf_counter()
     result, pipeline = annotate_to_disk(None, run_opts.output_dir, input_spec=spec, options=options, run_options=run_opts,
                                         card_extra={"command": _command_line(argv)})

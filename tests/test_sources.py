@@ -224,6 +224,10 @@ def test_an_inputs_own_probs_column_is_fused_when_annotating(tiny_clip_dir, tmp_
 
     named = annotate(mine, progress=False, tags=False, sources="clip", **opts)
     assert "probs_mine" not in named.column_names and named["hair_color"] == plain["hair_color"]
+    kept = annotate(mine, progress=False, tags=False, keep_columns=["probs_mine"], **opts)  # passed through as it is
+    assert kept["hair_color"] == plain["hair_color"]
+    np.testing.assert_allclose([r["hair_color"] for r in kept["probs_mine"]],
+                               [r["hair_color"] for r in out["probs_mine"]], atol=1e-6)
 
     bad = ds.add_column("probs_bad", [{"hair_color": [0.5, 0.5]}] * len(ds))
     with pytest.raises(UserError, match="probs_bad .* does not have the shape"):

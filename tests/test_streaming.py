@@ -149,3 +149,19 @@ def test_a_second_run_into_the_same_folder_is_refused(parquet_folder, tiny_clip_
     assert sorted(p.name for p in (out / ".charattr").iterdir()) == ["lock"] and not (out / "data").exists()
     result, _ = annotate_to_disk(None, out, **kwargs)  # released: the run goes ahead
     assert result.rows == sum(SIZES) and result.data_files
+
+
+def test_the_recipe_refuses_a_held_folder_before_reading_its_input(tmp_path):
+    """The recipe holds its output folder from before it reads the input until it has published: a second launch
+    is told so (exit 2, one line) and starts nothing."""
+    import fcntl
+
+    out = tmp_path / "busy"
+    (out / ".charattr").mkdir(parents=True)
+    with open(out / ".charattr" / "lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "annotate.py"), "--output_dir", str(out),
+                               "--limit", "4", "--quiet"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "another run is writing into" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in (out / ".charattr").iterdir()) == ["lock"]

@@ -282,6 +282,9 @@ def test_recipe_checks_tagger_options_before_work(tmp_path, monkeypatch):
     out = str(tmp_path / "out")
     with pytest.raises(UserError, match="give --tagger too"):
         recipe.main(["--write_captions", str(tmp_path / "caps"), "--output_dir", out])
+    with pytest.raises(UserError, match="leaves the tagger out"):
+        recipe.main(["--write_captions", str(tmp_path / "caps"), "--tagger", "demo", "--sources", "clip",
+                     "--output_dir", out])
     with pytest.raises(UserError, match="no such folder"):
         recipe.main(["--tagger", f"local-dir:{tmp_path / 'missing'}", "--output_dir", out])
     with pytest.raises(UserError, match=r"must be in \[0, 1\]"):

@@ -289,8 +289,13 @@ class _Anchor:
         k = min(max(size, 256), n)
         if self.w_train is None:
             idx = torch.randint(n, (k,), generator=self.generator).to(self.t_train.device)
-        else:  # rows drawn in proportion to their weight: the same expected loss, no wasted rows
+        elif n <= 1 << 24:  # rows drawn in proportion to their weight: the same expected loss, no wasted rows
             idx = torch.multinomial(self.w_train.cpu(), k, replacement=True, generator=self.generator)
+            idx = idx.to(self.t_train.device)
+        else:  # torch.multinomial takes at most 2**24 categories
+            w = self.w_train.double().cpu().numpy()
+            seed = int(torch.randint(2**31 - 1, (1,), generator=self.generator))
+            idx = torch.from_numpy(np.random.default_rng(seed).choice(n, size=k, p=w / w.sum()))
             idx = idx.to(self.t_train.device)
         return self._kl(m, {k_: v[idx] for k_, v in self.x_train.items()}, self.t_train[idx], self.a_train[idx])
 

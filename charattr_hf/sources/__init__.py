@@ -34,12 +34,15 @@ This module and the source modules import nothing heavy: the recipe reads their 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..errors import UserError
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..options import PipelineOptions
@@ -161,13 +164,22 @@ def load_plugins(modules: "str | Iterable[str] | None" = None) -> None:
             raise UserError(f"--plugins {name}: cannot import it ({exc}); give the module's name as you would "
                             "import it (a module of the current folder, or installed)") from None
     if not _ENTRY_POINTS_LOADED:
-        _ENTRY_POINTS_LOADED = True
         from importlib.metadata import entry_points
 
         for ep in entry_points(group=ENTRY_POINT_GROUP):
-            loaded = ep.load()  # a module that registers its sources, or a Source
+            before = set(_REGISTRY)
+            try:
+                loaded = ep.load()  # a module that registers its sources, or a Source
+            except Exception as exc:  # noqa: BLE001 - an installed plugin that is broken is the user's to fix
+                raise UserError(f"the installed source plugin {ep.name!r} ({ep.value}, entry point group "
+                                f"{ENTRY_POINT_GROUP}) does not import: {type(exc).__name__}: {exc}; fix or uninstall "
+                                "its package") from None
             if isinstance(loaded, Source):
                 register_source(loaded)
+            added = sorted(set(_REGISTRY) - before)
+            if added:
+                logger.info("source(s) %s from the installed plugin %s", ", ".join(added), ep.value)
+        _ENTRY_POINTS_LOADED = True
 
 
 def plugins_in_args(argv: Iterable[str]) -> str | None:
