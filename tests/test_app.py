@@ -317,3 +317,22 @@ def test_recipe_retrains_from_the_log_and_reports_user_errors(served, tmp_path, 
     assert run_main(recipe.main, ["--dataset", str(tmp_path / "missing"), "--feedback_log", str(log)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing" in err[0]
+
+
+def test_the_queue_takes_the_attributes_in_turn():
+    """Ranked by priority alone, the attribute that is least certain by nature would fill the queue; in turn, each
+    attribute's most urgent items come first and every round is ordered by urgency."""
+    from charattr_hf.app.review import interleave_attributes
+
+    rng = np.random.default_rng(0)
+    items = [(-0.9 - 0.1 * rng.random(), r, 0) for r in range(50)]  # attribute 0: urgent everywhere
+    items += [(-0.2 - 0.5 * rng.random(), r, j) for j in (1, 2) for r in range(50)]
+    by_priority = sorted(items)
+    assert {j for _, _, j in by_priority[:50]} == {0}
+    order = interleave_attributes(items)
+    assert sorted(order) == by_priority  # the same items, none lost
+    for k in range(50):  # round k: the k-th most urgent item of each attribute, more urgent first
+        round_k = order[3 * k: 3 * k + 3]
+        assert sorted(j for _, _, j in round_k) == [0, 1, 2] and round_k == sorted(round_k)
+        for prio, r, j in round_k:
+            assert (prio, r, j) == sorted(i for i in items if i[2] == j)[k]

@@ -8,7 +8,8 @@ Priority of an item, in [0, 1], the mean of three parts:
   of labels whose presence they disagree on;
 - *policy uncertainty*: the normalised entropy of the fused vector (multi-label: mean binary entropy).
 
-Items already in the feedback log are skipped. The label shown is drawn from the current policy with
+The queue takes the attributes in turn (:func:`interleave_attributes`): each attribute's most urgent item, then
+each one's second, and so on. Items already in the feedback log are skipped. The label shown is drawn from the current policy with
 epsilon-exploration, ``(1 - epsilon) * policy + epsilon * uniform`` (multi-label: from the presence
 probabilities normalised to sum 1), by a generator seeded with the item and the policy version, so the
 propensity logged is the true probability of what was shown, and the same item shows the same label until the
@@ -35,7 +36,7 @@ from .data import AnnotatedStore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ReviewItem", "ReviewQueue", "item_priority", "show_label"]
+__all__ = ["ReviewItem", "ReviewQueue", "item_priority", "interleave_attributes", "show_label"]
 
 
 @dataclass
@@ -79,6 +80,22 @@ def item_priority(attr, fused: np.ndarray | None, source_vecs: Sequence[np.ndarr
         dis = float(len(tops) > 1)
     parts = {"low_confidence": round(low, 4), "disagreement": round(dis, 4), "uncertainty": round(ent, 4)}
     return float((low + dis + ent) / 3.0), parts
+
+
+def interleave_attributes(items: list[tuple[float, int, int]]) -> list[tuple[float, int, int]]:
+    """``(-priority, row, attribute)`` items in review order: each attribute's k-th most urgent item comes before
+    any attribute's (k+1)-th, and within such a round the more urgent first. Ranked by priority alone, the
+    attribute whose vectors are least certain by nature (many labels, a multi-label one) fills the queue and a
+    reviewer's decisions teach the policy little about the others."""
+    items = sorted(items)
+    seen: dict[int, int] = {}
+    keyed = []
+    for item in items:
+        j = item[2]
+        keyed.append((seen.get(j, 0), item))
+        seen[j] = seen.get(j, 0) + 1
+    keyed.sort()
+    return [item for _, item in keyed]
 
 
 def show_label(attr, fused: np.ndarray, epsilon: float, key: str) -> tuple[int, float]:
@@ -142,7 +159,7 @@ class ReviewQueue:
                 prio, why = item_priority(attr, vec, svecs)
                 order.append((-prio, r, j))
                 parts[(r, j)] = why
-        order.sort()
+        order = interleave_attributes(order)
         with self._lock:
             self.fused, self.order, self.parts = fused, order, parts
             self.policy_version = policy_version
