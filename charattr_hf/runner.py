@@ -30,6 +30,7 @@ pipeline (models, schema, parameters) and the chunk size, so changing any of the
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -369,9 +370,13 @@ def _lock_output(output_dir: Path) -> "int | bool | None":
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as exc:
         os.close(fd)
-        return False
+        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+            return False
+        # a file system without locks (ENOLCK on some network mounts): run unguarded rather than not at all
+        logger.warning("cannot lock %s (%s): nothing stops a second run from writing into the same folder", path, exc)
+        return None
     return fd
 
 
