@@ -12,7 +12,7 @@ from typing import Any
 from datasets import Dataset, IterableDataset
 
 from .distributed import get_state
-from .inputs import InputSpec, _normalise, image_folder_root, input_identity, open_dataset
+from .inputs import InputSpec, _normalise, image_folder_root, input_identity, kept_column_names, open_dataset
 from .options import DEMO_MODEL_WARNING, RunOptions
 from .pipeline import PipelineOptions, build_pipeline
 from .runner import RunResult, run
@@ -87,7 +87,7 @@ def annotate_to_disk(
         input_columns=list(ds.features),
         # probs_<name> columns are fused as sources (see build_pipeline), unless --keep_columns names them
         keep_columns=[c for c in ds.features if c not in ("image", "tags", "caption", "_source_id")
-                      and (not c.startswith("probs_") or c in _named(spec.keep_columns))],
+                      and (not c.startswith("probs_") or c in kept_column_names(spec))],
         writer=f"rank-{state.process_index}",
         id_root=id_root,
     )
@@ -117,10 +117,6 @@ def annotate_to_disk(
         card_extra=card_extra,
     )
     return result, pipeline
-
-
-def _named(columns) -> set[str]:
-    return {columns} if isinstance(columns, str) else set(columns or ())
 
 
 def _python_call(dataset, spec: InputSpec, output_dir, options: PipelineOptions, input_id: str, chunk_size: int) -> str:

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
+from .schema import probs_sources
 from .summary import _label_info, features_of
 
 logger = logging.getLogger(__name__)
@@ -234,7 +235,7 @@ def draw_card_figures(
     files = [Path(f) for f in files]
     features = features_of(files)
     attrs = {n: i for n, f in features.items() if f"{n}_confidence" in features and (i := _label_info(f))}
-    sources = [c[len("probs_"):] for c in features if c.startswith("probs_")]
+    sources = probs_sources(features)
     figures = CardFigures()
     if not attrs:
         figures.notes.append("no attribute columns: nothing to draw")

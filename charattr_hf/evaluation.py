@@ -45,7 +45,7 @@ from .markdown import markdown_table
 from .metrics import core
 from .metrics.core import DEFAULT_CURVE_THRESHOLDS
 from .reader import read_dataset
-from .schema import Attribute, Label, Schema, load_schema
+from .schema import Attribute, Label, Schema, load_schema, probs_sources
 from .sources import order_sources
 
 __all__ = [
@@ -346,8 +346,7 @@ def _join_truth(
 # ============================================================================================ predictions
 def _present_sources(table: pa.Table) -> list[str]:
     """Sources with a ``probs_<source>`` column, the pipeline's known sources first."""
-    names = [c[len(_PROBS_PREFIX):] for c in table.column_names if c.startswith(_PROBS_PREFIX)]
-    return order_sources(names)
+    return order_sources(probs_sources(table.column_names))
 
 
 def _source_is_empty(col: pa.Array) -> bool:

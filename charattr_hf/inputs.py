@@ -74,6 +74,11 @@ def _pick(columns: Sequence[str], given: str | None, candidates: Sequence[str], 
     return None
 
 
+def kept_column_names(spec: InputSpec) -> list[str]:
+    """``--keep_columns`` as a list (one name may be given as a string)."""
+    return [spec.keep_columns] if isinstance(spec.keep_columns, str) else [c for c in spec.keep_columns if c]
+
+
 def _normalise(ds: AnyDataset, spec: InputSpec) -> AnyDataset:
     features = ds.features
     if features is None:  # some streaming sources: learn the columns from the first rows
@@ -87,7 +92,7 @@ def _normalise(ds: AnyDataset, spec: InputSpec) -> AnyDataset:
     tags = _pick(columns, spec.tags_column, _TAG_NAMES, "tags")
     caption = _pick(columns, spec.caption_column, _CAPTION_NAMES, "caption")
     id_col = _pick(columns, spec.id_column, _ID_NAMES, "id")
-    keep = [spec.keep_columns] if isinstance(spec.keep_columns, str) else [c for c in spec.keep_columns if c]
+    keep = kept_column_names(spec)
     missing = [c for c in keep if c not in columns]
     if missing:
         raise ValueError(f"--keep_columns {missing} not found; columns: {columns}")

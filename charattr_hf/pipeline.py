@@ -24,7 +24,7 @@ from datasets import Dataset, Features, Image, Value
 
 from .errors import UserError
 from .options import PipelineOptions  # defined with the other option dataclasses; imported from here too
-from .schema import Schema, load_schema
+from .schema import Schema, load_schema, probs_column, probs_sources
 from .sources.clip import spec_schema as _model_schema  # noqa: F401 - kept for callers
 from .stages.base import ERROR, TEMP_PREFIX, Compose, Stage, WithoutColumns, stable_hash
 from .stages.fusion import FusionStage, SimpleFusion
@@ -78,7 +78,7 @@ class Pipeline:
         feats = dict(self.schema.output_features(self.sources, embedding_dim=emb))
         feats.update(self.columns)
         for name in self.description.get("given_sources", ()):
-            column, want = f"probs_{name}", self.schema.probs_feature()
+            column, want = probs_column(name), self.schema.probs_feature()
             have = input_features.get(column)
             if not isinstance(have, dict) or set(have) != set(want) or any(
                 type(have[a]).__name__ not in ("List", "LargeList", "Sequence")
@@ -224,7 +224,7 @@ def build_pipeline(
             ctx.messages.append(f"{source.title or source.name} source skipped: {skip}.")
             continue
         sources.append(source.name)
-    given = [] if named else _given_sources(input_columns, [*sources, *(c[len("probs_"):] for c in keep_columns)])
+    given = [] if named else _given_sources(input_columns, [*sources, *probs_sources(keep_columns)])
     if given:
         ctx.messages.append(f"the input's own {', '.join('probs_' + g for g in given)} column(s) are fused as "
                             "source(s) (name the sources with --sources to leave them out)")
@@ -281,8 +281,7 @@ def _given_sources(input_columns: Sequence[str], running: Sequence[str]) -> list
     """Sources the input brings: its ``probs_<name>`` columns (a model of the user's, run beforehand) for names no
     running source writes (``running``; a column kept as it is with ``--keep_columns`` counts as such). Their
     shape is checked against the schema in :meth:`Pipeline.output_features`."""
-    names = [c[len("probs_"):] for c in input_columns if c.startswith("probs_")]
-    return [n for n in names if n.isidentifier() and n not in running]
+    return [n for n in probs_sources(input_columns) if n.isidentifier() and n not in running]
 
 
 def _shipped_schema(chosen, options: PipelineOptions) -> str | None:

@@ -223,8 +223,7 @@ def _shard_chunks(ds: IterableDataset, units: int, run_dir: Path, chunk_size: in
         base = s * SHARD_STRIDE
         known = _shard_record(run_dir, s, units, ds.num_shards)
         if known is not None:
-            works = [_Work(f"{s}/{k}", shard_chunk_path(run_dir, s, k), base + k * chunk_size, None,
-                           min(chunk_size, known["rows"] - k * chunk_size)) for k in range(known["chunks"])]
+            works = _recorded_chunks(run_dir, s, known, chunk_size)
             if all(chunk_is_valid(w.path, w.start, w.rows) for w in works):
                 for w in works:
                     w.done = True
@@ -255,6 +254,12 @@ def _shard_record(run_dir: Path, s: int, units: int, num_shards: int) -> dict | 
     return known
 
 
+def _recorded_chunks(run_dir: Path, s: int, known: dict, chunk_size: int) -> list[_Work]:
+    """The chunks unit ``s`` was cut into when it was read (``known``: its record)."""
+    return [_Work(f"{s}/{k}", shard_chunk_path(run_dir, s, k), s * SHARD_STRIDE + k * chunk_size, None,
+                  min(chunk_size, known["rows"] - k * chunk_size)) for k in range(known["chunks"])]
+
+
 def _shard_outcome(run_dir: Path, units: int, num_shards: int, chunk_size: int
                    ) -> tuple[list[tuple[Path, int]], list[str], int]:
     """Every unit's chunks in stream order with the shift from provisional to final index, the missing chunks, and
@@ -267,12 +272,11 @@ def _shard_outcome(run_dir: Path, units: int, num_shards: int, chunk_size: int
         if known is None:
             missing.append(f"{s}/*")  # never read to its end
             continue
-        for k in range(known["chunks"]):
-            path, start = shard_chunk_path(run_dir, s, k), s * SHARD_STRIDE + k * chunk_size
-            if chunk_is_valid(path, start, min(chunk_size, known["rows"] - k * chunk_size)):
-                files.append((path, offset - s * SHARD_STRIDE))
+        for work in _recorded_chunks(run_dir, s, known, chunk_size):
+            if chunk_is_valid(work.path, work.start, work.rows):
+                files.append((work.path, offset - s * SHARD_STRIDE))
             else:
-                missing.append(f"{s}/{k}")
+                missing.append(work.key)
         offset += known["rows"]
     return files, missing, offset
 
@@ -532,11 +536,7 @@ def _run(ds, pipeline: Pipeline, output_dir: Path, state, *, input_id: str, chun
     result = RunResult(output_dir, total_rows, processed, n_chunks, skipped, seconds, failed_chunks=failed,
                        run_dir=run_dir)
     if state.is_main_process:
-        for r in range(world):
-            try:
-                result.ranks.append(json.loads((run_dir / f"rank-{r}.json").read_text()))
-            except (OSError, ValueError):
-                pass
+        result.ranks = [rec for r in range(world) if (rec := _read_json(run_dir / f"rank-{r}.json")) is not None]
         if units:
             files, result.missing_chunks, result.rows = _shard_outcome(run_dir, units, ds.num_shards, chunk_size)
             result.chunks = len(files) + len(result.missing_chunks)

@@ -263,6 +263,11 @@ def probs_column(source: str) -> str:
     return f"probs_{source}"
 
 
+def probs_sources(columns: Iterable[str]) -> list[str]:
+    """The sources that ``columns`` hold probabilities of (``probs_<source>``), in the columns' order."""
+    return [c[len("probs_"):] for c in columns if c.startswith("probs_")]
+
+
 def _as_list(value: Any, what: str) -> tuple[str, ...]:
     if value is None:
         return ()

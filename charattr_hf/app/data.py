@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from ..errors import UserError
+from ..schema import probs_sources
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ class AnnotatedStore:
             inner = feat.feature if multi and not isinstance(feat, list) else (feat[0] if multi else feat)
             if isinstance(inner, ClassLabel):
                 self.attributes.append(AttributeInfo(name, tuple(inner.names), multi))
-        self.sources = [n[len("probs_"):] for n in self.schema.names if n.startswith("probs_")]
+        self.sources = probs_sources(self.schema.names)
         self.dup_column = next((c for c in DUP_COLUMNS if c in names), None)
         self._dup_hashes: pa.Array | None = None
         self._queries: dict[str, dict] = {}
