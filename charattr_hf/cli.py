@@ -193,6 +193,10 @@ def _load_yaml(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
     return data
 
 
+#: How long a process other than the main one waits after a user error before it exits (see run_main).
+USER_ERROR_GRACE_S = 5.0
+
+
 def run_main(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> int:
     """Run a recipe's ``main(argv)`` and return its exit status; call as ``sys.exit(run_main(main))``.
 
@@ -212,6 +216,12 @@ def run_main(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None
             prog = os.path.basename(sys.argv[0]) or "charattr"
             sys.stderr.write(f"{prog}: error: {message}\n")
             sys.stderr.flush()
+        else:
+            # the main process meets the same mistake and says it; the launcher stops every process as soon as
+            # one exits, so a process that exited at once could cut the main process off before its line
+            import time
+
+            time.sleep(USER_ERROR_GRACE_S)
         return exc.exit_code
     except KeyboardInterrupt:
         if is_main_process():
