@@ -12,7 +12,9 @@ from typing import Any
 from datasets import Dataset, IterableDataset
 
 from .distributed import get_state
-from .inputs import InputSpec, _normalise, image_folder_root, input_identity, kept_column_names, open_dataset
+from .image_access import ANY
+from .inputs import (InputSpec, _normalise, image_access, image_folder_root, input_identity, kept_column_names,
+                     open_dataset)
 from .options import DEMO_MODEL_WARNING, RunOptions
 from .pipeline import PipelineOptions, build_pipeline
 from .runner import RunResult, run
@@ -61,6 +63,9 @@ def annotate_to_disk(
     spec = replace(input_spec) if input_spec is not None else InputSpec()
     id_root = None
     if isinstance(dataset, (Dataset, IterableDataset)):
+        # a datasets object in memory is the caller's own: the paths in it are read wherever they are, unless
+        # image_root names where they may be
+        access = ANY if not spec.image_root else image_access(replace(spec, dataset=None))
         ds = _normalise(dataset, spec)
         if spec.limit is not None:
             if spec.limit < 0:
@@ -78,6 +83,7 @@ def annotate_to_disk(
             spec.dataset = str(dataset)
         ds = open_dataset(spec)
         id_root = image_folder_root(spec, ds)
+        access = image_access(spec)
         if input_id is None:
             input_id = ds._fingerprint if isinstance(ds, Dataset) else input_identity(spec)
     options = options or PipelineOptions(**option_kwargs)
@@ -90,6 +96,7 @@ def annotate_to_disk(
                       and (not c.startswith("probs_") or c in kept_column_names(spec))],
         writer=f"rank-{state.process_index}",
         id_root=id_root,
+        image_access=access,
     )
     if options.model == "demo" and "truth" not in ds.features:
         pipeline.description["warning"] = DEMO_MODEL_WARNING

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
+from .image_access import read_verified
 from .schema import probs_sources
 from .summary import _label_info, features_of
 
@@ -334,15 +335,17 @@ def _draw_samples(output_dir, split, files, features, attrs, best, thumb_size, m
         by_file.setdefault(fi, set()).add(row)
     for fi, rows in by_file.items():
         offset, last = 0, max(rows)
-        for batch in pq.ParquetFile(files[fi]).iter_batches(batch_size=1024, columns=[source]):
+        columns = [source, "sha256"] if "sha256" in features else [source]
+        for batch in pq.ParquetFile(files[fi]).iter_batches(batch_size=1024, columns=columns):
             if offset > last:
                 break
             here = [r for r in rows if offset <= r < offset + batch.num_rows]
             if here:
                 column = batch.column(0)
+                hashes = batch.column(1) if len(columns) > 1 else None
                 for r in here:
                     value = column[r - offset].as_py()
-                    im = open_thumbnail(value, thumb_size)
+                    im = open_thumbnail(value, thumb_size, hashes[r - offset].as_py() if hashes is not None else None)
                     if im is not None:
                         loaded[(fi, r)] = im
             offset += batch.num_rows
@@ -361,20 +364,18 @@ def _draw_samples(output_dir, split, files, features, attrs, best, thumb_size, m
         figures.samples[a] = rel
 
 
-def open_thumbnail(value, size: int) -> Image.Image | None:
-    """An RGB thumbnail of an image cell ({bytes, path} or a path), or None when it cannot be read."""
+def open_thumbnail(value, size: int, sha256: str | None = None) -> Image.Image | None:
+    """An RGB thumbnail of an image cell ({bytes, path} or a path), or None when it cannot be read. A file that the
+    cell names by path is read only when its bytes hash to ``sha256`` (the row's hash, recorded when the image was
+    annotated): an output cannot make its card show a file it does not already know (#17)."""
     try:
-        if isinstance(value, dict):
-            if value.get("bytes"):
-                im = Image.open(io.BytesIO(value["bytes"]))
-            elif value.get("path") and Path(value["path"]).is_file():
-                im = Image.open(value["path"])
-            else:
-                return None
-        elif isinstance(value, str) and Path(value).is_file():
-            im = Image.open(value)
-        else:
+        data = value.get("bytes") if isinstance(value, dict) else None
+        if not data:
+            path = value.get("path") if isinstance(value, dict) else value if isinstance(value, str) else None
+            data = read_verified(path, sha256)
+        if not data:
             return None
+        im = Image.open(io.BytesIO(data))
         im.draft("RGB", (size * 2, size * 2))
         im = im.convert("RGB")
         im.thumbnail((size, size))

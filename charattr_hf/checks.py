@@ -46,7 +46,13 @@ def _hub_dataset_cached(name: str) -> bool:
 
 
 def check_input(spec: InputSpec) -> None:
-    """The input exists: a local path that exists and holds something to read, or a Hub dataset id."""
+    """The input exists: a local path that exists and holds something to read, or a Hub dataset id; every local
+    ``--image_root`` is a folder."""
+    roots = [spec.image_root] if isinstance(spec.image_root, str) else list(spec.image_root or ())
+    for root in roots:
+        if root and "://" not in root and not Path(root).expanduser().is_dir():
+            raise UserError(f"--image_root {root}: no such folder; give the folder the image paths of the rows lie in "
+                            "(or a URL prefix such as https://example.org/images/)")
     if not spec.dataset:
         return
     name = spec.dataset

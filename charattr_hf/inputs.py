@@ -10,17 +10,19 @@ present). The row position becomes ``index`` later, when the runner cuts the inp
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Sequence, Union
 
 from datasets import Dataset, Image, IterableDataset, Value
 
+from .image_access import NOTHING, ImageAccess
 from .options import InputSpec
 from .reader import is_saved_dataset, read_dataset  # noqa: F401 - is_saved_dataset: also imported from here
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InputSpec", "open_dataset", "AnyDataset"]
+__all__ = ["InputSpec", "open_dataset", "image_access", "AnyDataset"]
 
 AnyDataset = Union[Dataset, IterableDataset]
 
@@ -39,6 +41,34 @@ def open_dataset(spec: InputSpec) -> AnyDataset:
             raise ValueError("--limit must be >= 0")
         ds = ds.take(spec.limit) if isinstance(ds, IterableDataset) else ds.select(range(min(spec.limit, len(ds))))
     return ds
+
+
+def image_access(spec: InputSpec) -> ImageAccess:
+    """Where the image files that the rows of ``spec``'s input name by path may be read from (#17): the input's
+    own folder (an image folder; the folder of Parquet/Arrow/CSV/JSON files; a ``save_to_disk`` folder), a Hub
+    dataset's own files (its folder of the local Hub cache, the ``datasets`` download cache, and
+    ``hf://datasets/<id>`` when streamed), nothing for the synthetic sample; plus ``--image_root``. See
+    :mod:`charattr_hf.image_access`."""
+    extra = [spec.image_root] if isinstance(spec.image_root, str) else list(spec.image_root or ())
+    if not spec.dataset:
+        return NOTHING.plus(extra)
+    name = os.path.expanduser(str(spec.dataset))
+    path = Path(name)
+    if path.is_dir():
+        return ImageAccess.within([str(path)]).plus(extra)
+    if path.is_file():
+        return ImageAccess.within([str(path.parent)]).plus(extra)
+    if any(ch in name for ch in "*?["):  # a glob of table files: the folder above its first wildcard
+        parts = Path(name).parts
+        fixed = next(i for i, part in enumerate(parts) if any(ch in part for ch in "*?["))
+        return ImageAccess.within([str(Path(*parts[:fixed]) if fixed else Path("."))]).plus(extra)
+    import datasets
+    from huggingface_hub import constants
+
+    repo = str(spec.dataset).strip("/")
+    own_cache = Path(constants.HF_HUB_CACHE) / f"datasets--{repo.replace('/', '--')}"
+    return ImageAccess.within([str(own_cache), str(datasets.config.DOWNLOADED_DATASETS_PATH)],
+                              [f"hf://datasets/{repo}"]).plus(extra)
 
 
 def image_folder_root(spec: InputSpec, ds: AnyDataset) -> str | None:

@@ -60,6 +60,12 @@ class InputSpec:
         default_factory=tuple,
         metadata={"help": "Extra input columns to copy into the output (truth/style are kept when present)."},
     )
+    image_root: Sequence[str] = field(
+        default_factory=tuple,
+        metadata={"help": "Folders (or URL prefixes) where image files named by the rows may also be read. By "
+                  "default a row may only name files inside the input's own folder or Hub repository (a path "
+                  "elsewhere is an error row, never read)."},
+    )
     streaming: bool = field(
         default=False, metadata={"help": "Stream the input instead of downloading/preparing it first."}
     )

@@ -23,6 +23,7 @@ from typing import Sequence
 from datasets import Dataset, Features, Image, Value
 
 from .errors import UserError
+from .image_access import ImageAccess
 from .options import PipelineOptions  # defined with the other option dataclasses; imported from here too
 from .schema import Schema, load_schema, probs_column, probs_sources
 from .sources.clip import spec_schema as _model_schema  # noqa: F401 - kept for callers
@@ -139,13 +140,10 @@ class Pipeline:
         missing = {c: f for c, f in output_features.items() if c not in chunk.column_names}
         for col, feat in missing.items():
             chunk = chunk.add_column(col, [None] * len(chunk), feature=feat)
+        # with keep_images, the image column is the decode stage's: the bytes it read (never a file the row had no
+        # right to name) and decoded (null for a row it could not decode), so the output stands on its own and
+        # every reader can decode every image in it
         chunk = chunk.select_columns(list(output_features))
-        if self.keep_images:  # path-only images: read the files in, so the output stands on its own
-            from datasets.table import embed_table_storage
-
-            chunk = chunk.cast_column("image", Image()).with_format("arrow").map(
-                embed_table_storage, batched=True, keep_in_memory=True
-            ).with_format(None)
         if chunk.features != output_features:
             chunk = chunk.cast(output_features)
         return chunk
@@ -197,12 +195,15 @@ def build_pipeline(
     keep_columns: Sequence[str] = (),
     writer: str = "main",
     id_root: str | None = None,
+    image_access: "ImageAccess | None" = None,
 ) -> Pipeline:
     """Choose and configure the stages for ``options``: each registered source (:mod:`charattr_hf.sources`) that
     ``--sources`` names, or, without it, that the options and ``input_columns`` make available, adds its stages;
     a source that cannot run is skipped with a message (a :class:`UserError` when ``--sources`` names it).
 
-    ``id_root``: the local folder the input was read from; image paths under it give relative ids."""
+    ``id_root``: the local folder the input was read from; image paths under it give relative ids.
+    ``image_access``: where the image files that rows name by path may be read from
+    (:func:`charattr_hf.inputs.image_access`); default: anywhere (a ``datasets`` object of the caller's)."""
     from .openclip import check_precision
     from .sources import BuildContext, SkipSource, load_plugins, select_sources, source_options
     from .stages.decode import DecodeStage
@@ -263,9 +264,10 @@ def build_pipeline(
     description.update(ctx.description)
     if given:
         description["given_sources"] = given
+    decode = ctx.decode.configured(access=image_access, keep_image=options.keep_images)
     return Pipeline(
         schema=schema,
-        cpu=[Identify(root=id_root), ctx.decode, *ctx.cpu],
+        cpu=[Identify(root=id_root), decode, *ctx.cpu],
         device=ctx.device,
         fusion=fusion,
         keep_columns=list(keep_columns),

@@ -91,10 +91,12 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
+from datasets import Image as ImageFeature
 from datasets import List, Value
 from PIL import Image, ImageColor, UnidentifiedImageError
 
 from ..curation.signatures import SIGNATURE_FEATURES, SIGNATURE_VERSION, compute_signature
+from ..image_access import ANY, ImageAccess, ImageAccessError
 from ..schema import QUALITY_FEATURES, QUALITY_FIELDS
 from .base import ERROR, Stage
 
@@ -262,6 +264,11 @@ class DecodeStage(Stage):
         extra_pixels: more pixel columns for other models, ``{column: {"image_size": ..., "resize_mode": ...,
             "interpolation": ...}}`` (column names start with ``_``: working columns, dropped before writing).
         signatures: compute the near-duplicate ``signature`` column (cheap: two small resizes of the image).
+        access: where the files that cells name by path may be read from (:class:`~charattr_hf.image_access.
+            ImageAccess`; a path outside it is an error row, never read). Default: anywhere.
+        keep_image: also write the ``image`` column: the bytes this stage read and decoded, named by the file's
+            base name; null for a row it could not decode. What ``--keep_images`` stores: an output never holds
+            bytes that were not decoded as an image here, nor any file the row had no right to name.
     """
 
     name = "decode"
@@ -284,6 +291,8 @@ class DecodeStage(Stage):
         column: str = "image",
         extra_pixels: Mapping[str, Mapping[str, Any]] | None = None,
         signatures: bool = True,
+        access: ImageAccess = ANY,
+        keep_image: bool = False,
     ):
         self.image_size = _as_size(image_size)
         if resize_mode not in _RESIZE_MODES:
@@ -326,6 +335,8 @@ class DecodeStage(Stage):
                                  f"an interpolation in {sorted(_RESAMPLING)}; got {dict(spec)}")
             self.extra_pixels[name] = (size, mode, interp)
         self.signatures = bool(signatures)
+        self.access = access
+        self.keep_image = bool(keep_image)
 
     # -- description --------------------------------------------------------------------------
     def params(self) -> dict:
@@ -346,7 +357,22 @@ class DecodeStage(Stage):
                if self.extra_pixels else {}),
             # near-duplicate signatures (curation, #11)
             "signatures": SIGNATURE_VERSION if self.signatures else None,
+            # which rows' files may be read, and whether their bytes are kept (#17); only when not the default,
+            # so that a stage without them keeps its fingerprint
+            **({"access": self.access.params()} if self.access != ANY else {}),
+            **({"keep_image": True} if self.keep_image else {}),
         }
+
+    def configured(self, *, access: ImageAccess | None = None, keep_image: bool | None = None) -> "DecodeStage":
+        """A copy with another file access and/or ``keep_image``."""
+        import copy
+
+        other = copy.copy(self)
+        if access is not None:
+            other.access = access
+        if keep_image is not None:
+            other.keep_image = bool(keep_image)
+        return other
 
     def with_extra_pixels(self, **columns: Mapping[str, Any]) -> "DecodeStage":
         """A copy that also writes the given pixel columns (see ``extra_pixels``); ``_pixels`` is unchanged."""
@@ -373,6 +399,8 @@ class DecodeStage(Stage):
             feats["_pixels"] = Value("binary")
         for name in self.extra_pixels:
             feats[name] = Value("binary")
+        if self.keep_image:
+            feats[self.column] = ImageFeature(decode=False)
         return feats
 
     def input_columns(self) -> list[str]:
@@ -401,6 +429,8 @@ class DecodeStage(Stage):
                     try:
                         source, sha = self._read(cell)
                         row, error = self._decode(source, sha), None
+                        if self.keep_image:
+                            row[self.column] = _kept_image(cell, source)
                     except DecodeError as exc:
                         row, error = self._error_row(sha), str(exc)
                     except Exception as exc:  # noqa: BLE001 - any failure of one file is that row's error
@@ -410,11 +440,6 @@ class DecodeStage(Stage):
                         values.append(row[col])
                 out[ERROR].append(error)
         return out
-
-    def decode_one(self, cell: Any) -> dict[str, Any]:
-        """Outputs for one cell; raises :class:`DecodeError` (or anything else) for a bad one."""
-        source, sha = self._read(cell)
-        return self._decode(source, sha)
 
     def _error_row(self, sha: str | None) -> dict[str, Any]:
         """Null outputs; the file's hash stays when its bytes could be read, to find and group bad files."""
@@ -506,7 +531,7 @@ class DecodeStage(Stage):
         """File bytes and their hash, or an image object (hashed later, from its pixels)."""
         if isinstance(cell, Image.Image):
             return cell, None
-        data = _read_bytes(cell)
+        data = _read_bytes(cell, self.access)
         return data, hashlib.sha256(data).hexdigest()  # an empty file too: its row keeps the hash of b""
 
     def _open(self, source: "bytes | Image.Image", sha: str | None) -> tuple[Image.Image, str]:
@@ -651,8 +676,8 @@ def _thumb_size(width: int, height: int, size: int) -> tuple[int, int]:
     return max(1, round(width * size / longest)), max(1, round(height * size / longest))
 
 
-def _read_bytes(cell: Any) -> bytes:
-    """File bytes of a cell: ``{"bytes", "path"}``, raw bytes, or a path."""
+def _read_bytes(cell: Any, access: ImageAccess = ANY) -> bytes:
+    """File bytes of a cell: ``{"bytes", "path"}``, raw bytes, or a path (read only when ``access`` allows it)."""
     if isinstance(cell, (bytes, bytearray, memoryview)):
         return bytes(cell)
     if isinstance(cell, Mapping):
@@ -662,16 +687,20 @@ def _read_bytes(cell: Any) -> bytes:
         path = cell.get("path")
         if path is None:
             raise DecodeError("no image: the cell has neither bytes nor a path")
-        return _read_path(path)
+        return _read_path(path, access)
     if isinstance(cell, (str, os.PathLike)):
-        return _read_path(cell)
+        return _read_path(cell, access)
     if cell is None:
         raise DecodeError("no image: the cell is empty")
     raise DecodeError(f"no image: unsupported cell type {type(cell).__name__}")
 
 
-def _read_path(path: str | os.PathLike) -> bytes:
+def _read_path(path: str | os.PathLike, access: ImageAccess = ANY) -> bytes:
     path = os.fspath(path)
+    try:
+        access.check(path)
+    except ImageAccessError as exc:
+        raise DecodeError(str(exc)) from None
     if "://" in path or "::" in path:
         # remote or archive member (streaming datasets): same opener as datasets' Image feature
         from datasets.utils.file_utils import xopen
@@ -690,6 +719,25 @@ def _read_path(path: str | os.PathLike) -> bytes:
         raise DecodeError(f"not a file: {path}") from None
     except OSError as exc:
         raise DecodeError(f"cannot read file: {path}: {exc.strerror or exc}") from None
+
+
+def _kept_image(cell: Any, source: "bytes | Image.Image") -> dict[str, Any]:
+    """The ``image`` cell an output keeps: the bytes that were decoded, named by the file's base name (as
+    ``datasets`` names embedded files), never a local path."""
+    path = cell.get("path") if isinstance(cell, Mapping) else os.fspath(cell) if isinstance(cell, (str, os.PathLike)) \
+        else None
+    if isinstance(source, Image.Image):  # an in-memory image: stored losslessly
+        buf = io.BytesIO()
+        try:
+            source.save(buf, "PNG")
+        except (OSError, ValueError):  # a mode PNG cannot hold (CMYK...)
+            buf = io.BytesIO()
+            source.convert("RGBA").save(buf, "PNG")
+        source, path = buf.getvalue(), None
+    name = None
+    if path:
+        name = os.path.basename(str(path).split("::", 1)[0].split("://", 1)[-1].rstrip("/")) or None
+    return {"bytes": bytes(source), "path": name}
 
 
 def _header_size(data: bytes) -> tuple[int, int] | None:
