@@ -101,16 +101,19 @@ def size_category(rows: int) -> str:
     return "n>1T" if rows >= 10**12 else "1B<n<10B" if rows < 10**10 else "10B<n<100B" if rows < 10**11 else "100B<n<1T"
 
 
-def write_dataset_card(output_dir: Path, split: str, pipeline: "Pipeline", extra: dict | None = None) -> Path:
-    """README.md with the YAML header ``load_dataset`` and the Hub use, pictures in ``images/``, and a summary."""
+def write_dataset_card(output_dir: Path, split: str, pipeline: "Pipeline", extra: dict | None = None,
+                       files: "list[Path] | None" = None, stats: dict | None = None) -> Path:
+    """README.md with the YAML header ``load_dataset`` and the Hub use, pictures in ``images/``, and a summary
+    (``summary.json``). ``files``: the split's data files (default: those in ``data/``); ``stats``: their
+    :func:`~charattr_hf.summary.summarize` when the caller has it."""
     from .card import draw_card_figures
 
     output_dir = Path(output_dir)
     extra = dict(extra or {})
     command = extra.pop("command", None)
-    files = sorted((output_dir / "data").glob(f"{split}-*.parquet"))
+    files = sorted(files if files is not None else (output_dir / "data").glob(f"{split}-*.parquet"))
     features = features_of(files)
-    stats = summarize(files)
+    stats = stats if stats is not None else summarize(files)
     num_examples = stats["rows"]
 
     card_data = DatasetCardData(

@@ -145,15 +145,26 @@ def summarize(files: Sequence[Path], top: int = 3, batch_rows: int = 65_536) -> 
     return out
 
 
+def _flag_note(flag: str) -> str:
+    """What a flag whose name alone could alarm means (#21: the 64 px synthetic sample is all low_resolution)."""
+    if flag == "low_resolution":
+        from .stages.decode import FlagThresholds
+
+        return f" (shorter side under {FlagThresholds().min_side} px)"
+    return ""
+
+
 def format_summary(stats: dict[str, Any], images_per_second: float | None = None) -> str:
     """Counts, then a Markdown table of the attributes: for the terminal and the dataset card."""
-    lines = [f"rows: {stats['rows']}   errors: {stats['errors']}   flagged: {stats.get('flagged_rows', 0)}"]
+    flagged = stats.get("flagged_rows", 0)
+    lines = [f"rows: {stats['rows']}   errors: {stats['errors']}   flagged: {flagged}"
+             + (" (quality hints: the rows keep their labels)" if flagged else "")]
     if images_per_second is not None:
         lines[0] += f"   throughput: {images_per_second:.1f} images/s"
     if stats.get("error_examples"):
         lines.append("errors: " + "; ".join(f"{k} ({v})" for k, v in stats["error_examples"].items()))
     if stats.get("flags"):
-        lines.append("flags: " + ", ".join(f"{k} {v}" for k, v in stats["flags"].items()))
+        lines.append("flags: " + ", ".join(f"{k} {v}" + _flag_note(k) for k, v in stats["flags"].items()))
     attrs = stats.get("attributes", {})
     if attrs:
         has_acc = any("accuracy" in a for a in attrs.values())

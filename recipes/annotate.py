@@ -44,17 +44,16 @@ class CaptionArguments:
     overwrite_captions: bool = field(default=False, metadata={"help": "Replace caption files that already exist there."})
 
 
-def check_captions(options: PipelineOptions, captions: CaptionArguments) -> None:
-    """--write_captions writes the tagger's tags (#9): it needs --tagger and a folder it can write in."""
+def check_captions(options: PipelineOptions, captions: CaptionArguments, sources: list[str]) -> None:
+    """--write_captions writes the tagger's tags (#9): it needs the tagger among the run's ``sources`` and a folder
+    it can write in."""
     if not captions.write_captions:
         return
     from charattr_hf.errors import UserError
 
     if not options.tagger:
         raise UserError("--write_captions writes the tagger's tags: give --tagger too (e.g. --tagger demo)")
-    from charattr_hf.sources import select_sources
-
-    if "tagger" not in {s.name for s in select_sources(options)[0]}:
+    if "tagger" not in sources:
         raise UserError(f"--write_captions writes the tagger's tags, but --sources {options.sources} leaves the tagger "
                         "out: add tagger to --sources")
     from charattr_hf.checks import check_writable
@@ -93,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         quiet_progress()
     from charattr_hf.checks import check_run
 
-    check_run(spec, options, run_opts)  # before anything heavy: mistakes end here, in a second
-    check_captions(options, captions)
+    selection = check_run(spec, options, run_opts)  # before anything heavy: mistakes end here, in a second
+    check_captions(options, captions, selection.names)
 
     from charattr_hf.distributed import relaunch_as_cpu_processes
 
@@ -110,23 +109,23 @@ def main(argv: list[str] | None = None) -> int:
 
     from charattr_hf.cli import configure_torch_threads
     from charattr_hf.distributed import get_state
-    from charattr_hf.runner import hold_output
+    from charattr_hf.output import hold_output
 
     state = get_state()
     threads = configure_torch_threads(run_opts.torch_threads)
     run_opts = replace(run_opts, num_proc=run_opts.num_proc or max(1, threads))
     # the folder is held from before the input is read until the captions and the upload are done
-    with hold_output(run_opts.output_dir):
-        return _annotate(spec, options, run_opts, captions, publish, argv, state, threads)
+    with hold_output(run_opts.output_dir) as held:
+        return _annotate(spec, options, run_opts, captions, publish, argv, state, threads, held, selection)
 
 
-def _annotate(spec, options, run_opts, captions, publish, argv, state, threads) -> int:
+def _annotate(spec, options, run_opts, captions, publish, argv, state, threads, held, selection) -> int:
     from charattr_hf.api import annotate_to_disk
     from charattr_hf.summary import format_summary
 
     start = time.perf_counter()
     result, pipeline = annotate_to_disk(None, run_opts.output_dir, input_spec=spec, options=options, run_options=run_opts,
-                                        card_extra={"command": _command_line(argv)})
+                                        card_extra={"command": _command_line(argv)}, held=held, selection=selection)
     if not state.is_main_process:
         return 1 if result.failed_chunks else 0
     if not result.data_files:
@@ -135,7 +134,7 @@ def _annotate(spec, options, run_opts, captions, publish, argv, state, threads) 
               "to retry them (finished chunks are kept)", file=sys.stderr)
         return 1
     output_dir = Path(run_opts.output_dir)
-    stats = json.loads((output_dir / "summary.json").read_text())
+    stats = result.summary
     processed = result.total_rows_processed
     speed = result.total_images_per_second if processed else None
     busy = sum(1 for r in result.ranks if r.get("chunks_processed"))
@@ -147,6 +146,8 @@ def _annotate(spec, options, run_opts, captions, publish, argv, state, threads) 
           + (f"   tagger: {desc['tagger']}" if desc.get("tagger") else "") + f"   sources: {', '.join(desc['sources']) or '-'}"
           f"   fusion: {desc['fusion']}   processes: {state.num_processes}   threads: {threads}")
     skipped = f" ({result.chunks_skipped} chunk(s) reused from an earlier run)" if result.chunks_skipped else ""
+    if result.already_complete:
+        skipped = " (an earlier launch of this command finished the run: nothing to do)"
     print(f"  this run: {processed} images in {max([r['seconds'] for r in result.ranks] or [result.seconds]):.1f}s"
           f"{skipped}" + (f", by all {state.num_processes} processes" if state.num_processes > 1 else ""))
     if state.num_processes > 1 and processed and busy < state.num_processes:
@@ -163,7 +164,7 @@ def _annotate(spec, options, run_opts, captions, publish, argv, state, threads) 
         "seconds": round(result.seconds, 3),
         "images_per_second": round(speed, 3) if speed else None,
         "processes": state.num_processes,
-        "ranks": [{k: r[k] for k in ("rank", "rows_processed", "seconds", "chunks_processed")} for r in result.ranks],
+        "ranks": result.ranks,  # each process's record: its chunks, rows, seconds (and a stream's rows and shards read)
         "torch_threads": threads,
         "wall_seconds": round(time.perf_counter() - start, 3),
         "warnings": [desc["warning"]] if desc.get("warning") else [],

@@ -1,7 +1,8 @@
 """A stand-in for the Hugging Face Hub: a local HTTP server that speaks the parts of the Hub's protocol that
 ``huggingface_hub`` uses to publish (``create_repo``, ``create_branch``, ``upload_folder`` / ``create_commit``
 with its preupload, LFS batch, upload and verify steps, the README metadata check, and the tree listing behind
-``delete_patterns``).
+``delete_patterns``) and to download a model (``model_info``: the commit and the files; ``hf_hub_download``: the
+``resolve`` endpoint's metadata and content).
 
 It keeps what was committed in memory (path -> bytes per repository and branch), checks the bearer token on
 every request and records each request as ``(method, path)`` (never headers, so never the token). Files are
@@ -53,6 +54,14 @@ class HubDouble:
     def commits(self, repo_type: str, repo_id: str, branch: str = "main") -> list[dict]:
         return list(self.repos[(repo_type, repo_id)]["branches"][branch]["commits"])
 
+    def add_model(self, repo_id: str, files: dict[str, bytes]) -> str:
+        """A model repository holding ``files`` in one commit on ``main``; returns the commit."""
+        oid = hashlib.sha1(json.dumps(sorted(files)).encode() + repo_id.encode()).hexdigest()
+        with self.lock:
+            self.repos[("model", repo_id)] = {"private": False, "branches": {"main": {
+                "files": dict(files), "commits": [{"oid": oid, "summary": "add", "operations": []}]}}}
+        return oid
+
 
 def _sign(token: str, oid: str) -> str:
     return hashlib.sha256(f"{token}:{oid}".encode()).hexdigest()
@@ -91,10 +100,11 @@ def _handler(hub: HubDouble):
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
             self.end_headers()
-            self.wfile.write(data)
+            if self.command != "HEAD":  # a HEAD answer has headers only
+                self.wfile.write(data)
 
-        def _error(self, status: int, message: str) -> None:
-            self._send(status, {"error": message}, {"X-Error-Message": message})
+        def _error(self, status: int, message: str, headers: dict | None = None) -> None:
+            self._send(status, {"error": message}, {"X-Error-Message": message, **(headers or {})})
 
         def _authorized(self) -> bool:
             return self.headers.get("Authorization") == f"Bearer {hub.token}"
@@ -127,9 +137,48 @@ def _handler(hub: HubDouble):
         def do_PUT(self):
             self._route("PUT")
 
+        def do_HEAD(self):
+            self._route("HEAD")
+
         # -- repositories ----------------------------------------------------------------------
         def _repo(self, rtype: str, repo_id: str):
             return hub.repos.get((rtype.rstrip("s"), repo_id))
+
+        # -- downloads ---------------------------------------------------------------------------
+        def _resolved(self, repo_id: str, rev: str, path: str):
+            repo = self._repo("models", repo_id)
+            if repo is None:
+                return None, self._error(404, "Repository not found", {"X-Error-Code": "RepoNotFound"})
+            for branch in repo["branches"].values():
+                commit = branch["commits"][-1]["oid"] if branch["commits"] else "0" * 40
+                if rev in (commit, *[name for name, b in repo["branches"].items() if b is branch]):
+                    if path not in branch["files"]:
+                        return None, self._error(404, "Entry not found", {"X-Error-Code": "EntryNotFound"})
+                    return (commit, branch["files"][path]), None
+            return None, self._error(404, "Revision not found", {"X-Error-Code": "RevisionNotFound"})
+
+        def _file_headers(self, commit: str, data: bytes) -> dict:
+            return {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
+                    "Content-Type": "application/octet-stream"}
+
+        def head_resolve(self, body, query, repo_id, rev, path):
+            found, _ = self._resolved(repo_id, rev, path)
+            if found is not None:
+                commit, data = found
+                self.send_response(200)
+                for k, v in {**self._file_headers(commit, data), "Content-Length": str(len(data))}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+
+        def get_resolve(self, body, query, repo_id, rev, path):
+            found, _ = self._resolved(repo_id, rev, path)
+            if found is not None:
+                commit, data = found
+                self.send_response(200)
+                for k, v in {**self._file_headers(commit, data), "Content-Length": str(len(data))}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
 
         def post_create(self, body, query):
             data = json.loads(body)
@@ -158,8 +207,8 @@ def _handler(hub: HubDouble):
 
         def get_info(self, body, query, rtype, repo_id, rev=None):
             repo = self._repo(rtype, repo_id)
-            if repo is None:
-                return self._error(404, "Repository not found")
+            if repo is None:  # as the Hub says it, so that huggingface_hub raises RepositoryNotFoundError
+                return self._error(404, "Repository not found", {"X-Error-Code": "RepoNotFound"})
             branch = repo["branches"].get(rev or "main")
             if branch is None:
                 return self._error(404, "Revision not found")
@@ -285,5 +334,7 @@ def _handler(hub: HubDouble):
         (rf"/(?P<prefix>datasets/|spaces/)?{repo}\.git/info/lfs/objects/batch", Handler.post_lfs_batch),
         (r"/lfs-store/(?P<oid>[0-9a-f]{64})/(?P<size>\d+)", Handler.put_lfs_store),
         (r"/lfs-verify", Handler.post_lfs_verify),
+        (rf"/{repo}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", Handler.get_resolve),
+        (rf"/{repo}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", Handler.head_resolve),
     ]
     return Handler

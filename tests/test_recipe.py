@@ -50,8 +50,14 @@ def load(out: Path):
 
 
 def run_dir(out: Path) -> Path:
-    (folder,) = [p for p in (out / ".charattr").iterdir() if p.is_dir()]  # beside the lock file
+    """The work folder of an unfinished run (a finished one leaves only its record)."""
+    (folder,) = [p for p in (out / ".charattr").iterdir() if p.is_dir()]
     return folder
+
+
+def rank_records(out: Path) -> list[dict]:
+    """Each process's record of the launch that finished ``out`` (its chunks, rows, seconds; a stream's reads)."""
+    return json.loads((out / "run_info.json").read_text())["ranks"]
 
 
 def test_help_explains_every_option():
@@ -84,7 +90,7 @@ def test_single_process_run_prints_summary_and_writes_dataset(single_run):
 def test_two_processes_split_the_work_and_agree(single_run, input_parquet, tiny_clip_dir, tmp_path):
     out = tmp_path / "two"
     run(accelerate(*common(input_parquet, tiny_clip_dir, out), processes=2))
-    ranks = [json.loads((run_dir(out) / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    ranks = rank_records(out)
     assert all(r["world"] == 2 for r in ranks)
     done = [set(r["chunks_processed"]) for r in ranks]
     assert done[0] and done[1] and not (done[0] & done[1])
@@ -105,7 +111,7 @@ def test_plain_num_processes_on_cpu_starts_that_many_processes(input_parquet, ti
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", str(RECIPE)]
     proc = run([*launch, *common(input_parquet, tiny_clip_dir, out)])
-    ranks = [json.loads((run_dir(out) / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    ranks = rank_records(out)
     assert all(r["world"] == 2 for r in ranks)
     done = [set(r["chunks_processed"]) for r in ranks]
     assert done[0] and done[1] and not (done[0] & done[1]) and done[0] | done[1] == set(range(8))
@@ -139,8 +145,9 @@ def test_killed_run_resumes_to_the_same_output(single_run, input_parquet, tiny_c
     assert not (out / "data").exists()
 
     run([sys.executable, str(RECIPE), *common(input_parquet, tiny_clip_dir, out)])
-    record = json.loads((run_dir(out) / "rank-0.json").read_text())
+    (record,) = rank_records(out)
     assert record["chunks_skipped"] == finished_before
+    assert [p.name for p in (out / ".charattr").iterdir()] == ["complete.json"]  # the work folder and lock: gone
     resumed, reference = load(out), load(single_run[0])
     assert len(resumed) == 40 and resumed["index"] == list(range(40))
     for column in ("id", "sha256", "error", "hair_color", "accessories", "flags"):

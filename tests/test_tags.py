@@ -12,7 +12,7 @@ import pytest
 from datasets import Dataset, Features, Value
 
 from charattr_hf.schema import Schema, load_schema
-from charattr_hf.stages.tags import (
+from charattr_hf.sources.tags.stage import (
     ABSENCE_SYNONYMS,
     COUNT_TAGS,
     DEFAULT_MIXED_TAGS,

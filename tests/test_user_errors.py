@@ -188,7 +188,7 @@ def test_preprocess_defaults_read_without_open_clip_agree_with_open_clip():
 
     from open_clip.transform import PreprocessCfg
 
-    from charattr_hf.openclip import _OPEN_CLIP_PREPROCESS_DEFAULTS
+    from charattr_hf.sources.clip.model import _OPEN_CLIP_PREPROCESS_DEFAULTS
 
     assert {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in asdict(PreprocessCfg()).items()} == {
         k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in _OPEN_CLIP_PREPROCESS_DEFAULTS.items()}

@@ -1,13 +1,13 @@
 """The tags/captions source (``probs_tags``): danbooru-style tags and free-text captions of the input (a tags or
 caption column, sidecar ``.txt`` files, ``metadata.jsonl``) read as attribute evidence. On unless ``--no_tags``,
-when the input has such a column. Stage: :class:`~charattr_hf.stages.tags.TagStage` (pure Python, CPU part).
+when the input has such a column. Stage: :class:`~.stage.TagStage` (pure Python, CPU part).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import Source, register_source
+from ..base import Source, register_source
 
 
 @dataclass
@@ -26,9 +26,9 @@ def requires(opts: TagsOptions) -> str | None:
 def build(ctx, opts) -> None:
     if "tags" not in ctx.input_columns and "caption" not in ctx.input_columns:
         ctx.skip("the dataset has no tags or caption column (see --tags_column)")
-    from ..stages.tags import TagStage
+    from .stage import TagStage
 
     ctx.cpu.append(TagStage(ctx.schema))
 
 
-SOURCE = register_source(Source("tags", build, options=TagsOptions, requires=requires, title="tag"))
+SOURCE = register_source(Source("tags", build, options=TagsOptions, requires=requires, title="tag", order=30))
