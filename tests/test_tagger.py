@@ -278,3 +278,27 @@ def test_recipe_checks_tagger_options_before_work(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"must be in \[0, 1\]"):
         recipe.main(["--tagger", "demo", "--tagger_threshold", "1.5", "--output_dir", out])
     assert not (tmp_path / "out").exists()  # nothing started
+
+
+def test_every_image_is_read_and_decoded_once_with_the_tagger_and_clip(fixed_tagger, tiny_clip_dir, tmp_path,
+                                                                      monkeypatch):
+    """One decode per image for every source (#18): with CLIP and the tagger, each image file is opened once by PIL
+    (the tagger had its own second decode of the raw cell), and the tagger's pixels are its reference ones."""
+    from PIL import Image as PILImage
+
+    n = 16
+    images = [{"bytes": png(i, size=(40 + i, 56)), "path": f"img_{i}.png"} for i in range(n)]
+    ds = Dataset.from_dict({"image": images}).cast_column("image", HFImage())
+    opened = []
+    real_open = PILImage.open
+    monkeypatch.setattr(PILImage, "open", lambda *a, **k: opened.append(1) or real_open(*a, **k))
+    out = annotate(ds, tmp_path / "out", model=f"local-dir:{tiny_clip_dir}", tagger=f"local-dir:{fixed_tagger}",
+                   schema="default", use_cache=False, progress=False, num_proc=1)
+    assert len(opened) == n and all(r is not None for r in out["probs_tagger"]) and out["probs_clip"][0] is not None
+    # the pixels the tagger read are the reference preparation of each image (tested against it above)
+    from charattr_hf.pipeline import PipelineOptions, build_pipeline
+
+    pipeline = build_pipeline(PipelineOptions(model=f"local-dir:{tiny_clip_dir}", tagger=f"local-dir:{fixed_tagger}",
+                                              schema="default", use_cache=False), ["image"])
+    clip, tagger = pipeline.device
+    assert set(pipeline.cpu[1].pixels) == {clip.pixels_column, tagger.pixels_column}  # one decode, two columns
