@@ -57,6 +57,7 @@ def load_paths(out: Path, env: dict) -> list[str]:
 # --- 2. per-row facts come from this run's input ------------------------------------------------------------
 
 
+@pytest.mark.slow  # the fuller subprocess matrix: `pytest -m slow`, run by CI too
 def test_concurrent_runs_over_copies_of_one_folder_name_their_own_files(tiny_clip_dir, tmp_path):
     env = shared_env(tmp_path)
     first = image_folder(tmp_path / "a" / "images")
@@ -173,6 +174,7 @@ def test_damaged_weights_fail_once_before_any_chunk(tiny_clip_dir, tmp_path):
     assert a["probs_clip"][:] == b["probs_clip"][:] and a["hair_color"][:] == b["hair_color"][:]
 
 
+@pytest.mark.slow  # the fuller subprocess matrix: `pytest -m slow`, run by CI too
 def test_recipe_offline_with_an_uncached_model_exits_at_once_with_one_line(tmp_path):
     env = shared_env(tmp_path)
     env["HF_HUB_OFFLINE"] = "1"

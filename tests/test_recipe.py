@@ -104,6 +104,7 @@ def test_two_processes_split_the_work_and_agree(single_run, input_parquet, tiny_
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow  # the fuller subprocess matrix: `pytest -m slow`, run by CI too
 def test_plain_num_processes_on_cpu_starts_that_many_processes(input_parquet, tiny_clip_dir, tmp_path):
     """`accelerate launch --num_processes 2` (no --multi_gpu) on a machine without GPU: 2 real CPU processes, each
     annotating its own chunks, and a summary of the whole run (both ranks' rows), not rank 0's share."""
@@ -125,6 +126,7 @@ def test_plain_num_processes_on_cpu_starts_that_many_processes(input_parquet, ti
     assert "this run: 5 images" in proc.stdout and "1 of 2 processes had no chunk" in proc.stdout
 
 
+@pytest.mark.slow  # the fuller subprocess matrix: `pytest -m slow`, run by CI too
 def test_killed_run_resumes_to_the_same_output(single_run, input_parquet, tiny_clip_dir, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, str(RECIPE), *common(input_parquet, tiny_clip_dir, out, "--num_proc", "1")]
@@ -154,6 +156,7 @@ def test_killed_run_resumes_to_the_same_output(single_run, input_parquet, tiny_c
         assert resumed[column] == reference[column]
 
 
+@pytest.mark.slow  # the fuller subprocess matrix: `pytest -m slow`, run by CI too
 def test_config_file_with_flag_override(input_parquet, tiny_clip_dir, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(f"dataset: {input_parquet}\nmodel: local-dir:{tiny_clip_dir}\nlimit: 30\nno_cache: true\n"
@@ -167,6 +170,7 @@ def test_config_file_with_flag_override(input_parquet, tiny_clip_dir, tmp_path):
     assert proc.returncode != 0 and "no_such_option" in proc.stderr
 
 
+@pytest.mark.slow  # the fuller subprocess matrix: `pytest -m slow`, run by CI too
 def test_annotate_recipe_runs_a_learned_fusion_policy(tiny_clip_dir, tmp_path):
     """--fusion: the policy (trained here on a first annotation) replaces the simple rule as the fusion stage."""
     from charattr_hf import fusion_training as ft

@@ -109,6 +109,7 @@ def test_one_process_stream_gives_the_plain_output_and_resumes_by_shard(parquet_
     assert third["path"] == [None] * SIZES[2] and third["id"] == [str(i) for i in third["index"]]
 
 
+@pytest.mark.slow  # the fuller subprocess matrix: `pytest -m slow`, run by CI too
 def test_two_processes_each_read_only_their_shards(parquet_folder, plain_output, tiny_clip_dir, tmp_path):
     out = tmp_path / "two"
     args = ["--dataset", str(parquet_folder), "--streaming", "--model", f"local-dir:{tiny_clip_dir}", "--output_dir",
@@ -127,6 +128,7 @@ def test_two_processes_each_read_only_their_shards(parquet_folder, plain_output,
     same_rows(load(out), plain_output)
 
 
+@pytest.mark.slow  # the fuller subprocess matrix: `pytest -m slow`, run by CI too
 def test_one_shard_two_processes_share_chunks_of_one_stream(parquet_folder, plain_output, tiny_clip_dir, tmp_path):
     """The fallback: a stream that cannot be split by shard is read by both processes, each taking its chunks."""
     single = tmp_path / "single.parquet"
