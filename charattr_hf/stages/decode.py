@@ -1,9 +1,9 @@
 """Decode and normalise images: content hash, the pixels every model reads, quality and flags.
 
 This is the first stage of a run and the only one that touches image files: it reads each image once and decodes
-it once, for every source (:class:`~charattr_hf.stages.pixels.PixelSpec`). It is CPU-bound and runs in
-forked ``datasets.map(num_proc=N)`` workers, so it uses PIL, numpy and hashlib only: no torch, no
-torchvision (importing them in forked workers is slow and unsafe).
+it once, for every source (:class:`~charattr_hf.stages.pixels.PixelSpec`). It is CPU-bound and runs with
+``num_proc`` in the forkserver workers of :mod:`charattr_hf.workers`, so it uses PIL, numpy and hashlib only: no
+torch, no torchvision (importing them there is slow, and the workers must stay light).
 
 What a row gets (see :meth:`DecodeStage.features`):
 
