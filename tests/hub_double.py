@@ -145,40 +145,38 @@ def _handler(hub: HubDouble):
             return hub.repos.get((rtype.rstrip("s"), repo_id))
 
         # -- downloads ---------------------------------------------------------------------------
-        def _resolved(self, repo_id: str, rev: str, path: str):
+        def _resolved(self, repo_id: str, rev: str, path: str) -> "tuple[str, bytes] | None":
+            """(the commit, the file's bytes) at ``rev`` (a branch or a commit), or None with the error answered."""
             repo = self._repo("models", repo_id)
             if repo is None:
-                return None, self._error(404, "Repository not found", {"X-Error-Code": "RepoNotFound"})
-            for branch in repo["branches"].values():
+                return self._error(404, "Repository not found", {"X-Error-Code": "RepoNotFound"})
+            for name, branch in repo["branches"].items():
                 commit = branch["commits"][-1]["oid"] if branch["commits"] else "0" * 40
-                if rev in (commit, *[name for name, b in repo["branches"].items() if b is branch]):
+                if rev in (commit, name):
                     if path not in branch["files"]:
-                        return None, self._error(404, "Entry not found", {"X-Error-Code": "EntryNotFound"})
-                    return (commit, branch["files"][path]), None
-            return None, self._error(404, "Revision not found", {"X-Error-Code": "RevisionNotFound"})
+                        return self._error(404, "Entry not found", {"X-Error-Code": "EntryNotFound"})
+                    return commit, branch["files"][path]
+            return self._error(404, "Revision not found", {"X-Error-Code": "RevisionNotFound"})
 
-        def _file_headers(self, commit: str, data: bytes) -> dict:
-            return {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
-                    "Content-Type": "application/octet-stream"}
+        def _serve(self, repo_id: str, rev: str, path: str) -> None:
+            """A file's metadata (HEAD) or content (GET), as the Hub's ``resolve`` endpoint answers."""
+            found = self._resolved(repo_id, rev, path)
+            if found is None:
+                return
+            commit, data = found
+            self.send_response(200)
+            for k, v in {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
+                         "Content-Type": "application/octet-stream", "Content-Length": str(len(data))}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            if self.command == "GET":
+                self.wfile.write(data)
 
         def head_resolve(self, body, query, repo_id, rev, path):
-            found, _ = self._resolved(repo_id, rev, path)
-            if found is not None:
-                commit, data = found
-                self.send_response(200)
-                for k, v in {**self._file_headers(commit, data), "Content-Length": str(len(data))}.items():
-                    self.send_header(k, v)
-                self.end_headers()
+            self._serve(repo_id, rev, path)
 
         def get_resolve(self, body, query, repo_id, rev, path):
-            found, _ = self._resolved(repo_id, rev, path)
-            if found is not None:
-                commit, data = found
-                self.send_response(200)
-                for k, v in {**self._file_headers(commit, data), "Content-Length": str(len(data))}.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
+            self._serve(repo_id, rev, path)
 
         def post_create(self, body, query):
             data = json.loads(body)
