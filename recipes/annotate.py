@@ -147,9 +147,10 @@ def _annotate(spec, options, run_opts, captions, publish, argv, state, threads, 
           f"   fusion: {desc['fusion']}   processes: {state.num_processes}   threads: {threads}")
     skipped = f" ({result.chunks_skipped} chunk(s) reused from an earlier run)" if result.chunks_skipped else ""
     if result.already_complete:
-        skipped = " (an earlier launch of this command finished the run: nothing to do)"
-    print(f"  this run: {processed} images in {max([r['seconds'] for r in result.ranks] or [result.seconds]):.1f}s"
-          f"{skipped}" + (f", by all {state.num_processes} processes" if state.num_processes > 1 else ""))
+        print("  this run: nothing to do (an earlier launch of this command finished it)")
+    else:
+        print(f"  this run: {processed} images in {max([r['seconds'] for r in result.ranks] or [result.seconds]):.1f}s"
+              f"{skipped}" + (f", by all {state.num_processes} processes" if state.num_processes > 1 else ""))
     if state.num_processes > 1 and processed and busy < state.num_processes:
         print(f"  {state.num_processes - busy} of {state.num_processes} processes had no chunk to do "
               f"(fewer pending chunks than processes; lower --chunk_size to share the work)")
