@@ -65,6 +65,8 @@ To make them again (same input, same models and revisions, same settings):
 - `probs_<source>`: each source's per-attribute probabilities (so fusion can be re-trained without recomputing);
 - with the WD tagger source: `tagger_tags` (general tags above the threshold, highest score first),
   `tagger_characters` and `tagger_rating`;
+- `tags` and `caption`: the tags and caption the data came with, when it had any; `repeats`, `trigger` and
+  `class_token`: from the folder names of an image folder in kohya's `<repeats>_<trigger> <class>` layout;
 - `flags`: quality flags from decoding; `quality`: brightness, contrast, saturation, colourfulness, sharpness;
 - `error`: null when the row was annotated.
 

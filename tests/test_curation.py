@@ -362,8 +362,26 @@ def test_label_rule_not_in_and_multi_label(tmp_path):
     assert quarantine["reasons"][0] == ["label_rules: accessories = [hat, glasses] (in [hat])"]
 
 
+@pytest.mark.parametrize("max_rating, kept", [("sensitive", ["img-0", "img-1", "img-4"]),
+                                               ("questionable", ["img-0", "img-1", "img-2", "img-4"])])
+def test_rating_filter_uses_the_taggers_rating(max_rating, kept, tmp_path):
+    from datasets import Value
+
+    imgs = [im_.encode(im_.scene(150, 150, seed=s).rotate(90 * (s % 4))) for s in range(6)]
+    ratings = ["general", "sensitive", "questionable", "explicit", None, "weird"]  # None: the tagger did not rate it
+    out = tmp_path / "out"
+    curate(annotated(tmp_path / "ann", imgs, extra={"tagger_rating": (Value("string"), ratings)}), out,
+           write_config(tmp_path, f"filters:\n  rating: {{max_rating: {max_rating}}}\n"))
+    train, quarantine = load(out)
+    assert train["id"] == kept
+    reasons = dict(zip(quarantine["id"], quarantine["reasons"]))
+    assert reasons["img-3"] == [f"rating: explicit > {max_rating}"]
+    assert reasons["img-5"][0].startswith("rating: 'weird' is not on the scale")
+
+
 # --------------------------------------------------------------------------------------------- config errors
 BAD = {
+    "filters:\n  rating: {max_rating: nsfw}\n": "rating.max_rating must be one of general, sensitive",
     "filters:\n  too_smal: {min_side: 3}\n": "unknown filter 'too_smal'",
     "filters:\n  blurry: {min_sharpness: 1.5}\n": "blurry.min_sharpness must be a number in [0, 1]",
     "filters:\n  too_small: {min_side: -4}\n": "too_small.min_side must be a positive number",
@@ -384,6 +402,12 @@ BAD = {
 def tiny_annotated(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tiny")
     return annotated(tmp / "ann", [im_.encode(im_.scene(64, 64, seed=s)) for s in range(2)])
+
+
+def test_rating_filter_needs_the_taggers_rating(tiny_annotated, tmp_path):
+    with pytest.raises(UserError, match=r"filter rating needs column\(s\) \['tagger_rating'\]"):
+        curate(tiny_annotated, tmp_path / "out", write_config(tmp_path, "filters:\n  rating: {}\n"))
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("text", sorted(BAD))

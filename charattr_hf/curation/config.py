@@ -26,6 +26,7 @@
       low_confidence: {attributes: [hair_color], min_confidence: 0.3}
       label_rules:
         - {attribute: hair_color, not_in: [black, brown]}
+      rating: {max_rating: sensitive}  # the WD tagger's rating (annotate with --tagger)
     examples: 4                      # example duplicate groups on the card
 
 A section or filter left out is off; ``near: false`` switches that kind off. Without a config file,
