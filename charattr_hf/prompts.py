@@ -62,15 +62,12 @@ __all__ = [
     "comfyui_prompts",
     "PROMPT_COLUMN",
     "PROMPT_KIND_COLUMN",
-    "PROMPT_KINDS",
     "PROMPTS_VERSION",
 ]
 
 #: Working columns the decode stage writes when asked for prompts: the positive prompt and its kind.
 PROMPT_COLUMN = "_prompt"
 PROMPT_KIND_COLUMN = "_prompt_kind"
-#: The kinds :func:`embedded_prompt` returns, in the order it looks for them.
-PROMPT_KINDS = ("a1111", "fooocus", "novelai", "comfyui")
 #: Bumped when what this module returns for the same input changes (part of stage fingerprints).
 PROMPTS_VERSION = 1
 #: Longest prompt kept (characters): a prompt is a few hundred; a text chunk may hold up to a megabyte.

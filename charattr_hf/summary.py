@@ -169,8 +169,9 @@ def format_summary(stats: dict[str, Any], images_per_second: float | None = None
     if stats.get("flags"):
         lines.append("flags: " + ", ".join(f"{k} {v}" for k, v in stats["flags"].items()))
     if stats.get(_TAGS_FROM):
-        lines.append("tags source read: " + ", ".join(f"{v} rows from {_FROM_NAMES.get(k, f'embedded {k} prompts')}"
-                                                      for k, v in stats[_TAGS_FROM].items()))
+        lines.append("tags source read: " + ", ".join(
+            f"{v} row{'' if v == 1 else 's'} from {_FROM_NAMES.get(k, f'embedded {k} prompts')}"
+            for k, v in stats[_TAGS_FROM].items()))
     attrs = stats.get("attributes", {})
     if attrs:
         has_acc = any("accuracy" in a for a in attrs.values())

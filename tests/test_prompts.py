@@ -348,4 +348,4 @@ def test_a_folder_of_renders_without_tags_is_annotated_from_their_prompts(tmp_pa
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["tags_from"] == {"a1111": 1, "tags": 1, "novelai": 1, "comfyui": 1, "None": 1}
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "1 rows from embedded A1111 prompts" in card and "prompt embedded in the image" in card
+    assert "1 row from embedded A1111 prompts" in card and "prompt embedded in the image" in card
