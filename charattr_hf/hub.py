@@ -278,7 +278,8 @@ def _model_row(stage) -> tuple[str, str, str] | None:
         model = f"`{model_id}`" if local else _hub_link(model_id, revision)
         return "blip2", model, f"revision `{revision}`" if revision else ("local folder" if local else "main branch")
     if name == "tags":
-        return "tags", "the input's tags / caption columns, parsed with the schema's aliases", "-"
+        return "tags", ("the input's tags / caption columns, else the prompt embedded in the image (A1111, NovelAI, "
+                        "ComfyUI, Fooocus; per row in `tags_from`), parsed with the schema's aliases"), "-"
     params = stage.params() if hasattr(stage, "params") else {}
     if "weights" in params and "model" in params and hasattr(stage, "weights_id"):
         model = params["model"]

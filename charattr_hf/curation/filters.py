@@ -38,7 +38,12 @@ import numpy as np
 
 from ..errors import UserError
 
-__all__ = ["FILTERS", "Filter", "build_filters", "AttributeInfo"]
+__all__ = ["FILTERS", "Filter", "build_filters", "AttributeInfo", "Unavailable"]
+
+
+class Unavailable(UserError):
+    """A filter names an attribute or label the dataset does not have: it cannot apply to this dataset (a config
+    with ``skip_unavailable: true`` skips it; see :mod:`charattr_hf.curation.config`)."""
 
 
 @dataclass(frozen=True)
@@ -86,14 +91,14 @@ class Filter:
     # -- helpers -------------------------------------------------------------------------------
     def _attribute(self, name: str) -> AttributeInfo:
         if name not in self.attributes:
-            raise UserError(f"{self.where}: {self.name} names attribute {name!r}, which the dataset does not have; "
+            raise Unavailable(f"{self.where}: {self.name} names attribute {name!r}, which the dataset does not have; "
                             f"its attributes: {sorted(self.attributes) or 'none'}")
         return self.attributes[name]
 
     def _labels(self, attr: AttributeInfo, labels: Sequence[str]) -> list[str]:
         bad = [lab for lab in labels if lab not in attr.labels]
         if bad:
-            raise UserError(f"{self.where}: {self.name}: {attr.name!r} has no label(s) {bad}; "
+            raise Unavailable(f"{self.where}: {self.name}: {attr.name!r} has no label(s) {bad}; "
                             f"its labels: {list(attr.labels)}")
         return list(labels)
 

@@ -41,6 +41,10 @@ What a row gets (see :meth:`DecodeStage.features`):
     only when ``image_size`` is set: ``uint8`` RGB, ``height x width x 3``, C order, resized and cropped
     exactly as open_clip's eval transform would (``open_clip.transform.image_transform(size,
     is_train=False, resize_mode=..., interpolation=..., fill_color=...)`` before ``ToTensor``/``Normalize``).
+``_prompt``, ``_prompt_kind``
+    only with ``prompts=True`` (the tags source asks for them): the positive prompt the image file carries and
+    the tool that wrote it (``a1111``, ``novelai``, ``comfyui``...), read by :func:`charattr_hf.prompts.
+    embedded_prompt` from the metadata of the same open file; null when it has none.
 other working columns from ``extra_pixels``
     the same for another model's input size and resize (BLIP-2's processor: ``squash`` to its size), from the
     same decode: every model sees the image with the same size limit, EXIF orientation, 16-bit handling,
@@ -97,6 +101,7 @@ from PIL import Image, ImageColor, UnidentifiedImageError
 
 from ..curation.signatures import SIGNATURE_FEATURES, SIGNATURE_VERSION, compute_signature
 from ..image_access import ANY, ImageAccess, ImageAccessError
+from ..prompts import PROMPT_COLUMN, PROMPT_KIND_COLUMN, PROMPTS_VERSION, embedded_prompt
 from ..schema import QUALITY_FEATURES, QUALITY_FIELDS
 from .base import ERROR, Stage
 
@@ -269,6 +274,7 @@ class DecodeStage(Stage):
         keep_image: also write the ``image`` column: the bytes this stage read and decoded, named by the file's
             base name; null for a row it could not decode. What ``--keep_images`` stores: an output never holds
             bytes that were not decoded as an image here, nor any file the row had no right to name.
+        prompts: also write ``_prompt`` and ``_prompt_kind``: the prompt embedded in the image's metadata.
     """
 
     name = "decode"
@@ -293,6 +299,7 @@ class DecodeStage(Stage):
         signatures: bool = True,
         access: ImageAccess = ANY,
         keep_image: bool = False,
+        prompts: bool = False,
     ):
         self.image_size = _as_size(image_size)
         if resize_mode not in _RESIZE_MODES:
@@ -337,6 +344,7 @@ class DecodeStage(Stage):
         self.signatures = bool(signatures)
         self.access = access
         self.keep_image = bool(keep_image)
+        self.prompts = bool(prompts)
 
     # -- description --------------------------------------------------------------------------
     def params(self) -> dict:
@@ -361,6 +369,8 @@ class DecodeStage(Stage):
             # so that a stage without them keeps its fingerprint
             **({"access": self.access.params()} if self.access != ANY else {}),
             **({"keep_image": True} if self.keep_image else {}),
+            # the prompt embedded in the image (#17); only when asked, so that other stages keep their fingerprint
+            **({"prompts": PROMPTS_VERSION} if self.prompts else {}),
         }
 
     def configured(self, *, access: ImageAccess | None = None, keep_image: bool | None = None) -> "DecodeStage":
@@ -372,6 +382,14 @@ class DecodeStage(Stage):
             other.access = access
         if keep_image is not None:
             other.keep_image = bool(keep_image)
+        return other
+
+    def with_prompts(self) -> "DecodeStage":
+        """A copy that also writes the embedded prompt columns (see ``prompts``)."""
+        import copy
+
+        other = copy.copy(self)
+        other.prompts = True
         return other
 
     def with_extra_pixels(self, **columns: Mapping[str, Any]) -> "DecodeStage":
@@ -401,6 +419,9 @@ class DecodeStage(Stage):
             feats[name] = Value("binary")
         if self.keep_image:
             feats[self.column] = ImageFeature(decode=False)
+        if self.prompts:
+            feats[PROMPT_COLUMN] = Value("string")
+            feats[PROMPT_KIND_COLUMN] = Value("string")
         return feats
 
     def input_columns(self) -> list[str]:
@@ -498,10 +519,14 @@ class DecodeStage(Stage):
                     scale = fw / res[1][2]
 
         rgb = self._to_rgb(im, flags)  # decodes; truncated data raises here
+        # the prompt in the file's metadata (PNG text after the pixel data is read by the decoding above)
+        prompt = embedded_prompt(im) if self.prompts else None
         if method:
             rgb = rgb.transpose(method[0])
 
         row: dict[str, Any] = {"sha256": sha, "width": width, "height": height}
+        if self.prompts:
+            row[PROMPT_COLUMN], row[PROMPT_KIND_COLUMN] = prompt or (None, None)
         if plan is not None:
             row["_pixels"] = self._pixels(rgb, plan, scale, width, height, method)
         for name, extra_plan in extra_plans.items():
