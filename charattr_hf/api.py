@@ -124,8 +124,9 @@ def _pipeline(options: PipelineOptions, spec: InputSpec, ds, access, id_root, se
     pipeline = build_pipeline(
         options,
         input_columns=list(ds.features),
-        # probs_<name> columns are fused as sources (see build_pipeline), unless --keep_columns names them
-        keep_columns=[c for c in ds.features if c not in ("image", "tags", "caption", "_source_id")
+        # probs_<name> columns are fused as sources (see build_pipeline), unless --keep_columns names them; the
+        # person's own tags and caption stay beside the annotations (captions and exports merge them, #20)
+        keep_columns=[c for c in ds.features if c not in ("image", "_source_id")
                       and (not c.startswith("probs_") or c in kept_column_names(spec))],
         writer=f"rank-{state.process_index}",
         id_root=id_root,

@@ -65,6 +65,8 @@ To make them again (same input, same models and revisions, same settings):
 - `probs_<source>`: each source's per-attribute probabilities (so fusion can be re-trained without recomputing);
 - with the WD tagger source: `tagger_tags` (general tags above the threshold, highest score first),
   `tagger_characters` and `tagger_rating`;
+- `tags` and `caption`: the tags and caption the data came with, when it had any; `repeats`, `trigger` and
+  `class_token`: from the folder names of an image folder in kohya's `<repeats>_<trigger> <class>` layout;
 - `flags`: quality flags from decoding; `quality`: brightness, contrast, saturation, colourfulness, sharpness;
 - `error`: null when the row was annotated.
 
@@ -293,7 +295,8 @@ def _model_row(stage) -> tuple[str, str, str] | None:
         model = f"`{model_id}`" if local else _hub_link(model_id, revision)
         return "blip2", model, f"revision `{revision}`" if revision else ("local folder" if local else "main branch")
     if name == "tags":
-        return "tags", "the input's tags / caption columns, parsed with the schema's aliases", "-"
+        return "tags", ("the input's tags / caption columns, else the prompt embedded in the image (A1111, NovelAI, "
+                        "ComfyUI, Fooocus; per row in `tags_from`), parsed with the schema's aliases"), "-"
     params = stage.params() if hasattr(stage, "params") else {}
     if "weights" in params and "model" in params and hasattr(stage, "weights_id"):
         model = params["model"]

@@ -63,6 +63,12 @@ class InputSpec:
                   "default a row may only name files inside the input's own folder or Hub repository (a path "
                   "elsewhere is an error row, never read)."},
     )
+    read_written_captions: bool = field(
+        default=False,
+        metadata={"help": "Read the caption files charattr-hf wrote (--write_captions, an export; listed in the "
+                  "folder's .charattr-captions.json and not edited since) as a person's tags too. By default they are "
+                  "not, so the tagger's own output is never counted twice."},
+    )
     streaming: bool = field(
         default=False, metadata={"help": "Stream the input instead of downloading/preparing it first."}
     )

@@ -237,7 +237,8 @@ def build_pipeline(
     }
     if given:
         description["given_sources"] = given
-    decode = DecodeStage(ctx.pixel_specs, access=image_access or ANY, keep_image=options.keep_images)
+    decode = DecodeStage(ctx.pixel_specs, access=image_access or ANY, keep_image=options.keep_images,
+                         prompts=ctx.embedded_prompts)
     return Pipeline(
         schema=schema,
         cpu=[Identify(root=id_root), decode, *ctx.cpu],
@@ -257,14 +258,15 @@ def _build_sources(ctx: BuildContext, selection: Selection) -> list[str]:
     input leaves nothing behind."""
     built: list[str] = []
     for source in selection.sources:
-        before = (len(ctx.cpu), len(ctx.device), dict(ctx.columns), dict(ctx.description), dict(ctx.pixel_specs))
+        before = (len(ctx.cpu), len(ctx.device), dict(ctx.columns), dict(ctx.description), dict(ctx.pixel_specs),
+                  ctx.embedded_prompts)
         try:
             source.build(ctx, source_options(source, ctx.options))
         except SkipSource as skip:
             if selection.named:
                 raise UserError(f"--sources {source.name}: it cannot run: {skip}; leave it out of --sources") from None
             del ctx.cpu[before[0]:], ctx.device[before[1]:]
-            ctx.columns, ctx.description, ctx.pixel_specs = before[2], before[3], before[4]
+            ctx.columns, ctx.description, ctx.pixel_specs, ctx.embedded_prompts = before[2:]
             ctx.messages.append(f"{source.title or source.name} source skipped: {skip}.")
             continue
         built.append(source.name)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
+from charattr_hf.captions import CaptionOptions
 from charattr_hf.cli import parse_args, run_main
 from charattr_hf.options import DEMO_MODEL_WARNING, InputSpec, PipelineOptions, RunOptions
 
@@ -38,26 +39,31 @@ from charattr_hf.options import DEMO_MODEL_WARNING, InputSpec, PipelineOptions, 
 class CaptionArguments:
     write_captions: Optional[str] = field(
         default=None,
-        metadata={"help": "Write kohya-style caption files <name>.txt (the tagger's tags joined by ', ') into this "
-                  "folder; needs --tagger."},
+        metadata={"help": "Write kohya-style caption files <name>.txt beside the images' names in this folder (the "
+                  "tagger's tags merged with the data's own; see the caption options); they are recorded as "
+                  "written by charattr-hf, so annotating the folder again does not read them as a person's tags."},
     )
-    overwrite_captions: bool = field(default=False, metadata={"help": "Replace caption files that already exist there."})
+    overwrite_captions: bool = field(
+        default=False,
+        metadata={"help": "Replace caption files a person wrote there (charattr-hf's own are always updated)."},
+    )
 
 
-def check_captions(options: PipelineOptions, captions: CaptionArguments, sources: list[str]) -> None:
-    """--write_captions writes the tagger's tags (#9): it needs the tagger among the run's ``sources`` and a folder
-    it can write in."""
+def check_captions(options: PipelineOptions, captions: CaptionArguments, caption_options: CaptionOptions,
+                   sources: list[str]) -> None:
+    """--write_captions (#9, #20): the caption options are valid, a source they name runs (``sources``: the run's),
+    the folder is writable."""
     if not captions.write_captions:
         return
+    from charattr_hf.captions import caption_sources, check_caption_options
+    from charattr_hf.checks import check_writable
     from charattr_hf.errors import UserError
 
-    if not options.tagger:
-        raise UserError("--write_captions writes the tagger's tags: give --tagger too (e.g. --tagger demo)")
-    if "tagger" not in sources:
-        raise UserError(f"--write_captions writes the tagger's tags, but --sources {options.sources} leaves the tagger "
-                        "out: add tagger to --sources")
-    from charattr_hf.checks import check_writable
-
+    check_caption_options(caption_options)
+    if "tagger" in (caption_sources(caption_options.caption_sources) or ()):
+        if not options.tagger or "tagger" not in sources:
+            raise UserError("--caption_sources names the tagger, but no tagger runs: give --tagger (e.g. --tagger "
+                            "demo) and keep tagger in --sources")
     check_writable(captions.write_captions, "--write_captions")
 
 
@@ -81,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
 
     load_plugins(plugins_in_args(argv))  # before parsing: a plugin's sources bring their own options
     plugins = plugin_options()
-    spec, options, run_opts, captions, publish, *mine = parse_args(
-        [InputSpec, PipelineOptions, RunOptions, CaptionArguments, PublishArguments, *plugins.values()], argv,
+    spec, options, run_opts, captions, caption_options, publish, *mine = parse_args(
+        [InputSpec, PipelineOptions, RunOptions, CaptionArguments, CaptionOptions, PublishArguments,
+         *plugins.values()], argv,
         description=__doc__.split("\n\n")[0],
     )
     options = replace(options, source_options=dict(zip(plugins, mine)))
@@ -93,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     from charattr_hf.checks import check_run
 
     selection = check_run(spec, options, run_opts)  # before anything heavy: mistakes end here, in a second
-    check_captions(options, captions, selection.names)
+    check_captions(options, captions, caption_options, selection.names)
 
     from charattr_hf.distributed import relaunch_as_cpu_processes
 
@@ -116,10 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     run_opts = replace(run_opts, num_proc=run_opts.num_proc or max(1, threads))
     # the folder is held from before the input is read until the captions and the upload are done
     with hold_output(run_opts.output_dir) as held:
-        return _annotate(spec, options, run_opts, captions, publish, argv, state, threads, held, selection)
+        return _annotate(spec, options, run_opts, captions, caption_options, publish, argv, state, threads, held,
+                         selection)
 
 
-def _annotate(spec, options, run_opts, captions, publish, argv, state, threads, held, selection) -> int:
+def _annotate(spec, options, run_opts, captions, caption_options, publish, argv, state, threads, held,
+              selection) -> int:
     from charattr_hf.api import annotate_to_disk
     from charattr_hf.summary import format_summary
 
@@ -175,9 +184,9 @@ def _annotate(spec, options, run_opts, captions, publish, argv, state, threads, 
         from charattr_hf.captions import write_captions
 
         done = write_captions(run_opts.output_dir, captions.write_captions, split=spec.split,
-                              overwrite=captions.overwrite_captions)
-        print(f"\ncaptions: {done.written} written, {done.unchanged} unchanged, {done.skipped_existing} kept (already "
-              f"there; --overwrite_captions replaces them), {done.skipped_rows} rows without tagger output "
+                              overwrite=captions.overwrite_captions, options=caption_options, schema=options.schema)
+        print(f"\ncaptions: {done.written} written, {done.unchanged} unchanged, {done.skipped_existing} kept (a "
+              f"person's; --overwrite_captions replaces them), {done.skipped_rows} rows with an error "
               f"-> {Path(captions.write_captions).resolve()}")
     if publish.push_to_hub:
         from charattr_hf.hub import push_dataset

@@ -4,7 +4,9 @@ filters that fire on images made to trip them, config errors, and the annotate -
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -362,8 +364,26 @@ def test_label_rule_not_in_and_multi_label(tmp_path):
     assert quarantine["reasons"][0] == ["label_rules: accessories = [hat, glasses] (in [hat])"]
 
 
+@pytest.mark.parametrize("max_rating, kept", [("sensitive", ["img-0", "img-1", "img-4"]),
+                                               ("questionable", ["img-0", "img-1", "img-2", "img-4"])])
+def test_rating_filter_uses_the_taggers_rating(max_rating, kept, tmp_path):
+    from datasets import Value
+
+    imgs = [im_.encode(im_.scene(150, 150, seed=s).rotate(90 * (s % 4))) for s in range(6)]
+    ratings = ["general", "sensitive", "questionable", "explicit", None, "weird"]  # None: the tagger did not rate it
+    out = tmp_path / "out"
+    curate(annotated(tmp_path / "ann", imgs, extra={"tagger_rating": (Value("string"), ratings)}), out,
+           write_config(tmp_path, f"filters:\n  rating: {{max_rating: {max_rating}}}\n"))
+    train, quarantine = load(out)
+    assert train["id"] == kept
+    reasons = dict(zip(quarantine["id"], quarantine["reasons"]))
+    assert reasons["img-3"] == [f"rating: explicit > {max_rating}"]
+    assert reasons["img-5"][0].startswith("rating: 'weird' is not on the scale")
+
+
 # --------------------------------------------------------------------------------------------- config errors
 BAD = {
+    "filters:\n  rating: {max_rating: nsfw}\n": "rating.max_rating must be one of general, sensitive",
     "filters:\n  too_smal: {min_side: 3}\n": "unknown filter 'too_smal'",
     "filters:\n  blurry: {min_sharpness: 1.5}\n": "blurry.min_sharpness must be a number in [0, 1]",
     "filters:\n  too_small: {min_side: -4}\n": "too_small.min_side must be a positive number",
@@ -384,6 +404,12 @@ BAD = {
 def tiny_annotated(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tiny")
     return annotated(tmp / "ann", [im_.encode(im_.scene(64, 64, seed=s)) for s in range(2)])
+
+
+def test_rating_filter_needs_the_taggers_rating(tiny_annotated, tmp_path):
+    with pytest.raises(UserError, match=r"filter rating needs column\(s\) \['tagger_rating'\]"):
+        curate(tiny_annotated, tmp_path / "out", write_config(tmp_path, "filters:\n  rating: {}\n"))
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("text", sorted(BAD))
@@ -443,6 +469,127 @@ def test_annotate_then_curate_recipes(tiny_clip_dir, tmp_path):
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 2 and "unknown filter 'sharpness'" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and not (tmp_path / "never").exists()
+
+
+# --------------------------------------------------------------------------------------------- shipped config (#17)
+SHIPPED = ROOT / "recipes" / "configs" / "curate.yaml"
+
+
+@pytest.fixture(scope="module")
+def default_annotated(tmp_path_factory):
+    """What `recipes/annotate.py` writes without options (the synthetic sample, the demo model, its `synthetic`
+    schema, no embeddings), through the library the recipe calls; 16 rows."""
+    from charattr_hf.api import annotate_to_disk
+    from charattr_hf.inputs import InputSpec
+
+    out = tmp_path_factory.mktemp("default") / "annotated"
+    annotate_to_disk(None, out, input_spec=InputSpec(limit=16), progress=False)
+    return out
+
+
+def test_shipped_config_works_on_the_default_annotate_output(default_annotated, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="charattr_hf.curation.curate"):
+        result = curate(default_annotated, tmp_path / "out", SHIPPED)
+    skipped = dict(result.skipped)
+    assert list(skipped) == ["dedup.semantic", "several_characters", "not_illustration"]
+    assert "--keep_embedding" in skipped["dedup.semantic"] and "'character_count'" in skipped["several_characters"]
+    assert "'realistic'" in skipped["not_illustration"]  # synthetic's art_style has no photo/3D labels
+    # the sample's pictures are 64 px: the shipped config (for real data) removes them all, and says why
+    assert result.rows == 16 == result.quarantine and result.removed_by["too_small"] == 16
+    quarantine = load_dataset(str(tmp_path / "out"), split="quarantine")  # loads beside the empty train split
+    assert all(r[0].startswith("too_small: shorter side 64 < 128") for r in quarantine["reasons"])
+    assert {"too_small", "low_confidence", "exact_duplicate", "near_duplicate"} <= set(result.removed_by)
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert all(f"curation step {step} skipped" in logged for step in skipped)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "Skipped, because this dataset cannot take them" in card and "| several_characters |" in card
+    assert json.loads((tmp_path / "out" / "curation.json").read_text())["skipped"] == skipped
+    # the same config without skip_unavailable asks for exactly what it names: an error before any work
+    strict = write_config(tmp_path, SHIPPED.read_text().replace("skip_unavailable: true\n", ""))
+    with pytest.raises(UserError, match="dedup.semantic needs an 'embedding' column"):
+        curate(default_annotated, tmp_path / "strict", strict)
+    with pytest.raises(UserError, match="names attribute 'character_count', which the dataset does not have"):
+        curate(default_annotated, tmp_path / "strict", write_config(tmp_path, "filters:\n  several_characters: {}\n"))
+    assert not (tmp_path / "strict").exists()
+
+
+def test_the_default_config_names_what_it_skips(default_annotated, tmp_path):
+    result = curate(default_annotated, tmp_path / "out")
+    assert [step for step, _ in result.skipped] == ["dedup.semantic"]  # the default has no attribute filters here
+
+
+@pytest.mark.parametrize("text, error", [
+    ("skip_unavailable: true\nfilters:\n  too_smal: {}\n", "unknown filter 'too_smal'"),
+    ("skip_unavailable: true\nfilters:\n  blurry: {min_sharpness: 1.5}\n", "must be a number in [0, 1]"),
+    ("skip_unavailable: true\ndedup:\n  semantic: {threshold: 3}\n", "cosine similarity in [-1, 1]"),
+    ("skip_unavailable: yes please\n", "skip_unavailable must be true or false"),
+])
+def test_skip_unavailable_never_hides_a_mistake(text, error, tiny_annotated, tmp_path):
+    with pytest.raises(UserError, match=re.escape(error)):
+        curate(tiny_annotated, tmp_path / "out", write_config(tmp_path, text))
+
+
+def test_skip_unavailable_skips_only_what_the_dataset_lacks(tiny_annotated, tmp_path):
+    text = ("skip_unavailable: true\nfilters:\n  several_characters: {}\n  too_small: {min_side: 8}\n"
+            "  label_rules:\n    - {attribute: hair_colour, in: [red]}\n  no_character: {attribute: hair_color}\n")
+    result = curate(tiny_annotated, tmp_path / "out", write_config(tmp_path, text))
+    assert [step for step, _ in result.skipped] == ["label_rules"]  # the default schema has the others
+    assert "hair_colour" in result.skipped[0][1] and set(result.removed_by) >= {"several_characters", "too_small",
+                                                                                  "no_character"}
+
+
+def test_error_rows_keep_no_image_in_the_curated_splits(tmp_path):
+    """An annotated output of an older version kept the undecodable bytes of error rows: a real JPEG cut short.
+    The curated splits iterate cleanly (every image decodes or is null); the hash and error stay."""
+    from datasets import Image as ImageFeature
+
+    real = (ROOT / "tests" / "data" / "real" / "ukbench08996.jpg").read_bytes()
+    truncated = real[: len(real) // 3]
+    good = im_.encode(im_.scene(96, 96, seed=4))
+    images = [good, truncated]
+    ann = annotated(tmp_path / "ann", images, extra={"image": (ImageFeature(), [{"bytes": b, "path": None}
+                                                                               for b in images])})
+    assert DecodeStage()({"image": [{"bytes": truncated, "path": None}]})["error"][0].startswith("truncated")
+    stored = load_dataset(str(ann), split="train")
+    with pytest.raises(OSError, match="truncated"):
+        stored[1]  # what a reader of such an output meets
+    stored = stored.cast_column("image", ImageFeature(decode=False))
+    assert stored[1]["error"] and stored[1]["image"]["bytes"] == truncated
+    curate(ann, tmp_path / "out", write_config(tmp_path, NEAR_ONLY))
+    train = load_dataset(str(tmp_path / "out"), split="train")
+    quarantine = load_dataset(str(tmp_path / "out"), split="quarantine")
+    rows = list(train) + list(quarantine)  # decodes every image
+    assert len(rows) == 2 and train[0]["image"].size == (96, 96)
+    bad = quarantine[0]
+    assert bad["image"] is None and bad["error"].startswith("truncated") and bad["sha256"] == stored[1]["sha256"]
+    assert bad["reasons"][0].startswith("error: truncated")
+
+
+def test_curate_recipe_with_the_shipped_config_on_the_default_annotate_output(default_annotated, tmp_path):
+    """The README's command on what `recipes/annotate.py` writes by default."""
+    run = subprocess.run([sys.executable, str(ROOT / "recipes" / "curate.py"), "--dataset", str(default_annotated),
+                          "--output_dir", str(tmp_path / "curated"), "--config", str(SHIPPED)],
+                         env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "skipped (the dataset cannot take them): dedup.semantic, several_characters, not_illustration" in run.stdout
+    assert "curation step several_characters skipped" in run.stderr and "load split='quarantine'" in run.stdout
+    assert len(load_dataset(str(tmp_path / "curated"), split="quarantine")) == 16
+
+
+@pytest.mark.slow
+def test_readme_annotate_then_curate_with_defaults(tmp_path):
+    """`python recipes/annotate.py` with no options, then the README's curate command."""
+    env = _env(tmp_path)
+    ann = tmp_path / "outputs" / "annotated"
+    run = subprocess.run([sys.executable, str(ROOT / "recipes" / "annotate.py"), "--limit", "24", "--output_dir",
+                          str(ann), "--quiet"], env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    run = subprocess.run([sys.executable, str(ROOT / "recipes" / "curate.py"), "--dataset", str(ann),
+                          "--config", str(SHIPPED)], env=env, capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "skipped (the dataset cannot take them): dedup.semantic, several_characters" in run.stdout
+    assert len(load_dataset(str(tmp_path / "outputs" / "curated"), split="quarantine")) == 24  # all 64 px
 
 
 # --------------------------------------------------------------------------------------------- the Hub (doubles)

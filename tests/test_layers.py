@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "charattr_hf"
 LAYERS = [
     ("floor", ["errors", "schema", "constants", "markdown", ""]),
     ("helpers", ["loading", "image_access", "cache", "cache_redis", "distributed", "workers", "reader", "synthetic",
-                 "models", "metrics"]),
+                 "models", "metrics", "prompts", "kohya", "provenance"]),
     ("stages", ["stages"]),
     ("sources", ["sources"]),
     ("pipeline", ["pipeline", "options"]),
@@ -21,7 +21,7 @@ LAYERS = [
     ("api", ["api", "inputs", "checks", "cli", "hub", "card", "summary", "evaluation", "captions", "testing"]),
 ]
 #: Beside the stack: they may import any layer; no layer imports them.
-BESIDE = ["curation", "app", "fusion_training", "demo_clip", "demo_tagger"]
+BESIDE = ["curation", "app", "fusion_training", "demo_clip", "demo_tagger", "export"]
 #: Circles being removed elsewhere (curation's card and curate import each other).
 KNOWN_CIRCLES = [{"curation.card", "curation.curate"}]
 

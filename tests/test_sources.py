@@ -129,8 +129,11 @@ def test_sources_choose_and_order_the_run(tiny_clip_dir):
     assert toy.fingerprint() != default.fingerprint()
     strong = PipelineOptions(model=model, sources="clip,toy", use_cache=False, source_options={"toy": ToyOptions(2.0)})
     assert build_pipeline(strong, ["image"]).fingerprint() != toy.fingerprint()
-    with pytest.raises(UserError, match="--sources tags: it cannot run: the dataset has no tags"):
-        build_pipeline(PipelineOptions(model=model, sources="clip,tags", use_cache=False), ["image"])
+    # without a tags or caption column the tags source still runs: on the prompts embedded in the images (#17)
+    no_tags = build_pipeline(PipelineOptions(model=model, sources="clip,tags", use_cache=False), ["image"])
+    assert no_tags.sources == ["clip", "tags"] and "_prompt" in no_tags.cpu[1].features()
+    assert "_prompt" not in build_pipeline(PipelineOptions(model=model, sources="clip", use_cache=False),
+                                           ["image"]).cpu[1].features()  # read only for the tags source
     with pytest.raises(UserError, match="unknown source"):
         build_pipeline(PipelineOptions(model=model, sources="clip,nope"), ["image"])
     assert list(registered_sources())[:4] == ["clip", "tagger", "tags", "blip2"]

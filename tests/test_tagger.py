@@ -32,10 +32,21 @@ LOGITS = {
 }
 
 
+#: real rows of the WD v3 tag list (tests/data/kohya/README.md)
+WD_TAGS = Path(__file__).parent / "data" / "kohya" / "selected_tags_wd_v3_subset.csv"
+
+
 @pytest.fixture(scope="module")
 def fixed_tagger(tmp_path_factory):
-    tags = RATINGS + [(t, 0) for t in GENERAL] + CHARACTERS
-    return build_tiny_tagger(tmp_path_factory.mktemp("tagger"), tags, LOGITS, image_size=32)
+    """A tiny timm tagger in the WD v3 layout whose selected_tags.csv holds the real WD v3 rows of its tags."""
+    names = {t for t, _ in RATINGS + CHARACTERS} | set(GENERAL)
+    lines = WD_TAGS.read_text(encoding="utf-8").splitlines()
+    rows = [lines[0]] + [line for line in lines[1:] if line.split(",")[1] in names]
+    tags = [(line.split(",")[1], int(line.split(",")[2])) for line in rows[1:]]
+    assert len(tags) == len(names)
+    folder = build_tiny_tagger(tmp_path_factory.mktemp("tagger"), tags, LOGITS, image_size=32)
+    (folder / "selected_tags.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder
 
 
 def prepare_image(image, size: int, spec: PixelSpec | None = None) -> np.ndarray:
@@ -178,7 +189,7 @@ def test_captions_for_kohya(tmp_path):
     ]
     (tmp_path / "bar.txt").write_text("hand written")
     report = write_captions(rows, tmp_path)
-    assert (tmp_path / "sub" / "foo.txt").read_text() == "1girl, long_hair, miku"
+    assert (tmp_path / "sub" / "foo.txt").read_text() == "miku, 1girl, long hair"  # characters first, spaces
     assert (tmp_path / "bar.txt").read_text() == "hand written"  # kept without overwrite
     assert (tmp_path / "synth-0-12.txt").read_text() == ""
     assert not (tmp_path / "broken.txt").exists()
@@ -204,7 +215,8 @@ def test_recipe_writes_captions_beside_an_image_folder(fixed_tagger, tmp_path, m
                       "--schema", "default", "--output_dir", str(tmp_path / "out"), "--write_captions", str(folder),
                       "--no_cache", "--quiet", "--num_proc", "1"])
     assert rc == 0
-    want = "1girl, blonde_hair, solo, glasses, long_hair, smile, hatsune_miku"
+    # the character, then the tags that carry the schema's attributes, by the tagger's score
+    want = "hatsune miku, 1girl, blonde hair, solo, glasses, long hair, smile"
     assert (folder / "a.txt").read_text() == want
     assert (folder / "sub" / "b.txt").read_text() == want
 
@@ -268,11 +280,14 @@ def test_recipe_checks_tagger_options_before_work(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "annotate_recipe2", recipe)
     spec.loader.exec_module(recipe)
     out = str(tmp_path / "out")
-    with pytest.raises(UserError, match="give --tagger too"):
-        recipe.main(["--write_captions", str(tmp_path / "caps"), "--output_dir", out])
-    with pytest.raises(UserError, match="leaves the tagger out"):
-        recipe.main(["--write_captions", str(tmp_path / "caps"), "--tagger", "demo", "--sources", "clip",
-                     "--output_dir", out])
+    # captions without a tagger hold the data's own tags and the fused attributes; naming the tagger needs one
+    with pytest.raises(UserError, match="no tagger runs"):
+        recipe.main(["--write_captions", str(tmp_path / "caps"), "--caption_sources", "tagger", "--output_dir", out])
+    with pytest.raises(UserError, match="no tagger runs"):
+        recipe.main(["--write_captions", str(tmp_path / "caps"), "--caption_sources", "tagger,person", "--tagger",
+                     "demo", "--sources", "clip", "--output_dir", out])
+    with pytest.raises(UserError, match="a comma splits it"):
+        recipe.main(["--write_captions", str(tmp_path / "caps"), "--trigger", "a,b", "--output_dir", out])
     with pytest.raises(UserError, match="no such folder"):
         recipe.main(["--tagger", f"local-dir:{tmp_path / 'missing'}", "--output_dir", out])
     with pytest.raises(UserError, match=r"must be in \[0, 1\]"):

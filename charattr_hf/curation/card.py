@@ -191,6 +191,9 @@ def write_curation_card(output_dir: Path, source: str, cfg: "CurateConfig", resu
     filters += [[f.name, _DESCRIPTIONS.get(f.name, ""), f.describe(), result.removed_by.get(f.name, 0)]
                 for f in cfg.filters]
     lines.append(markdown_table(["filter", "what it removes", "threshold", "rows"], filters))
+    if cfg.skipped:  # steps of the config this dataset cannot take (skip_unavailable)
+        lines += ["", "Skipped, because this dataset cannot take them:", "",
+                  markdown_table(["step", "why"], [list(s) for s in cfg.skipped])]
     lines += ["", "## Duplicates", "",
               "Groups are found over the whole dataset at once. One row per group is kept: a row that passes the "
               "filters first, then the highest resolution, then the sharpest, then the fewest flags. The others "
@@ -234,6 +237,7 @@ def write_curation_card(output_dir: Path, source: str, cfg: "CurateConfig", resu
     tmp.write_text(str(card))
     info = {"source": source, "config": cfg.raw, "rows": result.rows, "train": result.train,
             "quarantine": result.quarantine, "groups": result.groups, "removed_by": result.removed_by,
+            "skipped": dict(cfg.skipped),
             "pairs": {p.kind: len(p) for p in pairs}, "seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
     (output_dir / "curation.json").write_text(json.dumps(info, indent=2, default=str))
     tmp.replace(path)

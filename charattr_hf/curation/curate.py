@@ -12,7 +12,12 @@ dataset snapshot), checks the config against the dataset's columns before any wo
 4. every row gets ``dup_group`` (int64 shared by the members of a group, null when the row has no duplicate),
    ``duplicate_of`` (the representative's ``id`` for the others, null for representatives and rows without
    duplicates) and ``reasons`` (list of strings; empty for a kept row). Rows with no reason go to ``train``,
-   the others to ``quarantine``; rows in = train + quarantine.
+   the others to ``quarantine``; rows in = train + quarantine. A row with an ``error`` keeps its ``sha256`` and
+   ``error`` but no ``image``, whatever the annotated output held (older versions kept bytes that did not decode).
+
+Steps of the config that the dataset cannot take (semantic duplicates without embeddings, a filter on an attribute
+its schema lacks) stop the run before any work, or, with ``skip_unavailable: true`` (the shipped config, the
+default), are skipped and named in the log, on the card and in ``curation.json``.
 
 The output folder has the layout ``push_to_hub`` writes (``data/train-*.parquet``, ``data/quarantine-*.parquet``,
 README.md with the YAML header ``load_dataset`` reads) plus ``curation.json`` and the card's pictures.
@@ -55,6 +60,8 @@ class CurateResult:
     groups: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     files: dict[str, list[Path]] = field(default_factory=dict)
+    #: steps of the config the dataset could not take: (step, why)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------ input
@@ -200,14 +207,9 @@ def curate(
         raise UserError(f"{dataset}: already has column(s) {clash}; curate the annotated dataset, not a curated one")
     attributes = attributes_of(features)
     has_embedding = "embedding" in features
-    cfg: CurateConfig = load_config(config, attributes, has_embedding)
-    if cfg.near is not None and "signature" not in features:
-        raise UserError(f"{dataset}: no 'signature' column for near duplicates; annotate with this version of "
-                        "charattr-hf, or set dedup.near: false in the config")
-    for f in cfg.filters:
-        missing = [c for c in f.columns() if c not in features]
-        if missing:
-            raise UserError(f"{cfg.source}: filter {f.name} needs column(s) {missing}, which the dataset lacks")
+    cfg: CurateConfig = load_config(config, attributes, has_embedding, columns=list(features))
+    for step, why in cfg.skipped:
+        logger.warning("curation step %s skipped: %s", step, why)
 
     # -- filters --------------------------------------------------------------------------------
     base_cols = ["id", "sha256", "error", "width", "height", "quality", "flags"]
@@ -294,13 +296,28 @@ def curate(
     timings["write"] = time.perf_counter() - t2
 
     result = CurateResult(output_dir, n, int(keep.sum()), int(n - keep.sum()), removed_by,
-                          groups=int(group.max() + 1) if n and group.max() >= 0 else 0, seconds=timings, files=written)
+                          groups=int(group.max() + 1) if n and group.max() >= 0 else 0, seconds=timings, files=written,
+                          skipped=list(cfg.skipped))
     from .card import write_curation_card
 
     write_curation_card(output_dir, str(dataset), cfg, result, pairs, out_features, group=group, rep=rep, ids=ids,
                         files=files)
     timings["total"] = time.perf_counter() - t0
     return result
+
+
+def _without_error_images(tbl: pa.Table) -> pa.Table:
+    """Rows with a decode ``error`` keep no image (their ``sha256`` and ``error`` say what it was): an output
+    annotated by an older version may hold bytes that did not decode, and one such cell stops every reader that
+    decodes the split (``load_dataset`` iterating it, the review app)."""
+    if "image" not in tbl.column_names or not tbl.num_rows:
+        return tbl
+    bad = pc.is_valid(tbl.column("error"))
+    if not pc.any(bad).as_py():
+        return tbl
+    i = tbl.schema.get_field_index("image")
+    image = tbl.column(i)
+    return tbl.set_column(i, tbl.schema.field(i), pc.if_else(bad, pa.nulls(len(tbl), image.type), image))
 
 
 def _write_splits(files, output_dir: Path, features: Features, keep: np.ndarray, dup_group, duplicate_of,
@@ -342,7 +359,7 @@ def _write_splits(files, output_dir: Path, features: Features, keep: np.ndarray,
             tbl = pa.Table.from_batches([batch])
             tbl = tbl.append_column("dup_group", dup_group[sl]).append_column("duplicate_of", duplicate_of[sl])
             tbl = tbl.append_column("reasons", reasons[sl])
-            tbl = tbl.cast(schema)
+            tbl = _without_error_images(tbl.cast(schema))
             mask = keep[sl]
             if mask.any():
                 write("train", tbl.filter(pa.array(mask)))
@@ -353,8 +370,8 @@ def _write_splits(files, output_dir: Path, features: Features, keep: np.ndarray,
         if st["writer"] is not None:
             st["writer"].close()
         for path in tmp[split]:
-            if not path.exists():  # an empty split still gets a typed, empty file
-                pq.write_table(schema.empty_table(), path)
+            if not path.exists():  # an empty split still gets a typed file, without row groups: datasets reads
+                pq.ParquetWriter(path, schema).close()  # the other split of such a folder (one empty group breaks both)
         for t, final in zip(tmp[split], names[split]):
             os.replace(t, final)
     return names

@@ -158,6 +158,8 @@ class BuildContext:
     - ``description``: entries for the run's description (manifest, card).
     - ``embedding``: whether a source that can give the image embedding should (``--keep_embedding``, or the
       fusion policy reads it).
+    - ``embedded_prompts``: a source sets it to have the decode stage read the prompt each image file carries
+      (working columns ``_prompt`` and ``_prompt_kind``, :mod:`charattr_hf.prompts`).
     """
 
     options: SharedOptions
@@ -172,6 +174,7 @@ class BuildContext:
     messages: list = field(default_factory=list)
     #: the pixel columns the decode stage writes: column -> PixelSpec
     pixel_specs: dict = field(default_factory=dict)
+    embedded_prompts: bool = False
 
     def pixels(self, spec: PixelSpec) -> str:
         """The working column of ``spec``'s pixels (uint8 RGB, ``height x width x 3``), written by the decode stage

@@ -38,6 +38,10 @@ What a row gets (see :meth:`DecodeStage.features`):
 ``signature``
     near-duplicate signatures of the decoded image (struct of ``phash`` and ``thumb`` bytes; see
     :mod:`charattr_hf.stages.signatures`), for ``recipes/curate.py``. ``signatures=False`` leaves it null.
+``_prompt``, ``_prompt_kind``
+    only with ``prompts=True`` (the tags source asks for them): the positive prompt the image file carries and
+    the tool that wrote it (``a1111``, ``novelai``, ``comfyui``...), read by :func:`charattr_hf.prompts.
+    embedded_prompt` from the metadata of the same open file; null when it has none.
 the pixel columns of ``pixels``
     one working column per :class:`~charattr_hf.stages.pixels.PixelSpec`: ``uint8`` RGB, ``height x width x 3``,
     C order. ``shortest``/``longest``/``squash`` are resized and cropped exactly as open_clip's eval transform
@@ -96,6 +100,7 @@ from datasets import List, Value
 from PIL import Image, ImageColor, UnidentifiedImageError
 
 from ..image_access import ANY, ImageAccess, ImageAccessError
+from ..prompts import PROMPT_COLUMN, PROMPT_KIND_COLUMN, PROMPTS_VERSION, embedded_prompt
 from ..schema import QUALITY_FEATURES, QUALITY_FIELDS, SIGNATURE_FEATURES
 from .base import ERROR, Stage
 from .pixels import RESIZE_MODES, PixelSpec
@@ -259,6 +264,7 @@ class DecodeStage(Stage):
         keep_image: also write the ``image`` column: the bytes this stage read and decoded, named by the file's
             base name; null for a row it could not decode. What ``--keep_images`` stores: an output never holds
             bytes that were not decoded as an image here, nor any file the row had no right to name.
+        prompts: also write ``_prompt`` and ``_prompt_kind``: the prompt embedded in the image's metadata.
     """
 
     name = "decode"
@@ -280,6 +286,7 @@ class DecodeStage(Stage):
         signatures: bool = True,
         access: ImageAccess = ANY,
         keep_image: bool = False,
+        prompts: bool = False,
     ):
         self.pixels: dict[str, PixelSpec] = {}
         for name, spec in (pixels or {}).items():
@@ -308,6 +315,7 @@ class DecodeStage(Stage):
         self.signatures = bool(signatures)
         self.access = access
         self.keep_image = bool(keep_image)
+        self.prompts = bool(prompts)
 
     # -- description --------------------------------------------------------------------------
     def params(self) -> dict:
@@ -326,6 +334,8 @@ class DecodeStage(Stage):
             # so that a stage without them keeps its fingerprint
             **({"access": self.access.params()} if self.access != ANY else {}),
             **({"keep_image": True} if self.keep_image else {}),
+            # the prompt embedded in the image (#17); only when asked, so that other stages keep their fingerprint
+            **({"prompts": PROMPTS_VERSION} if self.prompts else {}),
         }
 
     def configured(self, *, access: ImageAccess | None = None, keep_image: bool | None = None) -> "DecodeStage":
@@ -353,6 +363,9 @@ class DecodeStage(Stage):
             feats[name] = Value("binary")
         if self.keep_image:
             feats[self.column] = ImageFeature(decode=False)
+        if self.prompts:
+            feats[PROMPT_COLUMN] = Value("string")
+            feats[PROMPT_KIND_COLUMN] = Value("string")
         return feats
 
     def input_columns(self) -> list[str]:
@@ -448,10 +461,14 @@ class DecodeStage(Stage):
                     scale = fw / res[1][2]
 
         rgb = self._to_rgb(im, flags)  # decodes; truncated data raises here
+        # the prompt in the file's metadata (PNG text after the pixel data is read by the decoding above)
+        prompt = embedded_prompt(im) if self.prompts else None
         if method:
             rgb = rgb.transpose(method[0])
 
         row: dict[str, Any] = {"sha256": sha, "width": width, "height": height}
+        if self.prompts:
+            row[PROMPT_COLUMN], row[PROMPT_KIND_COLUMN] = prompt or (None, None)
         for name, spec in self.pixels.items():
             row[name] = self._pixels(rgb, spec, plans[name], scale, width, height, method)
 

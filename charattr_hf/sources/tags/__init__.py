@@ -1,6 +1,9 @@
-"""The tags/captions source (``probs_tags``): danbooru-style tags and free-text captions of the input (a tags or
-caption column, sidecar ``.txt`` files, ``metadata.jsonl``) read as attribute evidence. On unless ``--no_tags``,
-when the input has such a column. Stage: :class:`~.stage.TagStage` (pure Python, CPU part).
+"""The tags/captions source (``probs_tags``): danbooru-style tags and free-text captions that come with the data,
+read as attribute evidence. Per row, in this order: the input's tags and/or caption columns (``--tags_column``,
+a ``metadata.jsonl``/``metadata.csv`` column, or the ``.txt`` files beside the images), else the prompt embedded
+in the image file (A1111, NovelAI, ComfyUI, Fooocus; :mod:`charattr_hf.prompts`), which the decode stage reads
+from the file it opens anyway. So it runs on every input unless ``--no_tags``; ``tags_from`` says, per row, where
+the text came from. Stage: :class:`~.stage.TagStage` (pure Python, CPU part).
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ class TagsOptions:
     """The tags source's options."""
 
     tags: bool = field(
-        default=True, metadata={"help": "Do not use the tags/caption columns as a source.", "flag": "no_tags"}
+        default=True,
+        metadata={"help": "Do not use the tags/caption columns, nor the prompts embedded in the images, as a source.",
+                  "flag": "no_tags"},
     )
 
 
@@ -24,11 +29,14 @@ def requires(opts: TagsOptions) -> str | None:
 
 
 def build(ctx, opts) -> None:
-    if "tags" not in ctx.input_columns and "caption" not in ctx.input_columns:
-        ctx.skip("the dataset has no tags or caption column (see --tags_column)")
-    from .stage import TagStage
+    from datasets import Value
 
+    from .stage import TAGS_FROM, TagStage
+
+    # the input's tags/caption columns where a row has them; the prompt embedded in its image file where not
+    ctx.embedded_prompts = True
     ctx.cpu.append(TagStage(ctx.schema))
+    ctx.columns[TAGS_FROM] = Value("string")
 
 
 SOURCE = register_source(Source("tags", build, options=TagsOptions, requires=requires, title="tag", order=30))
