@@ -171,8 +171,8 @@ def main(argv=None) -> dict:
     elif schema_file.is_file():
         schema = str(schema_file)
     else:
-        from charattr_hf.openclip import ClipSpec
-        from charattr_hf.pipeline import _model_schema
+        from charattr_hf.sources.clip.model import ClipSpec
+        from charattr_hf.sources.clip import spec_schema as _model_schema
 
         schema = str(_model_schema(ClipSpec.parse("demo")))
     train_idx, test_idx = ft.split_by_id(data["id"], args.test_fraction, args.train_seed, salt="test")

@@ -55,7 +55,7 @@ def _pair_scores(truth: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> tuple
 def _grey_phash(data: bytes) -> np.ndarray:
     from PIL import Image
 
-    from charattr_hf.curation.signatures import _dct_matrix
+    from charattr_hf.stages.signatures import _dct_matrix
 
     dct = _dct_matrix(32)[:8]
     im = Image.open(io.BytesIO(data)).convert("L").resize((32, 32), Image.Resampling.BOX)

@@ -65,11 +65,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_args()
 
+    from charattr_hf.sources.tags.stage import TagStage
     from charattr_hf.stages.decode import DecodeStage
-    from charattr_hf.stages.tags import TagStage
+    from charattr_hf.stages.pixels import PixelSpec
 
     renders, plain = cells(args.images)
-    decode = {"without": DecodeStage(image_size=224), "with prompts": DecodeStage(image_size=224).with_prompts()}
+    clip = {"_pixels": PixelSpec(224)}  # a ViT-B/32's pixels, as the pipeline asks the decode stage for them
+    decode = {"without": DecodeStage(clip), "with prompts": DecodeStage(clip, prompts=True)}
     tags = TagStage("default")
     n, b = args.images, args.batch
     rates: dict[str, list[float]] = {}

@@ -235,7 +235,7 @@ class CaptionBuilder:
         self.attribute_index: dict[str, int] = {}
         if schema is not None:
             from .schema import load_schema
-            from .stages.tags import alias_table
+            from .sources.tags.stage import alias_table
 
             schema = load_schema(schema)
             self.aliases = alias_table(schema)
@@ -267,7 +267,7 @@ class CaptionBuilder:
         return {"tagger", "person"} | (set() if tagged else {"attributes"})
 
     def _person(self, row: Mapping[str, Any]) -> Iterator[tuple[str, bool]]:
-        from .stages.tags import split_tags
+        from .sources.tags.stage import split_tags
 
         for text in (row.get("tags"), row.get("caption")):
             for piece in _person_pieces(text):
@@ -297,7 +297,7 @@ class CaptionBuilder:
     # -- the caption --------------------------------------------------------------------------------------------
     def tokens(self, row: Mapping[str, Any]) -> list[str]:
         """The caption's tokens, in order, as written."""
-        from .stages.tags import is_meta_tag, parse_count_tag
+        from .sources.tags.stage import is_meta_tag, parse_count_tag
 
         sources = self._sources_of(row)
         meta = self.options.caption_meta

@@ -56,9 +56,6 @@ class CardFigures:
     samples: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def all_paths(self) -> list[str]:
-        return [p for p in (self.labels, self.confidence, self.agreement, *self.samples.values()) if p]
-
 
 # ---------------------------------------------------------------------------------------------- drawing
 def load_font(size: int):

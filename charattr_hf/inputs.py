@@ -18,7 +18,7 @@ from datasets import Dataset, Image, IterableDataset, Value
 
 from .image_access import NOTHING, ImageAccess
 from .options import InputSpec
-from .reader import is_saved_dataset, read_dataset  # noqa: F401 - is_saved_dataset: also imported from here
+from .reader import read_dataset
 
 logger = logging.getLogger(__name__)
 

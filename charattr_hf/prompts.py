@@ -5,7 +5,7 @@ Many character datasets are renders that keep their prompt. What the prompt says
 shows, but only its positive part: the negative prompt lists what the render was steered *away* from (a render
 whose negative prompt says ``sketch`` is not a sketch), and the settings line (``Steps: 30, Sampler: ...``) says
 nothing about the picture. This module finds the positive prompt; what a prompt's tags mean is the tag parser's
-job (:func:`charattr_hf.stages.tags.split_tags`: weights ``(x:1.2)``, ``{x}``, ``[x]``, escapes ``\\(``,
+job (:func:`charattr_hf.sources.tags.stage.split_tags`: weights ``(x:1.2)``, ``{x}``, ``[x]``, escapes ``\\(``,
 ``<lora:...>``, ``BREAK``, quality and score tags).
 
 Layouts read

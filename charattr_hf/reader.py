@@ -21,6 +21,7 @@ from typing import Union
 import datasets
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 
+from .constants import IMAGE_SUFFIXES  # the suffixes of the image files an image folder holds
 from .errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -39,8 +40,6 @@ AnyDataset = Union[Dataset, IterableDataset]
 
 #: Table file suffix (lower case) -> the ``datasets`` builder that reads it.
 TABLE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
-#: Suffixes (lower case) of the image files an image folder holds.
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 
 class DatasetNotFoundError(UserError, FileNotFoundError):

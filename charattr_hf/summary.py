@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["summarize", "format_summary", "features_of"]
 
-_TAGS_FROM = "tags_from"  # the tags source's output column (charattr_hf.stages.tags.TAGS_FROM)
+_TAGS_FROM = "tags_from"  # the tags source's output column (charattr_hf.sources.tags.stage.TAGS_FROM)
 _FROM_NAMES = {"tags": "the tags column", "caption": "the caption column",
                "tags+caption": "the tags and caption columns", "None": "nothing (no tags, caption or embedded prompt)",
                "a1111": "embedded A1111 prompts", "novelai": "embedded NovelAI prompts",
@@ -159,15 +159,26 @@ def summarize(files: Sequence[Path], top: int = 3, batch_rows: int = 65_536) -> 
     return out
 
 
+def _flag_note(flag: str) -> str:
+    """What a flag whose name alone could alarm means (#21: the 64 px synthetic sample is all low_resolution)."""
+    if flag == "low_resolution":
+        from .stages.decode import FlagThresholds
+
+        return f" (shorter side under {FlagThresholds().min_side} px)"
+    return ""
+
+
 def format_summary(stats: dict[str, Any], images_per_second: float | None = None) -> str:
     """Counts, then a Markdown table of the attributes: for the terminal and the dataset card."""
-    lines = [f"rows: {stats['rows']}   errors: {stats['errors']}   flagged: {stats.get('flagged_rows', 0)}"]
+    flagged = stats.get("flagged_rows", 0)
+    lines = [f"rows: {stats['rows']}   errors: {stats['errors']}   flagged: {flagged}"
+             + (" (quality hints: the rows keep their labels)" if flagged else "")]
     if images_per_second is not None:
         lines[0] += f"   throughput: {images_per_second:.1f} images/s"
     if stats.get("error_examples"):
         lines.append("errors: " + "; ".join(f"{k} ({v})" for k, v in stats["error_examples"].items()))
     if stats.get("flags"):
-        lines.append("flags: " + ", ".join(f"{k} {v}" for k, v in stats["flags"].items()))
+        lines.append("flags: " + ", ".join(f"{k} {v}" + _flag_note(k) for k, v in stats["flags"].items()))
     if stats.get(_TAGS_FROM):
         lines.append("tags source read: " + ", ".join(
             f"{v} row{'' if v == 1 else 's'} from {_FROM_NAMES.get(k, f'embedded {k} prompts')}"

@@ -19,7 +19,7 @@ from PIL import Image, ImageFilter
 from charattr_hf.curation.curate import assign_groups, curate
 from charattr_hf.curation.dedup import Pairs, SemanticConfig, connected_components, exact_pairs, semantic_pairs
 from charattr_hf.curation.planted import planted_rows, planted_set
-from charattr_hf.curation.signatures import compute_signature, phash_distance, thumb_distance
+from charattr_hf.stages.signatures import compute_signature, phash_distance, thumb_distance
 from charattr_hf.errors import UserError
 from charattr_hf.schema import load_schema
 from charattr_hf.stages.decode import DecodeStage

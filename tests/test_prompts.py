@@ -21,7 +21,7 @@ from PIL import Image, PngImagePlugin
 from charattr_hf.prompts import (comfyui_prompts, embedded_prompt, looks_like_prompt, parse_prompt, positive_prompt,
                                  reads_as_prose)
 from charattr_hf.stages.decode import DecodeStage
-from charattr_hf.stages.tags import TagStage, split_tags
+from charattr_hf.sources.tags.stage import TagStage, split_tags
 
 DATA = Path(__file__).parent / "data" / "sd"
 BIKINI = DATA / "bikini-0.png"
@@ -291,7 +291,7 @@ def test_decode_stage_reads_the_prompt_only_when_asked_and_never_for_a_broken_fi
     cells.append({"bytes": BIKINI.read_bytes()[:20_000], "path": "truncated.png"})
     plain = DecodeStage()(({"image": cells}))
     assert "_prompt" not in plain and "_prompt" not in DecodeStage().features()
-    stage = DecodeStage().with_prompts()
+    stage = DecodeStage(prompts=True)
     assert stage.fingerprint() != DecodeStage().fingerprint()
     out = stage({"image": cells})
     assert out["_prompt_kind"] == ["a1111", "a1111", "comfyui", None]

@@ -37,3 +37,13 @@ def test_summary_counts_and_compares_truth_by_label_name(tmp_path):
     assert stats["attributes"]["acc"]["accuracy"] == 1 / 3
     text = format_summary(stats, images_per_second=12.5)
     assert "12.5 images/s" in text and "hair" in text and "33.3%" in text
+
+
+def test_the_summary_says_what_an_alarming_flag_means():
+    """#21: the synthetic sample's 64 px images are all low_resolution; the summary says what the flag measures (a
+    fixed size: the fusion policies read the flag) and that flagged rows keep their labels."""
+    stats = {"rows": 256, "errors": 0, "flagged_rows": 256, "flags": {"low_resolution": 256, "dark": 3}}
+    text = format_summary(stats)
+    assert "flagged: 256 (quality hints: the rows keep their labels)" in text
+    assert "low_resolution 256 (shorter side under 128 px), dark 3" in text
+    assert "quality hints" not in format_summary({"rows": 2, "errors": 0, "flagged_rows": 0})

@@ -1,4 +1,4 @@
-"""Tests of the tag/caption parser source (charattr_hf/stages/tags.py) and of the default schema's tags."""
+"""Tests of the tag/caption parser source (charattr_hf/sources/tags/stage.py) and of the default schema's tags."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from datasets import Dataset, Features, Value
 
 from charattr_hf.schema import Schema, load_schema
-from charattr_hf.stages.tags import (
+from charattr_hf.sources.tags.stage import (
     ABSENCE_SYNONYMS,
     COUNT_TAGS,
     DEFAULT_MIXED_TAGS,

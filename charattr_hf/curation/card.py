@@ -12,14 +12,12 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import pyarrow.parquet as pq
 from datasets import Features
-from datasets.info import DatasetInfo, DatasetInfosDict
-from datasets.splits import SplitDict, SplitInfo
-from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image, ImageDraw
 
 from .. import __version__
 from ..card import load_font, open_thumbnail
+from ..hub import card_header
 from ..markdown import markdown_table
 
 if TYPE_CHECKING:
@@ -163,13 +161,7 @@ def write_curation_card(output_dir: Path, source: str, cfg: "CurateConfig", resu
     output_dir = Path(output_dir)
     card_data = DatasetCardData(tags=["charattr-hf", "curated", "deduplicated"])
     split_files = {s: sorted((output_dir / "data").glob(f"{s}-*.parquet")) for s in ("train", "quarantine")}
-    MetadataConfigs({"default": {"data_files": [{"split": s, "path": f"data/{s}-*"} for s in split_files]}}
-                    ).to_dataset_card_data(card_data)
-    splits = SplitDict()
-    for s, fs in split_files.items():
-        splits.add(SplitInfo(name=s, num_examples=sum(pq.ParquetFile(f).metadata.num_rows for f in fs),
-                             num_bytes=sum(f.stat().st_size for f in fs)))
-    DatasetInfosDict({"default": DatasetInfo(features=features, splits=splits)}).to_dataset_card_data(card_data)
+    card_header(card_data, {s: (features, fs) for s, fs in split_files.items()})
 
     # pictures
     (output_dir / "images").mkdir(exist_ok=True)

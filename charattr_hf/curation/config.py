@@ -6,7 +6,7 @@
       exact: true                    # same sha256
       near:                          # colour thumbnail and perceptual hash agree
         phash_radius: 10             # bits of 64
-        thumb_threshold: 10.0        # see charattr_hf.curation.signatures.thumb_distance
+        thumb_threshold: 10.0        # see charattr_hf.stages.signatures.thumb_distance
         neighbours: 16               # most duplicates linked per row
         leaf: 512                    # rows per k-means cell compared all-pairs
         rounds: 2                    # independent partitions into cells

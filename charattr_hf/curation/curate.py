@@ -254,7 +254,7 @@ def curate(
         sig = _read(files, ["signature"]).column("signature")
         ph = pc.struct_field(sig, "phash")
         th = pc.struct_field(sig, "thumb")
-        from .signatures import THUMB_SIDE
+        from ..stages.signatures import THUMB_SIDE
 
         v1, ph_arr = _fixed_bytes(ph, 8)
         v2, th_arr = _fixed_bytes(th, THUMB_SIDE * THUMB_SIDE * 3)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .signatures import THUMB_SIDE, normalise_thumbs
+from ..stages.signatures import THUMB_SIDE, normalise_thumbs
 
 logger = logging.getLogger(__name__)
 

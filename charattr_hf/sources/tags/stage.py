@@ -962,7 +962,7 @@ def alias_table(
     """The schema's alias table: tag (or phrase in tag form) -> ``((attribute index, label index), ...)``.
 
     Built from every label's ``tags`` and ``phrases``; the one table the tag parser and the tagger source
-    (:mod:`charattr_hf.stages.tagger`) read. Counting tags (``1girl``, ``solo``, ...) listed under the attributes
+    (:mod:`charattr_hf.sources.tagger`) read. Counting tags (``1girl``, ``solo``, ...) listed under the attributes
     whose indices are in ``skip_counting`` are left out (the tag parser interprets them instead)."""
     schema = load_schema(schema)
     skip = set(skip_counting)

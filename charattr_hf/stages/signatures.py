@@ -24,8 +24,9 @@ grey 64-bit pHash of the whole image alone: 0.46 at 0.65, or 0.007 at 0.88); see
 from __future__ import annotations
 
 import numpy as np
-from datasets import Value
 from PIL import Image
+
+from ..schema import SIGNATURE_FEATURES  # the column's type, declared with the row's other columns
 
 __all__ = [
     "SIGNATURE_VERSION",
@@ -46,8 +47,6 @@ MARGIN = 0.10
 THUMB_SIDE = 16
 HASH_SIDE = 32
 HASH_BITS = 64
-#: The ``signature`` column's type.
-SIGNATURE_FEATURES = {"phash": Value("binary"), "thumb": Value("binary")}
 
 
 def _dct_matrix(n: int) -> np.ndarray:

@@ -3,14 +3,14 @@ read as attribute evidence. Per row, in this order: the input's tags and/or capt
 a ``metadata.jsonl``/``metadata.csv`` column, or the ``.txt`` files beside the images), else the prompt embedded
 in the image file (A1111, NovelAI, ComfyUI, Fooocus; :mod:`charattr_hf.prompts`), which the decode stage reads
 from the file it opens anyway. So it runs on every input unless ``--no_tags``; ``tags_from`` says, per row, where
-the text came from. Stage: :class:`~charattr_hf.stages.tags.TagStage` (pure Python, CPU part).
+the text came from. Stage: :class:`~.stage.TagStage` (pure Python, CPU part).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import Source, register_source
+from ..base import Source, register_source
 
 
 @dataclass
@@ -31,12 +31,12 @@ def requires(opts: TagsOptions) -> str | None:
 def build(ctx, opts) -> None:
     from datasets import Value
 
-    from ..stages.tags import TAGS_FROM, TagStage
+    from .stage import TAGS_FROM, TagStage
 
     # the input's tags/caption columns where a row has them; the prompt embedded in its image file where not
-    ctx.decode = ctx.decode.with_prompts()
+    ctx.embedded_prompts = True
     ctx.cpu.append(TagStage(ctx.schema))
     ctx.columns[TAGS_FROM] = Value("string")
 
 
-SOURCE = register_source(Source("tags", build, options=TagsOptions, requires=requires, title="tag"))
+SOURCE = register_source(Source("tags", build, options=TagsOptions, requires=requires, title="tag", order=30))
