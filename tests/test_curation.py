@@ -407,7 +407,7 @@ def tiny_annotated(tmp_path_factory):
 
 
 def test_rating_filter_needs_the_taggers_rating(tiny_annotated, tmp_path):
-    with pytest.raises(UserError, match=r"filter rating needs column\(s\) \['tagger_rating'\]"):
+    with pytest.raises(UserError, match=r"rating needs column\(s\) \['tagger_rating'\].*--tagger"):
         curate(tiny_annotated, tmp_path / "out", write_config(tmp_path, "filters:\n  rating: {}\n"))
     assert not (tmp_path / "out").exists()
 

@@ -219,7 +219,8 @@ def load_config(path: str | Path | None, attributes: Mapping[str, AttributeInfo]
         for f in built:
             missing = [c for c in f.columns() if columns is not None and c not in columns]
             if missing:
-                unavailable(f.name, f"needs column(s) {missing}, which the dataset lacks")
+                hint = getattr(f, "hint", None)
+                unavailable(f.name, f"needs column(s) {missing}, which the dataset lacks" + (f"; {hint}" if hint else ""))
             else:
                 filters.append(f)
     return CurateConfig(exact=exact, near=near, semantic=semantic, filters=filters, examples=examples,

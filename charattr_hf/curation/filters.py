@@ -370,6 +370,8 @@ class Rating(Filter):
 
     name = "rating"
     params = {"max_rating": ("sensitive", _rating_name)}
+    #: what to do when the dataset lacks the column
+    hint = "annotate with the WD tagger (--tagger) to get it"
 
     def columns(self):
         return ["tagger_rating"]
