@@ -233,7 +233,7 @@ def write_curation_card(output_dir: Path, source: str, cfg: "CurateConfig", resu
     lines.append(markdown_table(["filter", "what it removes", "threshold", "rows"], filters))
     lines += ["", "## Duplicates", "",
               "Groups are found over the whole dataset at once. One row per group is kept, the better file: a row "
-              "that passes the filters, then the larger resolution, then lossless over lossy and the higher JPEG "
+              "that passes the filters, then the larger picture (without flat borders), then lossless over lossy and the higher JPEG "
               "quality (or bits per pixel), then the sharper, then the fewer flags. The others go to quarantine "
               "with `duplicate_of` set to the kept row's id and a reason naming the comparison; all members share "
               "`dup_group`.", ""]

@@ -7,7 +7,7 @@
       near:                          # whole picture (thumbnail + pHash, mirrors too) or local features, then
         thumb_threshold: 3.2         # aligned thumbnails agree (see charattr_hf.curation.dedup.near_pairs)
         phash_radius: 12             # bits of 64
-        min_inliers: 10              # local features on one scale and shift (0: whole-picture path only)
+        min_inliers: 13              # local features on one scale and shift (0: whole-picture path only)
         neighbours: 16               # most duplicates linked per row
         leaf: 512                    # rows per k-means cell compared all-pairs
         rounds: 2                    # independent partitions into cells

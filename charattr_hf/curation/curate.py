@@ -8,7 +8,7 @@ dataset snapshot), checks the config against the dataset's columns before any wo
 2. duplicates: exact, near and semantic edges over *all* rows at once (``charattr_hf.curation.dedup``); the
    groups are their connected components;
 3. one representative per group is kept, the better file (:mod:`charattr_hf.curation.keep`): a row that passes
-   the filters, then the larger resolution, then lossless over lossy and the higher JPEG quality or bits per
+   the filters, then the larger picture (without flat borders), then lossless over lossy and the higher JPEG quality or bits per
    pixel, then the sharper, then the fewer ``flags``, then the first row; the others' reasons name the
    comparison that decided;
 4. every row gets ``dup_group`` (int64 shared by the members of a group, null when the row has no duplicate),
@@ -180,7 +180,9 @@ def _facts(files: list[Path], table: pa.Table, passes: np.ndarray) -> RowFacts:
     sig = _read(files, ["signature"]).column("signature") if "signature" in pq.read_schema(files[0]).names else None
     enc = {}
     if sig is not None and pa.types.is_struct(sig.type) and sig.type.get_field_index("lossless") >= 0:
-        enc = {"format": pc.struct_field(sig, "format").to_pylist(),
+        enc = {"content_width": num(pc.struct_field(sig, "content_width").cast(pa.float64())),
+               "content_height": num(pc.struct_field(sig, "content_height").cast(pa.float64())),
+               "format": pc.struct_field(sig, "format").to_pylist(),
                "lossless": num(pc.struct_field(sig, "lossless").cast(pa.float64())),
                "jpeg_quality": num(pc.struct_field(sig, "jpeg_quality").cast(pa.float64())),
                "bits_per_pixel": num(pc.struct_field(sig, "bits_per_pixel").cast(pa.float64()))}

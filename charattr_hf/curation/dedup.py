@@ -55,7 +55,7 @@ class NearConfig:
     #: nearest centroids looked at when a row near a cell boundary also joins the cell across it (1: only its own)
     assign: int = 1
     #: duplicate when at least this many local features agree on one shift and scale (0: local features unused)
-    min_inliers: int = 10
+    min_inliers: int = 13
     #: bits of a descriptor that key it in one hash table (local-feature candidates)
     hash_bits: int = 32
     #: hash tables; rows sharing features in at least two (table, bucket) places are compared

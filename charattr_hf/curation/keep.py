@@ -3,7 +3,9 @@
 The better file wins, criterion by criterion, the first that differs deciding:
 
 1. a row that passes the filters;
-2. the larger resolution (width x height);
+2. the larger picture: the content's size without flat borders (``signature.content_width`` x
+   ``content_height``; width x height when unknown), so a letterboxed or framed copy does not win by its padding;
+   sizes within :data:`PICTURE_TOLERANCE` of each other count as equal;
 3. lossless over lossy (a PNG original over its JPEG copy);
 4. between lossy files, the higher estimated JPEG quality when both are JPEGs (from their quantisation tables),
    else the more bits per pixel (WebP against JPEG, or when the tables are not known);
@@ -21,7 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["RowFacts", "compare", "pick_representatives"]
+__all__ = ["RowFacts", "compare", "pick_representatives", "PICTURE_TOLERANCE"]
+
+#: Pictures whose content sizes (pixels) differ by less than this factor count as the same size: the content box
+#: is found to about 1/64 of a side, so a framed copy of the same pixels can measure a few percent larger.
+PICTURE_TOLERANCE = 1.1
 
 
 @dataclass
@@ -33,6 +39,8 @@ class RowFacts:
     height: np.ndarray
     sharpness: np.ndarray
     nflags: np.ndarray
+    content_width: np.ndarray | None = None  # NaN: unknown (then width x height)
+    content_height: np.ndarray | None = None
     format: list | None = None
     lossless: np.ndarray | None = None  # 1.0 lossless, 0.0 lossy, NaN unknown
     jpeg_quality: np.ndarray | None = None  # NaN: not a JPEG / unknown
@@ -46,6 +54,11 @@ class RowFacts:
         self.bits_per_pixel = nan.copy() if self.bits_per_pixel is None else np.asarray(self.bits_per_pixel,
                                                                                        np.float64)
         self.format = [None] * n if self.format is None else list(self.format)
+        cw = nan.copy() if self.content_width is None else np.asarray(self.content_width, np.float64)
+        ch = nan.copy() if self.content_height is None else np.asarray(self.content_height, np.float64)
+        known = np.isfinite(cw) & np.isfinite(ch) & (cw > 0) & (ch > 0)
+        self.content_width = np.where(known, cw, np.asarray(self.width, np.float64))
+        self.content_height = np.where(known, ch, np.asarray(self.height, np.float64))
 
 
 def _name(facts: RowFacts, r: int) -> str:
@@ -59,11 +72,11 @@ def compare(facts: RowFacts, a: int, b: int) -> tuple[int, str]:
 
     if facts.passes[a] != facts.passes[b]:
         return decide(bool(facts.passes[a]), "passes the filters")
-    pa, pb = facts.width[a] * facts.height[a], facts.width[b] * facts.height[b]
-    if pa != pb:
+    cw, ch = facts.content_width, facts.content_height
+    pa, pb = cw[a] * ch[a], cw[b] * ch[b]
+    if max(pa, pb) > PICTURE_TOLERANCE * min(pa, pb):
         w, l = (a, b) if pa > pb else (b, a)
-        return decide(pa > pb, f"larger resolution {int(facts.width[w])}x{int(facts.height[w])} > "
-                               f"{int(facts.width[l])}x{int(facts.height[l])}")
+        return decide(pa > pb, f"larger picture {int(cw[w])}x{int(ch[w])} > {int(cw[l])}x{int(ch[l])}")
     la, lb = facts.lossless[a], facts.lossless[b]
     if la == la and lb == lb and la != lb:  # both known, one lossless
         w, l = (a, b) if la > lb else (b, a)

@@ -22,6 +22,9 @@ holds (all strings, so that a printed row stays readable; see :func:`decode_hex`
     (:func:`charattr_hf.curation.dedup.keypoint_fit`). Null when
     OpenCV is not installed (``pip install "charattr-hf[dedup]"``): then crops of one side and zooms of more than
     a few percent are not found (see benchmarks/README.md).
+``content_width``, ``content_height``
+    the size of the content box in the full image's pixels: a letterboxed or framed copy has more pixels, not more
+    picture, so the best copy of a group is chosen by this size.
 ``format``, ``lossless``, ``jpeg_quality``, ``bits_per_pixel``
     the file's encoding, for keeping the best copy of a group: PIL's format name, whether it is stored without
     loss (PNG, BMP, TIFF without JPEG compression, lossless WebP, ...), the JPEG quality estimated from its
@@ -82,6 +85,8 @@ SIGNATURE_FEATURES = {
     "thumb": Value("string"),
     "keypoints": Value("string"),
     "format": Value("string"),
+    "content_width": Value("int32"),
+    "content_height": Value("int32"),
     "lossless": Value("bool"),
     "jpeg_quality": Value("int16"),
     "bits_per_pixel": Value("float32"),
@@ -235,8 +240,10 @@ def compute_signature(rgb: Image.Image, source: Image.Image | None = None, data:
     t[..., 1:] += 128.0
     thumb = np.clip(np.rint(t), 0, 255).astype(np.uint8).tobytes().hex()
     keypoints = _keypoints(rgb, (x0, y0, x1, y1)) if HAS_KEYPOINTS else None
-    pixels = size[0] * size[1] if size else rgb.width * rgb.height
-    return {"phash": phash, "thumb": thumb, "keypoints": keypoints, **_encoding(source, data, pixels)}
+    full = size or rgb.size
+    content = (round((x1 - x0) * full[0] / rgb.width), round((y1 - y0) * full[1] / rgb.height))
+    return {"phash": phash, "thumb": thumb, "keypoints": keypoints, "content_width": content[0],
+            "content_height": content[1], **_encoding(source, data, full[0] * full[1])}
 
 
 # ------------------------------------------------------------------------------------------ comparing
