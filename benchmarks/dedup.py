@@ -301,7 +301,9 @@ def _before(rows: list[dict], folder: Path, checkout: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(Path(checkout).resolve()))
     start = time.perf_counter()
     run = subprocess.run([sys.executable, "-c", _BEFORE, str(folder)], input=json.dumps([r["file"] for r in rows]),
-                         capture_output=True, text=True, env=env, check=True)
+                         capture_output=True, text=True, env=env, cwd=str(Path(checkout).resolve()))
+    if run.returncode:
+        raise RuntimeError(f"--before {checkout} failed:\n{run.stderr[-3000:]}")
     i, j = json.loads(run.stdout.strip().splitlines()[-1])
     return {**_real_scores(rows, _labels(len(rows), i, j)), "seconds": round(time.perf_counter() - start, 2)}
 

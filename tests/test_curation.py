@@ -429,18 +429,32 @@ def test_kept_representative_is_the_largest_copy(tmp_path):
 
 
 def test_card_shows_example_groups_as_pictures_when_images_are_kept(tmp_path):
-    from datasets import Image as ImageFeature
+    from datasets import Image as ImageFeature, Value
 
     base = im_.scene(160, 160, seed=13)
-    imgs = [im_.encode(base), im_.encode(base.resize((120, 120))), im_.encode(im_.scene(160, 160, seed=14).rotate(90))]
+    imgs = [im_.encode(base)] + [im_.encode(base.resize((150 - 5 * k, 150 - 5 * k))) for k in range(8)]
+    imgs.append(im_.encode(im_.scene(160, 160, seed=14).rotate(90)))
+    names = [f"a-long-file-name-that-used-to-be-cut-on-the-card-{k:02d}.png" for k in range(len(imgs))]
     folder = annotated(tmp_path / "ann", imgs,
-                       extra={"image": (ImageFeature(), [{"bytes": b, "path": None} for b in imgs])})
+                       extra={"image": (ImageFeature(), [{"bytes": b, "path": None} for b in imgs]),
+                              "path": (Value("string"), [f"/data/set/{n}" for n in names])})
     out = tmp_path / "out"
     curate(folder, out, write_config(tmp_path, NEAR_ONLY))
-    sheet = Image.open(out / "images" / "dedup_examples.png")
-    assert sheet.size[0] > 2 * 96 and "![example groups](images/dedup_examples.png)" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "![example groups](images/dedup_examples.png)" in card and "Showing the only group" in card
+    # every member of the group is listed (no "..."), each by its id and full path
+    assert all(f"/data/set/{n}" in card for n in names[:9]) and " ..." not in card
     train, _ = load(out)
     assert isinstance(train.ds[0]["image"], Image.Image)  # the images stay in the curated data
+    # the picture shows all nine members (two lines of six at most) with their names wrapped, not cut
+    from charattr_hf.curation.card import _images_png
+
+    files = sorted((folder / "data").glob("*.parquet"))
+    group = [list(range(9))]
+    short = Image.open(__import__("io").BytesIO(_images_png(files, group, {r: f"{r}.png" for r in range(9)})))
+    full = Image.open(out / "images" / "dedup_examples.png")
+    assert full.size[0] == short.size[0] and full.size[1] > short.size[1]  # two-line names: taller, same width
+    assert short.size[1] > 2 * 112  # nine members: two lines of pictures
 
 
 def test_exact_duplicates_and_decode_errors(tmp_path):

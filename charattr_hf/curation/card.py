@@ -258,7 +258,8 @@ def write_curation_card(output_dir: Path, source: str, cfg: "CurateConfig", resu
         lines.append("No duplicate groups.")
     else:
         total = int(group.max()) + 1
-        shown = f"the {len(groups)} largest of {total} groups" if len(groups) < total else f"all {total} groups"
+        shown = (f"the {len(groups)} largest of {total} groups" if len(groups) < total
+                 else "the only group" if total == 1 else f"all {total} groups")
         if sheet is not None:
             lines += [f"![example groups]({EXAMPLES_PNG})", "",
                       f"Showing {shown}, every member with its file name; the kept row comes first, framed in "

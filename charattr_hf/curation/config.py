@@ -114,9 +114,8 @@ def _check_near(c: NearConfig, where: str) -> None:
             raise UserError(f"{where}.{name} must be >= 0, got {getattr(c, name)!r}")
     if not (isinstance(c.min_inliers, int) and 0 <= c.min_inliers <= 48):
         raise UserError(f"{where}.min_inliers must be an integer in [0, 48], got {c.min_inliers!r}")
-    if not (isinstance(c.hash_bits, int) and 8 <= c.hash_bits <= 32 and isinstance(c.hash_tables, int)
-            and 1 <= c.hash_tables <= 8):
-        raise UserError(f"{where}: hash_bits must be an integer in [8, 32] and hash_tables in [1, 8]")
+    if not (c.hash_bits in (8, 16, 24, 32) and isinstance(c.hash_tables, int) and 1 <= c.hash_tables <= 8):
+        raise UserError(f"{where}: hash_bits must be 8, 16, 24 or 32 and hash_tables an integer in [1, 8]")
     if not (isinstance(c.neighbours, int) and 1 <= c.neighbours <= 1024):
         raise UserError(f"{where}.neighbours must be an integer in [1, 1024], got {c.neighbours!r}")
     _check_clusters(c, where)

@@ -56,7 +56,7 @@ class NearConfig:
     assign: int = 1
     #: duplicate when at least this many local features agree on one shift and scale (0: local features unused)
     min_inliers: int = 13
-    #: bits of a descriptor that key it in one hash table (local-feature candidates)
+    #: bits of a descriptor (whole bytes) that key it in one hash table (local-feature candidates)
     hash_bits: int = 32
     #: hash tables; rows sharing features in at least two (table, bucket) places are compared
     hash_tables: int = 2
@@ -325,7 +325,7 @@ def keypoint_candidates(desc: np.ndarray, counts: np.ndarray, *, bits: int = 32,
                         max_bucket: int = 32, min_shared: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Pairs of rows that share local features: locality-sensitive hashing of the descriptors.
 
-    Each table keys every descriptor by ``bits`` fixed random bits of it; rows whose descriptors fall in the same
+    Each table keys every descriptor by ``bits // 8`` fixed random bytes of it; rows whose descriptors fall in the same
     bucket in at least ``min_shared`` (table, bucket) places are candidates. Buckets of more than ``max_bucket``
     rows (flat corners, text: features every picture has) are left out, so the pairs stay linear in the rows; the
     work is a sort of ``tables x features`` keys.
@@ -337,10 +337,11 @@ def keypoint_candidates(desc: np.ndarray, counts: np.ndarray, *, bits: int = 32,
     rng = np.random.default_rng(seed)
     codes = []
     for _ in range(tables):
-        pos = rng.choice(8 * d, size=bits, replace=False)
+        # whole bytes of the descriptor (each byte is 8 of ORB's binary tests): a gather, not a loop over bits
+        pos = rng.choice(d, size=bits // 8, replace=False)
         key = np.zeros(len(flat), np.uint64)
         for b, p in enumerate(pos):
-            key |= ((flat[:, p // 8] >> np.uint8(p % 8)) & np.uint8(1)).astype(np.uint64) << np.uint64(b)
+            key |= flat[:, p].astype(np.uint64) << np.uint64(8 * b)
         v = np.sort((key << np.uint64(32)) | owner)
         keys, rows = v >> np.uint64(32), (v & np.uint64(0xFFFFFFFF)).astype(np.int64)
         start = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
