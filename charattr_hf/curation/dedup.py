@@ -1,22 +1,30 @@
-"""Global duplicate grouping: exact (sha256), near (perceptual hash index, verified by a colour thumbnail) and
-semantic (CLIP embedding cosine within k-means clusters, as SemDeDup), over the whole dataset at once.
+"""Global duplicate grouping: exact (sha256), near (whole-picture thumbnails and local features, verified on
+aligned thumbnails) and semantic (CLIP embedding cosine within k-means clusters, as SemDeDup), over the whole
+dataset at once.
 
 Every kind yields pairs of rows (edges); the groups are the connected components of all edges together
 (:func:`connected_components`, vectorised union-find). Nothing here holds an all-pairs matrix:
 
 - exact: rows sorted by hash, equal neighbours linked (``O(n log n)``);
-- near: the colour thumbnails (luma-normalised) are first compared on 4x4-pixel block means (an orthogonal
-  projection: it never lengthens a distance, so it loses no pair) within k-means cells; a candidate within
-  ``thumb_threshold`` is verified on the full thumbnail and on the 64-bit ``phash`` (``phash_radius`` bits);
+- near (:func:`near_pairs`), two candidate paths, one check:
+
+  - whole picture: the colour thumbnails (luma-normalised) are compared on mirror-symmetric 4x4-pixel block
+    means (an orthogonal projection: it never lengthens a distance, and a mirror image lands on its original)
+    within k-means cells; candidates within ``phash_radius`` bits (direct or mirrored pHash) go on;
+  - local features (crops, zooms, borders): rows sharing ORB descriptors in hash buckets
+    (:func:`keypoint_candidates`, a sort of the keys) with at least ``min_inliers`` matches agreeing on one scale
+    and shift per axis (:func:`keypoint_fit`);
+  - the check: the thumbnails, aligned by the fit (or as they are, or mirrored), agree within
+    ``thumb_threshold`` on the 80 % of cells that agree best (:func:`aligned_thumb_distance`);
 - semantic: unit CLIP embeddings within k-means clusters (as SemDeDup); pairs at cosine ``>= threshold``.
 
-Both use :func:`cluster_pairs`: cells from :func:`partition` (k-means on a sample, split recursively until a
-cell holds about ``leaf`` rows, so the work grows linearly with the rows; ``rounds`` independent partitions, so
-a pair cut apart by one cell boundary is found in another), then BLAS products within cells in bounded blocks,
-at most ``neighbours`` partners per row. Measured in ``benchmarks/dedup.py``: on planted copies of synthetic
-characters, grey pHash candidates alone (a faiss binary index over ``phash``) are not selective (distinct
-characters of the same composition sit within a few bits), and a faiss binary IVF index over 1M random 64-bit
-codes took minutes on two cores with poor recall, so the colour thumbnail drives the candidates here.
+Thumbnails and embeddings use :func:`cluster_pairs`: cells from :func:`partition` (k-means on a sample, split
+recursively until a cell holds about ``leaf`` rows, so the work grows linearly with the rows; ``rounds``
+independent partitions, so a pair cut apart by one cell boundary is found in another), then BLAS products within
+cells in bounded blocks, at most ``neighbours`` partners per row. Measured in ``benchmarks/dedup.py``: grey pHash
+candidates alone are not selective (distinct characters of the same composition sit within a few bits), and a
+faiss binary IVF index over 1M random 64-bit codes took minutes on two cores with poor recall, so the colour
+thumbnail drives the whole-picture candidates.
 """
 
 from __future__ import annotations
@@ -334,6 +342,7 @@ def keypoint_candidates(desc: np.ndarray, counts: np.ndarray, *, bits: int = 32,
     valid = np.arange(k)[None, :] < counts[:, None]
     owner = np.broadcast_to(np.arange(m, dtype=np.uint64)[:, None], (m, k))[valid]
     flat = desc[valid]
+    del valid
     rng = np.random.default_rng(seed)
     codes = []
     for _ in range(tables):
@@ -346,10 +355,11 @@ def keypoint_candidates(desc: np.ndarray, counts: np.ndarray, *, bits: int = 32,
         keys, rows = v >> np.uint64(32), (v & np.uint64(0xFFFFFFFF)).astype(np.int64)
         start = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
         size = np.diff(np.r_[start, len(v)])
-        for sz in range(2, max_bucket + 1):
+        pairable = (size >= 2) & (size <= max_bucket)
+        start, size = start[pairable], size[pairable]
+        del v, keys, pairable
+        for sz in np.unique(size):
             s0 = start[size == sz]
-            if not len(s0):
-                continue
             members = rows[s0[:, None] + np.arange(sz)[None, :]]
             a, b = np.triu_indices(sz, 1)
             lo, hi = members[:, a].ravel(), members[:, b].ravel()
@@ -551,11 +561,17 @@ def near_pairs(phash: np.ndarray, thumbs: np.ndarray, rows: np.ndarray, cfg: Nea
     del projected
     hashed = _phash_distances(phash, a, b) <= cfg.phash_radius
     a, b = a[hashed], b[hashed]
-    td = np.minimum(aligned_thumb_distance(thumbs, a, b), aligned_thumb_distance(thumbs, a, b, mirror=True))
+    td = aligned_thumb_distance(thumbs, a, b)
+    other = np.flatnonzero(td > cfg.thumb_threshold)  # the mirrored comparison only where the direct one fails
+    td[other] = np.minimum(td[other], aligned_thumb_distance(thumbs, a[other], b[other], mirror=True))
     keep = td <= cfg.thumb_threshold
     i, j, dist = [a[keep]], [b[keep]], [td[keep]]
     if keypoints is not None and cfg.min_inliers > 0 and len(keypoints):
         ka, kb = keypoint_candidates(keypoints[:, :, 2:], counts, bits=cfg.hash_bits, tables=cfg.hash_tables)
+        if len(ka) and keep.any():  # pairs the whole-picture path has linked need no fit
+            lo, hi = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
+            new = ~np.isin(np.minimum(ka, kb) * m + np.maximum(ka, kb), lo * m + hi)
+            ka, kb = ka[new], kb[new]
         for s in range(0, len(ka), 65536):
             x, y = ka[s : s + 65536], kb[s : s + 65536]
             count, fit = keypoint_fit(keypoints[x], counts[x], keypoints[y], counts[y], need=cfg.min_inliers)
