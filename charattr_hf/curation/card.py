@@ -233,8 +233,8 @@ def write_curation_card(output_dir: Path, source: str, cfg: "CurateConfig", resu
     lines.append(markdown_table(["filter", "what it removes", "threshold", "rows"], filters))
     lines += ["", "## Duplicates", "",
               "Groups are found over the whole dataset at once. One row per group is kept, the better file: a row "
-              "that passes the filters, then the larger picture (without flat borders), then lossless over lossy and the higher JPEG "
-              "quality (or bits per pixel), then the sharper, then the fewer flags. The others go to quarantine "
+              "that passes the filters, then the larger picture (without flat borders), then lossless over lossy "
+              "and the higher JPEG quality (or bits per pixel), then the sharper, then the fewer flags. The others go to quarantine "
               "with `duplicate_of` set to the kept row's id and a reason naming the comparison; all members share "
               "`dup_group`.", ""]
     by_kind = {p.kind: p for p in pairs}
@@ -247,7 +247,8 @@ def write_curation_card(output_dir: Path, source: str, cfg: "CurateConfig", resu
         kinds.append(["near", "whole picture: 16x16 colour thumbnail (direct or mirrored, compared within k-means "
                               "cells) and 64-bit luma pHash; local features (ORB) for crops, zooms and borders",
                       f"phash <= {cfg.near.phash_radius} bits{local}; then aligned thumbnail distance <= "
-                      f"{cfg.near.thumb_threshold:g}", len(by_kind["near"]), result.removed_by.get("near_duplicate", 0)])
+                      f"{cfg.near.thumb_threshold:g}", len(by_kind["near"]),
+                      result.removed_by.get("near_duplicate", 0)])
     if cfg.semantic is not None:
         kinds.append(["semantic", "CLIP image embeddings, k-means clusters, cosine within a cluster (SemDeDup)",
                       f"cosine >= {cfg.semantic.threshold:g}", len(by_kind["semantic"]),

@@ -330,41 +330,43 @@ def _thumb_distances(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray, block: in
 
 # ------------------------------------------------------------------------------------------ local features
 def keypoint_candidates(desc: np.ndarray, counts: np.ndarray, *, bits: int = 32, tables: int = 2,
-                        max_bucket: int = 32, min_shared: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                        max_bucket: int = 8, min_shared: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Pairs of rows that share local features: locality-sensitive hashing of the descriptors.
 
-    Each table keys every descriptor by ``bits // 8`` fixed random bytes of it; rows whose descriptors fall in the same
-    bucket in at least ``min_shared`` (table, bucket) places are candidates. Buckets of more than ``max_bucket``
-    rows (flat corners, text: features every picture has) are left out, so the pairs stay linear in the rows; the
-    work is a sort of ``tables x features`` keys.
+    Each table keys every descriptor by ``bits // 8`` fixed random bytes of it; rows whose descriptors fall in the
+    same bucket in at least ``min_shared`` (table, bucket) places are candidates. Buckets of more than
+    ``max_bucket`` rows (flat corners, text: features many pictures have) are left out, so the pairs stay linear in
+    the rows; the work is a sort of ``tables x features`` keys.
     ``desc`` is ``(m, K, d)`` uint8, ``counts`` the valid features per row."""
     m, k, d = desc.shape
     valid = np.arange(k)[None, :] < counts[:, None]
-    owner = np.broadcast_to(np.arange(m, dtype=np.uint64)[:, None], (m, k))[valid]
-    flat = desc[valid]
-    del valid
     rng = np.random.default_rng(seed)
     codes = []
     for _ in range(tables):
-        # whole bytes of the descriptor (each byte is 8 of ORB's binary tests): a gather, not a loop over bits
-        pos = rng.choice(d, size=bits // 8, replace=False)
-        key = np.zeros(len(flat), np.uint64)
-        for b, p in enumerate(pos):
-            key |= flat[:, p].astype(np.uint64) << np.uint64(8 * b)
-        v = np.sort((key << np.uint64(32)) | owner)
-        keys, rows = v >> np.uint64(32), (v & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        # whole bytes of the descriptor (each byte is 8 of ORB's binary tests): a gather, not a loop over bits;
+        # the key and the row share one uint64, so one sort groups the buckets (arrays kept to a few bytes a key)
+        v = np.repeat(np.arange(m, dtype=np.uint64), counts.astype(np.int64))
+        for b, p in enumerate(rng.choice(d, size=bits // 8, replace=False)):
+            v |= desc[:, :, p][valid].astype(np.uint64) << np.uint64(32 + 8 * b)
+        v.sort()
+        rows = (v & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+        v >>= np.uint64(32)
+        keys = v.astype(np.uint32)
+        del v
         start = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-        size = np.diff(np.r_[start, len(v)])
+        del keys
+        size = np.diff(np.r_[start, len(rows)])
         pairable = (size >= 2) & (size <= max_bucket)
         start, size = start[pairable], size[pairable]
-        del v, keys, pairable
+        del pairable
         for sz in np.unique(size):
             s0 = start[size == sz]
-            members = rows[s0[:, None] + np.arange(sz)[None, :]]
+            members = rows[s0[:, None] + np.arange(sz)[None, :]].astype(np.int64)
             a, b = np.triu_indices(sz, 1)
             lo, hi = members[:, a].ravel(), members[:, b].ravel()
             keep = lo != hi
             codes.append(lo[keep] * m + hi[keep])
+        del rows, start, size
     if not codes:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     code, shared = np.unique(np.concatenate(codes), return_counts=True)
