@@ -9,8 +9,8 @@ dataset snapshot), checks the config against the dataset's columns before any wo
    groups are their connected components;
 3. one representative per group is kept, the better file (:mod:`charattr_hf.curation.keep`): a row that passes
    the filters, then the larger picture (without flat borders), then lossless over lossy and the higher JPEG
-   quality or bits per pixel, then the sharper, then the fewer ``flags``, then the first row; the others' reasons name the
-   comparison that decided;
+   quality or bits per pixel, then the sharper, then the fewer ``flags``, then the first row; the others'
+   reasons name the comparison that decided;
 4. every row gets ``dup_group`` (int64 shared by the members of a group, null when the row has no duplicate),
    ``duplicate_of`` (the representative's ``id`` for the others, null for representatives and rows without
    duplicates) and ``reasons`` (list of strings; empty for a kept row). Rows with no reason go to ``train``,
