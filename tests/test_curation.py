@@ -564,6 +564,8 @@ BAD = {
     "filters:\n  low_confidence: {attributes: [height_class]}\n": "attribute 'height_class'",
     "dedup:\n  near: {phash_radius: 99}\n": "phash_radius must be an integer in [0, 64]",
     "dedup:\n  near: {thumb_treshold: 3}\n": "unknown option(s) ['thumb_treshold']",
+    "dedup:\n  near: {min_inliers: -1}\n": "min_inliers must be an integer in [0, 48]",
+    "dedup:\n  near: {hash_bits: 12}\n": "hash_bits must be 8, 16, 24 or 32",
     "dedup:\n  semantic: {threshold: 0.9}\n": "needs an 'embedding' column",
     "dedup:\n  fuzzy: {}\n": "unknown dedup kind(s) ['fuzzy']",
     "filter:\n  blurry: {}\n": "unknown section(s) ['filter']",
