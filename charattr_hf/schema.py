@@ -253,7 +253,19 @@ QUALITY_FIELDS = ("brightness", "contrast", "saturation", "colorfulness", "sharp
 QUALITY_FEATURES = {name: Value("float32") for name in QUALITY_FIELDS}
 #: Near-duplicate signatures made while decoding, stored in the ``signature`` struct column
 #: (:mod:`charattr_hf.stages.signatures`).
-SIGNATURE_FEATURES = {"phash": Value("binary"), "thumb": Value("binary")}
+#: The ``signature`` column's type (see :mod:`charattr_hf.stages.signatures`): strings and numbers, so a printed
+#: row stays readable.
+SIGNATURE_FEATURES = {
+    "phash": Value("string"),
+    "thumb": Value("string"),
+    "keypoints": Value("string"),
+    "format": Value("string"),
+    "content_width": Value("int32"),
+    "content_height": Value("int32"),
+    "lossless": Value("bool"),
+    "jpeg_quality": Value("int16"),
+    "bits_per_pixel": Value("float32"),
+}
 
 
 def probs_column(source: str) -> str:

@@ -4,9 +4,10 @@
 
     dedup:
       exact: true                    # same sha256
-      near:                          # colour thumbnail and perceptual hash agree
-        phash_radius: 10             # bits of 64
-        thumb_threshold: 10.0        # see charattr_hf.stages.signatures.thumb_distance
+      near:                          # whole picture (thumbnail + pHash, mirrors too) or local features, then
+        thumb_threshold: 3.2         # aligned thumbnails agree (see charattr_hf.curation.dedup.near_pairs)
+        phash_radius: 12             # bits of 64
+        min_inliers: 13              # local features on one scale and shift (0: whole-picture path only)
         neighbours: 16               # most duplicates linked per row
         leaf: 512                    # rows per k-means cell compared all-pairs
         rounds: 2                    # independent partitions into cells
@@ -121,8 +122,13 @@ def _section(value: Any, cls: type, where: str):
 def _check_near(c: NearConfig, where: str) -> None:
     if not (isinstance(c.phash_radius, int) and 0 <= c.phash_radius <= 64):
         raise UserError(f"{where}.phash_radius must be an integer in [0, 64], got {c.phash_radius!r}")
-    if c.thumb_threshold < 0:
-        raise UserError(f"{where}.thumb_threshold must be >= 0, got {c.thumb_threshold!r}")
+    for name in ("thumb_threshold", "candidate_radius"):
+        if getattr(c, name) < 0:
+            raise UserError(f"{where}.{name} must be >= 0, got {getattr(c, name)!r}")
+    if not (isinstance(c.min_inliers, int) and 0 <= c.min_inliers <= 48):
+        raise UserError(f"{where}.min_inliers must be an integer in [0, 48], got {c.min_inliers!r}")
+    if not (c.hash_bits in (8, 16, 24, 32) and isinstance(c.hash_tables, int) and 1 <= c.hash_tables <= 8):
+        raise UserError(f"{where}: hash_bits must be 8, 16, 24 or 32 and hash_tables an integer in [1, 8]")
     if not (isinstance(c.neighbours, int) and 1 <= c.neighbours <= 1024):
         raise UserError(f"{where}.neighbours must be an integer in [1, 1024], got {c.neighbours!r}")
     _check_clusters(c, where)

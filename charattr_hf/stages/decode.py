@@ -36,8 +36,8 @@ What a row gets (see :meth:`DecodeStage.features`):
       [0, 1) by ``v / (v + SHARPNESS_SCALE)`` (0.5 means ``v == SHARPNESS_SCALE``). On a fixed-size
       thumbnail it measures blur relative to the image's size, the scale a 224-px model sees.
 ``signature``
-    near-duplicate signatures of the decoded image (struct of ``phash`` and ``thumb`` bytes; see
-    :mod:`charattr_hf.stages.signatures`), for ``recipes/curate.py``. ``signatures=False`` leaves it null.
+    near-duplicate signatures of the decoded image and its file's encoding (struct of strings and numbers;
+    see :mod:`charattr_hf.stages.signatures`), for ``recipes/curate.py``. ``signatures=False`` leaves it null.
 ``_prompt``, ``_prompt_kind``
     only with ``prompts=True`` (the tags source asks for them): the positive prompt the image file carries and
     the tool that wrote it (``a1111``, ``novelai``, ``comfyui``...), read by :func:`charattr_hf.prompts.
@@ -474,7 +474,7 @@ class DecodeStage(Stage):
 
         quality, gray, sharpness_measured = self._quality(rgb)
         row["quality"] = quality
-        row["signature"] = compute_signature(rgb) if self.signatures else None  # curation (#11)
+        row["signature"] = compute_signature(rgb, im, source, (width, height)) if self.signatures else None  # curation
         if gray:
             flags.add("grayscale")
         th = self.thresholds
