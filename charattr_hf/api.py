@@ -13,7 +13,7 @@ from datasets import Dataset, IterableDataset
 
 from .distributed import get_state
 from .inputs import InputSpec, _normalise, image_folder_root, input_identity, kept_column_names, open_dataset
-from .options import DEMO_MODEL_WARNING, RunOptions
+from .options import RunOptions, demo_warnings
 from .pipeline import PipelineOptions, build_pipeline
 from .runner import RunResult, run
 
@@ -50,8 +50,9 @@ def annotate_to_disk(
     rows for the card's settings table; its ``command`` entry is shown as the command that reproduces the labels
     (the recipe passes its command line; by default, this call written out).
 
-    The shipped demo model on an input without ground truth (real images, most likely) is run, with a warning
-    in the log, in the pipeline description (``pipeline.description["warning"]``) and in the dataset card.
+    The shipped demo model or demo tagger on an input without ground truth (real images, most likely) is run,
+    with a warning in the log, in the pipeline description (``pipeline.description["warnings"]``) and in the
+    dataset card.
     """
     if run_options is not None:
         chunk_size, num_proc, max_shard_rows = run_options.chunk_size, run_options.num_proc, run_options.max_shard_rows
@@ -91,14 +92,15 @@ def annotate_to_disk(
         writer=f"rank-{state.process_index}",
         id_root=id_root,
     )
-    if options.model == "demo" and "truth" not in ds.features:
-        pipeline.description["warning"] = DEMO_MODEL_WARNING
+    warnings = demo_warnings(options, pipeline.sources) if "truth" not in ds.features else []
+    if warnings:
+        pipeline.description["warnings"] = warnings
     if state.is_main_process:
         for message in pipeline.messages:
             logger.warning(message)
-        if "warning" in pipeline.description:
+        for warning in warnings:
             logger.warning("*" * 100)
-            logger.warning("DEMO MODEL ON REAL IMAGES: %s", DEMO_MODEL_WARNING)
+            logger.warning("DEMO MODEL ON REAL IMAGES: %s", warning)
             logger.warning("*" * 100)
     card_extra = dict(card_extra or {})
     if "command" not in card_extra:
