@@ -449,6 +449,34 @@ def test_real_browser_annotate_accept_and_review_keys(served, tmp_path):
     assert (tmp_path / "annotate.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
+def test_real_browser_logs_in_when_the_app_asks(served):
+    """Served with --auth: the page is Gradio's login form until the right password is given."""
+    sync_playwright = _browser()
+    from charattr_hf.app.ui import launch
+
+    demo, url = launch(served["state"], port=free_port(), block=False, quiet=True, auth=("ann", "s3cret"))
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(url)
+            page.locator("input[type=password]").wait_for(timeout=30000)
+            assert page.locator("#annotate-files").count() == 0  # nothing of the app before the login
+            page.locator("input[type=text]").first.fill("ann")
+            page.locator("input[type=password]").fill("wrong")
+            page.locator("button").filter(has_text="Login").click()
+            page.get_by_text("Incorrect", exact=False).wait_for(timeout=15000)
+            page.locator("input[type=text]").first.fill("ann")
+            page.locator("input[type=password]").fill("s3cret")
+            page.locator("button").filter(has_text="Login").click()
+            page.wait_for_selector("#annotate-files input[type=file]", state="attached", timeout=30000)
+            assert "synthetic drawings" in page.locator("#demo-warning").inner_text()
+            browser.close()
+    finally:
+        demo.close()
+
+
 def test_recipe_retrains_from_the_log_and_reports_user_errors(served, tmp_path, capsys):
     recipe = load_recipe("app")
     log = tmp_path / "feedback.parquet"
