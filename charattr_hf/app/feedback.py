@@ -39,6 +39,7 @@ folder when the app opens it.
 
 from __future__ import annotations
 
+import collections.abc
 import datetime as _dt
 import logging
 import os
@@ -255,10 +256,10 @@ class FeedbackLog:
             self._decided.update((str(e["id"]), e["attribute"]) for e in events)
             return self._count
 
-    def decided(self) -> set[tuple[str, str]]:
-        """(id, attribute) pairs that already have a decision."""
-        with self._lock:
-            return set(self._decided)
+    def decided(self) -> "collections.abc.Set[tuple[str, str]]":
+        """(id, attribute) pairs that already have a decision: a read-only view of the log's own set, so that asking
+        costs nothing whatever the log's size (a membership test and ``len`` are atomic; iterating copies)."""
+        return _SetView(self._decided, self._lock)
 
     def compact(self) -> None:
         """Merge the log (and the uploaded images' rows) into one file each."""
@@ -290,6 +291,23 @@ class FeedbackLog:
     def read_rows(self) -> pa.Table | None:
         with self._lock:
             return self._rows.read()
+
+
+class _SetView(collections.abc.Set):
+    """A read-only view of a set that another thread may add to."""
+
+    def __init__(self, items: set, lock: threading.Lock):
+        self._items, self._lock = items, lock
+
+    def __contains__(self, item) -> bool:
+        return item in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self):
+        with self._lock:
+            return iter(list(self._items))
 
 
 def _normalise_events(table: pa.Table) -> pa.Table:
