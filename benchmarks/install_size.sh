@@ -19,6 +19,10 @@ rm -rf "$SRC" "$WORK/default" "$WORK/cpu-old" "$WORK/cpu"
 mkdir -p "$SRC"
 git -C "$(dirname "$0")/.." archive HEAD | tar -x -C "$SRC"
 
+pip_() {  # pip, without the notes of a machine whose pip configuration names folders it lacks
+  { "$@" 2>&1 1>&3 | { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2; } 3>&1
+}
+
 report() {  # $1: the environment
   local site="$1/lib/python$("$1/bin/python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')/site-packages"
   du -sh "$1"
@@ -29,21 +33,21 @@ report() {  # $1: the environment
 
 echo "== default: pip install -e ."
 $PY -m venv "$WORK/default"
-"$WORK/default/bin/pip" install -q -e "$SRC"
+pip_ "$WORK/default/bin/pip" install -q -e "$SRC"
 report "$WORK/default"
 
 echo "== cpu-old: the CPU torch alone first, then pip install -e . --dry-run"
 $PY -m venv "$WORK/cpu-old"
 # shellcheck disable=SC2046
-"$WORK/cpu-old/bin/pip" install -q $(echo "$CPU_TORCH" | sed -E 's/torchvision[^ ]*//')
-"$WORK/cpu-old/bin/pip" install --dry-run -e "$SRC" 2>/dev/null | grep "Would install" | tr ' ' '\n' \
+pip_ "$WORK/cpu-old/bin/pip" install -q $(echo "$CPU_TORCH" | sed -E 's/torchvision[^ ]*//')
+pip_ "$WORK/cpu-old/bin/pip" install --dry-run -e "$SRC" | grep "Would install" | tr ' ' '\n' \
   | grep -iE "^(torch|torchvision|triton|nvidia)" | sed 's/^/  would install /' || true
 rm -rf "$WORK/cpu-old"
 
 echo "== cpu: $CPU_TORCH, then pip install -e ."
 $PY -m venv "$WORK/cpu"
 # shellcheck disable=SC2086
-"$WORK/cpu/bin/pip" install -q $CPU_TORCH
-"$WORK/cpu/bin/pip" install -q -e "$SRC"
+pip_ "$WORK/cpu/bin/pip" install -q $CPU_TORCH
+pip_ "$WORK/cpu/bin/pip" install -q -e "$SRC"
 report "$WORK/cpu"
 echo "(environments left in $WORK)"
