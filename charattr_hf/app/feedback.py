@@ -26,7 +26,7 @@ reward 1 and propensity 1.0 (the reviewer revealed the true label: a full-inform
 likelihood objective turns into the cross-entropy of ``j``). *Correct* a multi-label attribute to a set: one
 event per label of the attribute, reward 1 for the labels in the set, 0 for the others, propensity 1.0.
 
-The log is a folder of Parquet files (a Parquet dataset: ``<log>.parquet/events-*.parquet``, all with the schema
+The log is a folder of Parquet files (a Parquet dataset: ``<log>.parquet/part-*.parquet``, all with the schema
 above) that grows by whole files: a decision writes one small file (to a hidden name, then renamed), so it costs
 the same with ten events in the log as with a million, and training can read the log while the app runs. Every
 256 decisions the app merges its latest 256 small files into one, and continuing the policy merges the whole

@@ -277,7 +277,6 @@ def _next_version(model) -> str:
     return f"{stem}-v{rounds + 1}"
 
 
-
 def _free_version(folder: Path, version: str) -> str:
     """``version``, or the next ``-vN`` after it that has no folder yet (the app restarted on the same log names its
     first round as it did before)."""
