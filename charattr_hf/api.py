@@ -21,7 +21,7 @@ from .distributed import get_state
 from .image_access import ANY
 from .inputs import (InputSpec, _normalise, image_access, image_folder_root, input_identity, kept_column_names,
                      open_dataset)
-from .options import DEMO_MODEL_WARNING, RunOptions
+from .options import RunOptions, demo_warnings
 from .output import OutputHold, complete_run, hold_output
 from .pipeline import Pipeline, PipelineOptions, build_pipeline
 from .runner import RunResult, run
@@ -64,8 +64,9 @@ def annotate_to_disk(
     ``output_dir`` already (:func:`charattr_hf.output.hold_output`; the recipe does, for its later steps too);
     otherwise it is held for the call. ``selection``: the sources chosen when the options were checked.
 
-    The shipped demo model on an input without ground truth (real images, most likely) is run, with a warning
-    in the log, in the pipeline description (``pipeline.description["warning"]``) and in the dataset card.
+    The shipped demo model or demo tagger on an input without ground truth (real images, most likely) is run,
+    with a warning in the log, in the pipeline description (``pipeline.description["warnings"]``) and in the
+    dataset card.
     """
     if run_options is not None:
         chunk_size, num_proc, max_shard_rows = run_options.chunk_size, run_options.num_proc, run_options.max_shard_rows
@@ -133,14 +134,15 @@ def _pipeline(options: PipelineOptions, spec: InputSpec, ds, access, id_root, se
         image_access=access,
         selection=selection,
     )
-    if options.model == "demo" and "truth" not in ds.features:
-        pipeline.description["warning"] = DEMO_MODEL_WARNING
+    warnings = demo_warnings(options, pipeline.sources) if "truth" not in ds.features else []
+    if warnings:
+        pipeline.description["warnings"] = warnings
     if state.is_main_process:
         for message in pipeline.messages:
             logger.warning(message)
-        if "warning" in pipeline.description:
+        for warning in warnings:
             logger.warning("*" * 100)
-            logger.warning("DEMO MODEL ON REAL IMAGES: %s", DEMO_MODEL_WARNING)
+            logger.warning("DEMO MODEL ON REAL IMAGES: %s", warning)
             logger.warning("*" * 100)
     return pipeline
 

@@ -164,9 +164,10 @@ def write_dataset_card(output_dir: Path, split: str, pipeline: "Pipeline", extra
         repo_hint=extra.get("repo_id", str(output_dir)),
         split=split,
     )
-    if pipeline.description.get("warning"):  # e.g. the demo model run on real images
+    if pipeline.description.get("warnings"):  # e.g. the demo model or tagger run on real images
         title, rest = body.split("\n\n", 1)
-        body = f"{title}\n\n> **Warning**: {pipeline.description['warning']}.\n\n{rest}"
+        banner = "\n>\n".join(f"> **Warning**: {w}." for w in pipeline.description["warnings"])
+        body = f"{title}\n\n{banner}\n\n{rest}"
     card = DatasetCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
     path = output_dir / "README.md"
     tmp = path.with_name(".README.md.tmp")
@@ -297,6 +298,16 @@ def _model_row(stage) -> tuple[str, str, str] | None:
     if name == "tags":
         return "tags", ("the input's tags / caption columns, else the prompt embedded in the image (A1111, NovelAI, "
                         "ComfyUI, Fooocus; per row in `tags_from`), parsed with the schema's aliases"), "-"
+    if name == "tagger":
+        spec = stage.spec
+        if spec.describe() == "demo":
+            model = f"the demo tagger shipped with charattr-hf {__version__} (synthetic characters only)"
+        else:
+            model = f"`{spec.local_dir()}`" if spec.is_local else _hub_link(spec.source.removeprefix("hf-hub:"),
+                                                                            spec.local_dir().name)
+        weights = f"weights digest `{stage.model_fingerprint.removeprefix('dir-')}`" if spec.is_local else \
+            f"commit `{spec.local_dir().name}`"
+        return "tagger (timm)", model, weights
     params = stage.params() if hasattr(stage, "params") else {}
     if "weights" in params and "model" in params and hasattr(stage, "weights_id"):
         model = params["model"]

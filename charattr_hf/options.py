@@ -16,12 +16,29 @@ from typing import Optional, Sequence
 from .sources import PipelineOptions, SharedOptions
 from .sources.clip import REAL_MODEL_HINT
 
-__all__ = ["InputSpec", "PipelineOptions", "SharedOptions", "RunOptions", "DEMO_MODEL_WARNING", "REAL_MODEL_HINT"]
+__all__ = ["InputSpec", "PipelineOptions", "SharedOptions", "RunOptions", "DEMO_MODEL_WARNING", "DEMO_TAGGER_WARNING",
+           "REAL_MODEL_HINT", "demo_warnings"]
 
 DEMO_MODEL_WARNING = (
     "the demo model (--model demo, the default) was trained only on synthetic drawings and its labels on real "
     f"images are confident nonsense; for real images use a real CLIP checkpoint, e.g. {REAL_MODEL_HINT}"
 )
+DEMO_TAGGER_WARNING = (
+    "the demo tagger (--tagger demo) was trained only on synthetic drawings and its tags on real images are "
+    "confident nonsense; for real images use a real WD tagger, e.g. --tagger SmilingWolf/wd-vit-tagger-v3"
+)
+
+
+def demo_warnings(options: "SharedOptions", sources: Sequence[str] | None = None) -> list[str]:
+    """The warnings owed to whoever reads labels of real images made by the shipped demo models in ``options``
+    (the demo CLIP and the demo tagger know only the synthetic drawings they were trained on); ``sources``: the
+    sources that run (default: as if each named model ran)."""
+    out = []
+    if getattr(options, "model", None) == "demo" and (sources is None or "clip" in sources):
+        out.append(DEMO_MODEL_WARNING)
+    if getattr(options, "tagger", None) == "demo" and (sources is None or "tagger" in sources):
+        out.append(DEMO_TAGGER_WARNING)
+    return out
 
 
 @dataclass

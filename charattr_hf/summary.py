@@ -168,13 +168,16 @@ def _flag_note(flag: str) -> str:
     return ""
 
 
-def format_summary(stats: dict[str, Any], images_per_second: float | None = None) -> str:
-    """Counts, then a Markdown table of the attributes: for the terminal and the dataset card."""
+def format_summary(stats: dict[str, Any], images_per_second: float | None = None,
+                   warnings: Sequence[str] = ()) -> str:
+    """Counts, then a Markdown table of the attributes: for the terminal and the dataset card. ``warnings`` (the
+    pipeline's, e.g. a demo model run on real images) come first, one ``WARNING:`` line each."""
     flagged = stats.get("flagged_rows", 0)
-    lines = [f"rows: {stats['rows']}   errors: {stats['errors']}   flagged: {flagged}"
-             + (" (quality hints: the rows keep their labels)" if flagged else "")]
+    lines = [f"WARNING: {w}" for w in warnings] + ([""] if warnings else [])
+    lines.append(f"rows: {stats['rows']}   errors: {stats['errors']}   flagged: {flagged}"
+                 + (" (quality hints: the rows keep their labels)" if flagged else ""))
     if images_per_second is not None:
-        lines[0] += f"   throughput: {images_per_second:.1f} images/s"
+        lines[-1] += f"   throughput: {images_per_second:.1f} images/s"
     if stats.get("error_examples"):
         lines.append("errors: " + "; ".join(f"{k} ({v})" for k, v in stats["error_examples"].items()))
     if stats.get("flags"):

@@ -32,7 +32,7 @@ from typing import Optional
 
 from charattr_hf.captions import CaptionOptions
 from charattr_hf.cli import parse_args, run_main
-from charattr_hf.options import DEMO_MODEL_WARNING, InputSpec, PipelineOptions, RunOptions
+from charattr_hf.options import InputSpec, PipelineOptions, RunOptions
 
 
 @dataclass
@@ -163,11 +163,8 @@ def _annotate(spec, options, run_opts, captions, caption_options, publish, argv,
     if state.num_processes > 1 and processed and busy < state.num_processes:
         print(f"  {state.num_processes - busy} of {state.num_processes} processes had no chunk to do "
               f"(fewer pending chunks than processes; lower --chunk_size to share the work)")
-    if desc.get("warning"):
-        print()
-        print(f"WARNING: {DEMO_MODEL_WARNING}")
     print()
-    print(format_summary(stats, speed))
+    print(format_summary(stats, speed, warnings=desc.get("warnings", [])))
     run_info = {
         "rows": result.rows,
         "rows_processed": processed,
@@ -177,7 +174,7 @@ def _annotate(spec, options, run_opts, captions, caption_options, publish, argv,
         "ranks": result.ranks,  # each process's record: its chunks, rows, seconds (and a stream's rows and shards read)
         "torch_threads": threads,
         "wall_seconds": round(time.perf_counter() - start, 3),
-        "warnings": [desc["warning"]] if desc.get("warning") else [],
+        "warnings": list(desc.get("warnings", [])),
     }
     (output_dir / "run_info.json").write_text(json.dumps(run_info, indent=2))
     if captions.write_captions:

@@ -32,7 +32,7 @@ class CurateArguments:
     curate_config: Optional[str] = field(
         default=None,
         metadata={"help": "Curation YAML (dedup thresholds and filters), also given as --config; default: a built-in "
-                          "config."},
+                          "config.", "config_file": True},
     )
     split: str = field(default="train", metadata={"help": "Split of the annotated dataset to curate."})
     revision: Optional[str] = field(default=None, metadata={"help": "Revision of a Hub dataset."})
