@@ -220,6 +220,11 @@ def test_api_annotate_review_and_retrain_with_gradio_client(served, tmp_path):
     # teach the policy from the log: a new version, saved, used for annotation and the queue
     info = client.predict(api_name="/retrain")
     assert info["policy_version"] == "demo-v2" and info["events"] >= 4
+    # the pool's images without feedback hold the earlier answers (the library's defaults, as benchmarked), and
+    # the round states what it changed on them
+    assert info["anchored_images"] > 0 and info["given_images"] >= 24
+    kinds = {r["group"]: r for r in info["before_after"]}
+    assert kinds["images without events"]["images"] > 0 and kinds["images with events"]["events"] >= 3
     from charattr_hf.models.fusion import CharattrFusionModel
 
     saved = CharattrFusionModel.from_pretrained(info["saved_to"])
