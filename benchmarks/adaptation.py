@@ -123,10 +123,10 @@ def schema_of(args, annotated: Path) -> str:
         return args.schema
     if (annotated / "charattr_schema.yaml").is_file():
         return str(annotated / "charattr_schema.yaml")
-    from charattr_hf.openclip import ClipSpec
-    from charattr_hf.pipeline import _model_schema
+    from charattr_hf.sources.clip import spec_schema
+    from charattr_hf.sources.clip.model import ClipSpec
 
-    return str(_model_schema(ClipSpec.parse("demo")))
+    return str(spec_schema(ClipSpec.parse("demo")))
 
 
 def overrides(pairs: list[str]) -> dict:

@@ -52,15 +52,16 @@ def main() -> None:
     from charattr_hf.schema import load_schema
     from charattr_hf.stages.base import Compose
     from charattr_hf.stages.decode import DecodeStage
+    from charattr_hf.stages.pixels import PixelSpec
     from charattr_hf.stages.fusion import SimpleFusion
     from charattr_hf.stages.identity import Identify
-    from charattr_hf.stages.tags import TagStage
+    from charattr_hf.sources.tags.stage import TagStage
     from charattr_hf.pipeline import Pipeline
     from charattr_hf.workers import CpuWorkers
 
     datasets.disable_progress_bars()
     schema = load_schema("default")
-    cpu = [Identify(), DecodeStage(image_size=224), TagStage(schema)]
+    cpu = [Identify(), DecodeStage({"_pixels": PixelSpec(224)}), TagStage(schema)]
     from charattr_hf.stages.base import Stage
 
     class Model(Stage):  # stands for the CLIP stage: the reader of the pixels (the CPU part keeps them for it)

@@ -64,10 +64,11 @@ def main() -> int:
     from charattr_hf import synthetic
     from charattr_hf.api import annotate_to_disk
     from charattr_hf.cli import configure_torch_threads
-    from charattr_hf.openclip import ClipSpec
-    from charattr_hf.pipeline import PipelineOptions, _model_schema
+    from charattr_hf.sources.clip.model import ClipSpec
+    from charattr_hf.pipeline import PipelineOptions
+    from charattr_hf.sources.clip import spec_schema as _model_schema
     from charattr_hf.schema import load_schema
-    from charattr_hf.stages.blip2 import Blip2Source
+    from charattr_hf.sources.blip2.stage import Blip2Source
     from charattr_hf.testing import build_tiny_blip2
 
     schema_path = _model_schema(ClipSpec.parse("demo"))

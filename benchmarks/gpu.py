@@ -100,8 +100,9 @@ _DECODE = None
 def _decode_init(image_size):
     global _DECODE
     from charattr_hf.stages.decode import DecodeStage
+    from charattr_hf.stages.pixels import PixelSpec
 
-    _DECODE = DecodeStage(image_size=image_size)
+    _DECODE = DecodeStage({"_pixels": PixelSpec(image_size)})
 
 
 def _decode_batch(blobs: list[bytes]) -> int:
@@ -219,7 +220,7 @@ def main(argv=None) -> int:
         "image", ImageFeature()).save_to_disk(str(tmp / "input"))
     data = load_from_disk(str(tmp / "input"))
 
-    from charattr_hf.openclip import ClipSpec, preprocess_config
+    from charattr_hf.sources.clip.model import ClipSpec, preprocess_config
 
     specs = {}
     for name in args.models:
@@ -240,7 +241,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from charattr_hf.openclip import load_model
+    from charattr_hf.sources.clip.model import load_model
 
     device = torch.device(args.device or "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -53,7 +53,7 @@ def fresh_home(tmp: Path, name: str) -> Path:
 def model_only(spec, args) -> dict:
     import torch
 
-    from charattr_hf.openclip import load_model, preprocess_config
+    from charattr_hf.sources.clip.model import load_model, preprocess_config
 
     t0 = time.perf_counter()
     torch.manual_seed(0)  # the same random weights for both, so that their outputs can be compared
@@ -149,7 +149,7 @@ def main() -> int:
     import torch
 
     from charattr_hf.cli import configure_torch_threads
-    from charattr_hf.openclip import ClipSpec
+    from charattr_hf.sources.clip.model import ClipSpec
 
     tmp = Path(tempfile.mkdtemp(prefix="charattr-int8-"))
     threads = configure_torch_threads(0)

@@ -43,7 +43,7 @@ get_state()
 t.append(time.perf_counter())
 import open_clip
 t.append(time.perf_counter())
-from charattr_hf.openclip import ClipSpec, label_embeddings, load_model
+from charattr_hf.sources.clip.model import ClipSpec, label_embeddings, load_model
 from charattr_hf.schema import load_schema
 model, tokenizer = load_model(ClipSpec.parse("demo"), "cpu")
 t.append(time.perf_counter())

@@ -60,7 +60,7 @@ def build_folder(folder: Path, num_tags: int, input_size: int = 448) -> Path:
 def model_only(folder: Path, batch_size: int, n: int) -> float:
     import torch
 
-    from charattr_hf.stages.tagger import TaggerConfig, _load_model
+    from charattr_hf.sources.tagger.stage import TaggerConfig, _load_model
 
     cfg = TaggerConfig.read(folder)
     device = "cuda" if torch.cuda.is_available() else "cpu"

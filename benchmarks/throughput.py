@@ -50,7 +50,7 @@ def parse() -> argparse.Namespace:
 def model_only(spec, batch_size: int, n: int, device) -> float:
     import torch
 
-    from charattr_hf.openclip import load_model, preprocess_config
+    from charattr_hf.sources.clip.model import load_model, preprocess_config
 
     model, _ = load_model(spec, device)
     h, w = preprocess_config(spec).image_size
@@ -73,16 +73,16 @@ def naive(spec, ds, n: int, schema, device) -> float:
     import torch
     from PIL import Image
 
-    from charattr_hf.openclip import load_model
-    from charattr_hf.stages.clip import ClipZeroShot
+    from charattr_hf.sources.clip.model import load_model
+    from charattr_hf.sources.clip.stage import ClipZeroShot
     from charattr_hf.stages.fusion import SimpleFusion
-    from charattr_hf.stages.tags import TagStage
+    from charattr_hf.sources.tags.stage import TagStage
 
     model, _ = load_model(spec, device)
     pre = open_clip.image_transform(model.visual.image_size, is_train=False)
     stage = ClipZeroShot(schema, spec, batch_size=1, device=str(device))
     stage.setup()
-    from charattr_hf.stages.clip import _REGISTRY
+    from charattr_hf.sources.clip.stage import _REGISTRY
 
     reg = _REGISTRY[stage._key()]
     tags, fusion = TagStage(schema), SimpleFusion(schema, ["clip", "tags"])
@@ -109,7 +109,7 @@ def main() -> int:
     from charattr_hf import synthetic
     from charattr_hf.api import annotate_to_disk
     from charattr_hf.cli import configure_torch_threads
-    from charattr_hf.openclip import ClipSpec
+    from charattr_hf.sources.clip.model import ClipSpec
     from charattr_hf.pipeline import PipelineOptions
     from charattr_hf.schema import load_schema
 

@@ -1,7 +1,7 @@
 """charattr-hf: annotate images of characters with attributes on Hugging Face datasets.
 
 ``import charattr_hf`` is light (no torch, no datasets): the recipes parse their arguments and check them before
-anything heavy is imported, and the pipeline's decode workers are forked processes that must not load torch.
+anything heavy is imported, and the pipeline's decode workers (started by a forkserver) must not load torch.
 Every public name is imported on first use.
 """
 

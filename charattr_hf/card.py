@@ -25,8 +25,9 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageColor, ImageDraw, ImageFont
 
+from .image_access import read_verified
 from .schema import probs_sources
 from .summary import _label_info, features_of
 
@@ -41,8 +42,13 @@ _BG = (255, 255, 255)
 _FG = (34, 34, 34)
 _GRID = (220, 220, 220)
 _MUTED = (110, 110, 110)
-_PALETTE = [(76, 114, 176), (221, 132, 82), (85, 168, 104), (196, 78, 82), (129, 114, 179), (147, 120, 96),
-            (218, 139, 195), (140, 140, 140), (204, 185, 116), (100, 181, 205)]
+_BAR = (76, 114, 176)  # a bar whose label names no colour
+_OUTLINE = (120, 120, 120)
+#: Colour names of hair, eyes and clothes whose CSS colour would mislead (CSS "brown" is brick red) or that CSS
+#: does not know; other names are read as CSS colours (pink, aqua, light_blue...).
+_HAIR_COLOURS = {"blonde": (235, 205, 120), "blond": (235, 205, 120), "brown": (120, 80, 45), "grey": (150, 150, 150),
+                 "gray": (150, 150, 150), "silver": (195, 195, 200), "platinum": (229, 228, 226),
+                 "orange": (240, 140, 40), "aqua": (60, 200, 200)}
 
 
 @dataclass
@@ -54,9 +60,6 @@ class CardFigures:
     agreement: str | None = None
     samples: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-
-    def all_paths(self) -> list[str]:
-        return [p for p in (self.labels, self.confidence, self.agreement, *self.samples.values()) if p]
 
 
 # ---------------------------------------------------------------------------------------------- drawing
@@ -104,8 +107,22 @@ def _grid(panels: list[Image.Image], columns: int, title: str, pad: int = 16) ->
     return img
 
 
+def label_colour(label: str) -> tuple[int, int, int] | None:
+    """The colour a label names (``pink``, ``light_blue``, ``blonde``...), or None when it names none."""
+    name = label.strip().lower().replace("-", "_").replace(" ", "_")
+    if name.endswith("_hair"):  # a tag-style label: blonde_hair
+        name = name[: -len("_hair")]
+    if name in _HAIR_COLOURS:
+        return _HAIR_COLOURS[name]
+    try:
+        return ImageColor.getrgb(name.replace("_", ""))[:3]  # type: ignore[return-value]
+    except ValueError:
+        return None
+
+
 def _bars_panel(name: str, counts: list[tuple[str, int]], total: int, width: int = 460) -> Image.Image:
-    """Horizontal bars, one per label, with the count and the share of annotated rows."""
+    """Horizontal bars, one per label, with the count and the share of annotated rows. A label that names a colour
+    has a bar of that colour (outlined, so that white shows); the others share one colour."""
     title, small = load_font(16), load_font(13)
     row_h, label_w, top = 20, 120, 30
     img = Image.new("RGB", (width, top + row_h * max(len(counts), 1) + 10), _BG)
@@ -117,7 +134,9 @@ def _bars_panel(name: str, counts: list[tuple[str, int]], total: int, width: int
         y = top + i * row_h
         d.text((0, y + 2), _fit(d, label, small, label_w - 6), font=small, fill=_FG)
         length = int(round(bar_w * count / peak))
-        d.rectangle([label_w, y + 3, label_w + max(length, 1), y + row_h - 3], fill=_PALETTE[i % len(_PALETTE)])
+        colour = label_colour(label)
+        d.rectangle([label_w, y + 3, label_w + max(length, 1), y + row_h - 3], fill=colour or _BAR,
+                    outline=_OUTLINE if colour else None)
         share = count / total if total else 0.0
         d.text((label_w + length + 6, y + 2), f"{count} ({share:.0%})", font=small, fill=_MUTED)
     return img
@@ -141,7 +160,7 @@ def _histogram_panel(name: str, counts: np.ndarray, total: float, width: int = 3
     for i, c in enumerate(counts):
         h = int(round((bottom - top) * c / peak))
         x0 = left + int(i * step) + 1
-        d.rectangle([x0, bottom - h, left + int((i + 1) * step) - 1, bottom], fill=_PALETTE[0])
+        d.rectangle([x0, bottom - h, left + int((i + 1) * step) - 1, bottom], fill=_BAR)
     for tick in (0.0, 0.5, 1.0):
         x = left + int(tick * plot_w)
         label = f"{tick:g}"
@@ -334,15 +353,17 @@ def _draw_samples(output_dir, split, files, features, attrs, best, thumb_size, m
         by_file.setdefault(fi, set()).add(row)
     for fi, rows in by_file.items():
         offset, last = 0, max(rows)
-        for batch in pq.ParquetFile(files[fi]).iter_batches(batch_size=1024, columns=[source]):
+        columns = [source, "sha256"] if "sha256" in features else [source]
+        for batch in pq.ParquetFile(files[fi]).iter_batches(batch_size=1024, columns=columns):
             if offset > last:
                 break
             here = [r for r in rows if offset <= r < offset + batch.num_rows]
             if here:
                 column = batch.column(0)
+                hashes = batch.column(1) if len(columns) > 1 else None
                 for r in here:
                     value = column[r - offset].as_py()
-                    im = open_thumbnail(value, thumb_size)
+                    im = open_thumbnail(value, thumb_size, hashes[r - offset].as_py() if hashes is not None else None)
                     if im is not None:
                         loaded[(fi, r)] = im
             offset += batch.num_rows
@@ -361,20 +382,18 @@ def _draw_samples(output_dir, split, files, features, attrs, best, thumb_size, m
         figures.samples[a] = rel
 
 
-def open_thumbnail(value, size: int) -> Image.Image | None:
-    """An RGB thumbnail of an image cell ({bytes, path} or a path), or None when it cannot be read."""
+def open_thumbnail(value, size: int, sha256: str | None = None) -> Image.Image | None:
+    """An RGB thumbnail of an image cell ({bytes, path} or a path), or None when it cannot be read. A file that the
+    cell names by path is read only when its bytes hash to ``sha256`` (the row's hash, recorded when the image was
+    annotated): an output cannot make its card show a file it does not already know (#17)."""
     try:
-        if isinstance(value, dict):
-            if value.get("bytes"):
-                im = Image.open(io.BytesIO(value["bytes"]))
-            elif value.get("path") and Path(value["path"]).is_file():
-                im = Image.open(value["path"])
-            else:
-                return None
-        elif isinstance(value, str) and Path(value).is_file():
-            im = Image.open(value)
-        else:
+        data = value.get("bytes") if isinstance(value, dict) else None
+        if not data:
+            path = value.get("path") if isinstance(value, dict) else value if isinstance(value, str) else None
+            data = read_verified(path, sha256)
+        if not data:
             return None
+        im = Image.open(io.BytesIO(data))
         im.draft("RGB", (size * 2, size * 2))
         im = im.convert("RGB")
         im.thumbnail((size, size))

@@ -11,19 +11,15 @@ import os
 import uuid
 from pathlib import Path
 
+from .constants import IMAGE_SUFFIXES as _IMAGE_EXT
 from .errors import UserError
+from .loading import offline
 from .options import InputSpec, PipelineOptions, RunOptions
+from .sources import Selection
 
 __all__ = ["check_input", "check_schema", "check_models", "check_fusion", "check_writable", "check_run"]
 
-_IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 _TABLE_EXT = {".parquet", ".arrow", ".csv", ".json", ".jsonl"}
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") or os.environ.get(
-        "HF_DATASETS_OFFLINE", ""
-    ).strip().lower() in ("1", "true", "yes", "on")
 
 
 def _could_be_hub_id(name: str) -> bool:
@@ -46,7 +42,13 @@ def _hub_dataset_cached(name: str) -> bool:
 
 
 def check_input(spec: InputSpec) -> None:
-    """The input exists: a local path that exists and holds something to read, or a Hub dataset id."""
+    """The input exists: a local path that exists and holds something to read, or a Hub dataset id; every local
+    ``--image_root`` is a folder."""
+    roots = [spec.image_root] if isinstance(spec.image_root, str) else list(spec.image_root or ())
+    for root in roots:
+        if root and "://" not in root and not Path(root).expanduser().is_dir():
+            raise UserError(f"--image_root {root}: no such folder; give the folder the image paths of the rows lie in "
+                            "(or a URL prefix such as https://example.org/images/)")
     if not spec.dataset:
         return
     name = spec.dataset
@@ -81,7 +83,7 @@ def check_input(spec: InputSpec) -> None:
         raise UserError(f"--dataset {name}: no such file or folder (relative to {os.getcwd()}); check the path")
     # a bare name: a local folder that is not there, or a Hub dataset id
     local = f"there is no folder or file {name!r} in {os.getcwd()}"
-    if _offline():
+    if offline(datasets=True):
         if _hub_dataset_cached(name):
             return
         raise UserError(
@@ -144,7 +146,7 @@ def check_models(options: PipelineOptions) -> None:
     """Local model folders named with ``local-dir:`` (or given as paths) exist: CLIP's and the fusion policy's."""
     from .sources import clip
 
-    clip.check(options)
+    clip.check(options)  # the CLIP source's own check (its options are those of the run)
     check_fusion(options)
 
 
@@ -174,12 +176,13 @@ def check_writable(folder: str | os.PathLike, option: str) -> None:
         raise UserError(f"{option} {folder}: cannot write there ({reason}); choose a folder you can write to") from None
 
 
-def check_run(spec: InputSpec, options: PipelineOptions, run: RunOptions) -> None:
+def check_run(spec: InputSpec, options: PipelineOptions, run: RunOptions) -> Selection:
     """Every check of an annotation run, cheapest first: the sources' (``--sources``, ``--plugins`` and each chosen
-    source's own checks, see :mod:`charattr_hf.sources`), the input, the schema, the folders."""
+    source's own checks, see :mod:`charattr_hf.sources`), the input, the schema, the folders. Returns the sources
+    chosen, for the pipeline to build."""
     from .sources import check_sources
 
-    check_sources(options)
+    selection = check_sources(options)
     check_fusion(options)
     check_input(spec)
     check_schema(options.schema)
@@ -190,3 +193,4 @@ def check_run(spec: InputSpec, options: PipelineOptions, run: RunOptions) -> Non
         from .cache_redis import check_cache_url  # imports redis only when a URL is given
 
         check_cache_url(options.cache_url)
+    return selection

@@ -11,6 +11,7 @@ Field metadata understood here:
 - ``flag``: the option's name when it differs from the field's (``config`` -> ``--dataset_config``); for a
   field that defaults to True, a ``no_x`` flag is an off switch (``--no_tags`` sets ``tags`` to False).
 - ``choices``: the allowed values. ``min``: the smallest allowed number (checked for YAML values too).
+- ``config_file``: ``--config FILE`` names this option's file (curate's YAML), not a file of option values.
 
 :func:`run_main` runs a recipe's ``main``: a :class:`~charattr_hf.errors.UserError` becomes one or two lines
 on stderr and exit status 2 (printed by the main process only under ``accelerate launch``), the traceback only
@@ -125,10 +126,17 @@ def build_parser(dataclass_types: Sequence[type], description: str | None = None
             kwargs["metavar"] = {int: "N", float: "X"}.get(kwargs["type"], flag.upper())
         parser.add_argument(*names, **kwargs)
     # dests of their own: a dataclass field may be named `config` (InputSpec.config is --dataset_config)
+    own = _config_field(dataclass_types)
     parser.add_argument("--config", dest="_config_file", default=None, metavar="FILE.yaml",
-                        help="YAML file of option values; options given on the command line override it.")
+                        help=f"The same as --{own[1]}." if own else
+                        "YAML file of option values; options given on the command line override it.")
     parser.add_argument("--debug", dest="_debug", action="store_true", help="Show the full traceback of an error.")
     return parser
+
+
+def _config_field(dataclass_types: Sequence[type]) -> tuple[str, str] | None:
+    """(field name, flag) of the option that ``--config`` names the file of (metadata ``config_file``), if any."""
+    return next(((f.name, flag) for _, f, _, flag in _options(dataclass_types) if f.metadata.get("config_file")), None)
 
 
 def _check_ranges(parser: argparse.ArgumentParser, dataclass_types: Sequence[type], ns: argparse.Namespace) -> None:
@@ -152,7 +160,8 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
-    if known.config:
+    own = _config_field(dataclass_types)
+    if known.config and not own:
         values = _load_yaml(known.config, parser)
         options = {flag: (f, tp) for _, f, tp, flag in _options(dataclass_types)}
         by_field = {f.name: (f, tp) for f, tp in options.values()}
@@ -171,6 +180,8 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
             defaults[f.name] = value
         parser.set_defaults(**defaults)
     ns = parser.parse_args(argv)
+    if own and ns._config_file and getattr(ns, own[0]) is None:
+        setattr(ns, own[0], ns._config_file)
     _check_ranges(parser, dataclass_types, ns)
     instances = []
     for dc in dataclass_types:

@@ -29,7 +29,7 @@ What is here, and why:
   (masked), so the model is never asked to guess colours from gray pixels. Masking alone gives no reason
   for the colour scores of a sketch to be flat, so :func:`uniform_colour_loss` adds
   ``KL(uniform || p)`` on the pipeline's own colour label distributions for sketch images, where ``p`` is
-  computed exactly as :class:`~charattr_hf.stages.clip.ClipZeroShot` computes it (prompt-ensemble label
+  computed exactly as :class:`~charattr_hf.sources.clip.stage.ClipZeroShot` computes it (prompt-ensemble label
   embeddings of the schema, softmax of ``logit_scale * cosine``): "cannot tell" becomes an explicit,
   flat output that a fusion policy can hand over to the tags (which know the colours). It targets the
   exact quantity the pipeline reports, for the prompts it uses; pairing sketches with every colour
@@ -43,7 +43,7 @@ What is here, and why:
   the schema's prompts. It makes confidences match accuracy, at the price of training on the evaluation
   prompts; the shipped model does without it, so its accuracy is zero-shot in the usual sense.
 - :func:`evaluate_zero_shot`: runs :class:`~charattr_hf.stages.decode.DecodeStage` and
-  :class:`~charattr_hf.stages.clip.ClipZeroShot` (the pipeline's stages, unchanged) on freshly generated
+  :class:`~charattr_hf.sources.clip.stage.ClipZeroShot` (the pipeline's stages, unchanged) on freshly generated
   images of each style, and reports accuracy and confidence per attribute, per-label F1 for multi-label
   attributes; :func:`format_results` prints them as a table.
 """
@@ -322,9 +322,9 @@ def multi_positive_loss(logits, positive, unknown=None):
 
 class PromptBank:
     """The schema's prompts, tokenised once, turned into label embeddings on demand exactly as
-    :class:`~charattr_hf.stages.clip.ClipZeroShot` builds them (:func:`charattr_hf.openclip.label_embeddings`:
-    mean of the unit embeddings of a label's prompts, renormalised; multi-label attributes get each label's
-    negative prompts after the labels)."""
+    :class:`~charattr_hf.sources.clip.stage.ClipZeroShot` builds them
+    (:func:`charattr_hf.sources.clip.model.label_embeddings`: mean of the unit embeddings of a label's prompts,
+    renormalised; multi-label attributes get each label's negative prompts after the labels)."""
 
     def __init__(self, schema: Schema, attributes: Sequence[str] | None, tokenizer: CaptionTokenizer):
         self.schema = schema
@@ -580,8 +580,8 @@ def evaluate_zero_shot(
     """
     from datasets import Image as ImageFeature
 
-    from .openclip import ClipSpec
-    from .stages.clip import ClipZeroShot
+    from .sources.clip.model import ClipSpec
+    from .sources.clip.stage import ClipZeroShot
     from .stages.decode import DecodeStage
 
     name = str(model)
@@ -594,9 +594,8 @@ def evaluate_zero_shot(
         schema = str(own) if own is not None and own.is_file() else "synthetic"
     schema = load_schema(schema)
     clip = ClipZeroShot(schema, spec, batch_size=batch_size, precision="fp32", device=device)
-    pre = clip.preprocess
-    decode = DecodeStage(image_size=pre.image_size, resize_mode=pre.resize_mode, interpolation=pre.interpolation)
-    size = int(pre.image_size[0])
+    decode = DecodeStage({clip.pixels_column: clip.pixel_spec})
+    size = int(clip.pixel_spec.size[0])
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for style in styles:
         ds = synthetic.generate(n, seed=seed, size=size, styles=[style], num_proc=num_proc)
@@ -606,7 +605,7 @@ def evaluate_zero_shot(
         for a in range(0, n, batch_size):
             batch = ds[a : a + batch_size]
             dec = decode({"image": batch["image"]})
-            out = clip({"_pixels": dec["_pixels"], "sha256": dec["sha256"], "error": dec["error"]})
+            out = clip({clip.pixels_column: dec[clip.pixels_column], "sha256": dec["sha256"], "error": dec["error"]})
             probs.extend(out["probs_clip"])
             truths.extend(batch["truth"])
         results[style] = _score(schema, probs, truths)

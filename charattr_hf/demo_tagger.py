@@ -19,9 +19,9 @@ real image.
   colours are invisible there (every region is a random gray), and a real WD tagger does not tag hair colours
   on a monochrome sketch either; the tagger source then gives flat colour distributions for sketches.
 - :func:`save_tagger`: writes the WD folder layout (fp16 safetensors that load into the fp32 model).
-- The model is fed exactly what :class:`~charattr_hf.stages.tagger.TaggerStage` feeds a real WD tagger: the image
-  padded to a square with white, resized (bicubic) to 64 px, scaled to [-1, 1] (mean = std = 0.5, as the WD v3
-  configs) and in BGR channel order.
+- The model is fed exactly what :class:`~charattr_hf.sources.tagger.stage.TaggerStage` feeds a real WD tagger: the
+  image padded to a square with white, resized (bicubic) to 64 px, scaled to [-1, 1] (mean = std = 0.5, as the WD
+  v3 configs) and in BGR channel order.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ __all__ = [
     "tag_targets",
     "wd_config",
     "save_tagger",
-    "read_selected_tags",
 ]
 
 DEMO_TAGGER_ARCH = "resnet10t"
@@ -163,16 +162,3 @@ def save_tagger(
         for i, row in enumerate(vocabulary):
             writer.writerow([i, row[0], row[1], int(counts[i]) if counts is not None else 0])
     return folder
-
-
-def read_selected_tags(path: str | Path) -> tuple[list[str], list[int]]:
-    """Names and categories of a ``selected_tags.csv`` (columns ``tag_id,name,category,count``)."""
-    names, cats = [], []
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or not {"name", "category"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: expected the columns tag_id,name,category,count (got {reader.fieldnames})")
-        for row in reader:
-            names.append(row["name"])
-            cats.append(int(row["category"]))
-    return names, cats

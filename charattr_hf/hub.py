@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_dataset_card", "push_dataset", "describe_models", "size_category"]
+__all__ = ["write_dataset_card", "card_header", "push_dataset", "describe_models", "size_category"]
 
 _BODY = """# Character attributes annotated with charattr-hf
 
@@ -65,6 +65,8 @@ To make them again (same input, same models and revisions, same settings):
 - `probs_<source>`: each source's per-attribute probabilities (so fusion can be re-trained without recomputing);
 - with the WD tagger source: `tagger_tags` (general tags above the threshold, highest score first),
   `tagger_characters` and `tagger_rating`;
+- `tags` and `caption`: the tags and caption the data came with, when it had any; `repeats`, `trigger` and
+  `class_token`: from the folder names of an image folder in kohya's `<repeats>_<trigger> <class>` layout;
 - `flags`: quality flags from decoding; `quality`: brightness, contrast, saturation, colourfulness, sharpness;
 - `error`: null when the row was annotated.
 
@@ -101,16 +103,19 @@ def size_category(rows: int) -> str:
     return "n>1T" if rows >= 10**12 else "1B<n<10B" if rows < 10**10 else "10B<n<100B" if rows < 10**11 else "100B<n<1T"
 
 
-def write_dataset_card(output_dir: Path, split: str, pipeline: "Pipeline", extra: dict | None = None) -> Path:
-    """README.md with the YAML header ``load_dataset`` and the Hub use, pictures in ``images/``, and a summary."""
+def write_dataset_card(output_dir: Path, split: str, pipeline: "Pipeline", extra: dict | None = None,
+                       files: "list[Path] | None" = None, stats: dict | None = None) -> Path:
+    """README.md with the YAML header ``load_dataset`` and the Hub use, pictures in ``images/``, and a summary
+    (``summary.json``). ``files``: the split's data files (default: those in ``data/``); ``stats``: their
+    :func:`~charattr_hf.summary.summarize` when the caller has it."""
     from .card import draw_card_figures
 
     output_dir = Path(output_dir)
     extra = dict(extra or {})
     command = extra.pop("command", None)
-    files = sorted((output_dir / "data").glob(f"{split}-*.parquet"))
+    files = sorted(files if files is not None else (output_dir / "data").glob(f"{split}-*.parquet"))
     features = features_of(files)
-    stats = summarize(files)
+    stats = stats if stats is not None else summarize(files)
     num_examples = stats["rows"]
 
     card_data = DatasetCardData(
@@ -124,31 +129,14 @@ def write_dataset_card(output_dir: Path, split: str, pipeline: "Pipeline", extra
     present: dict[str, list[Path]] = {}
     for f in sorted((output_dir / "data").glob("*-*-of-*.parquet")):
         present.setdefault(split_of(f.name), []).append(f)
-    split_features = {name: features if name == split else features_of(shards) for name, shards in present.items()}
-    split_infos = {}
-    for name, shard_files in present.items():
-        rows = num_examples if name == split else sum(pq.ParquetFile(f).metadata.num_rows for f in shard_files)
-        split_infos[name] = SplitInfo(name=name, num_examples=rows, num_bytes=sum(f.stat().st_size for f in shard_files))
     # ``description`` names the content: datasets caches a local folder under the folder's name and this header,
     # so two outputs alike in all but their rows (identical images from two folders: the same sizes, the same
     # counts) would otherwise share one cache entry, and load_dataset would return the other folder's rows
-    description = f"charattr-hf annotations; data files sha256 {_files_digest([f for fs in present.values() for f in fs])}"
-    configs: dict[str, dict] = {}
-    infos: dict[str, DatasetInfo] = {}
-    if all(f == features for f in split_features.values()):
-        configs["default"] = {
-            "data_files": [{"split": name, "path": f"data/{name}-*"} for name in present],
-            "description": description,
-        }
-        infos["default"] = DatasetInfo(features=features, splits=_split_dict(split_infos.values()))
-    else:  # splits with different columns cannot share a config: one config per split, this run's the default
-        for name in present:
-            configs[name] = {"data_files": [{"split": name, "path": f"data/{name}-*"}], "description": description}
-            if name == split:
-                configs[name]["default"] = True
-            infos[name] = DatasetInfo(features=split_features[name], splits=_split_dict([split_infos[name]]))
-    MetadataConfigs(configs).to_dataset_card_data(card_data)
-    DatasetInfosDict(infos).to_dataset_card_data(card_data)
+    digest = _files_digest([f for fs in present.values() for f in fs])
+    card_header(card_data, {name: (features if name == split else features_of(shards), shards)
+                            for name, shards in present.items()},
+                description=f"charattr-hf annotations; data files sha256 {digest}", default=split,
+                rows={split: num_examples})
 
     try:
         figures = draw_card_figures(output_dir, split, files)
@@ -176,9 +164,10 @@ def write_dataset_card(output_dir: Path, split: str, pipeline: "Pipeline", extra
         repo_hint=extra.get("repo_id", str(output_dir)),
         split=split,
     )
-    if pipeline.description.get("warning"):  # e.g. the demo model run on real images
+    if pipeline.description.get("warnings"):  # e.g. the demo model or tagger run on real images
         title, rest = body.split("\n\n", 1)
-        body = f"{title}\n\n> **Warning**: {pipeline.description['warning']}.\n\n{rest}"
+        banner = "\n>\n".join(f"> **Warning**: {w}." for w in pipeline.description["warnings"])
+        body = f"{title}\n\n{banner}\n\n{rest}"
     card = DatasetCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
     path = output_dir / "README.md"
     tmp = path.with_name(".README.md.tmp")
@@ -186,6 +175,37 @@ def write_dataset_card(output_dir: Path, split: str, pipeline: "Pipeline", extra
     tmp.replace(path)
     (output_dir / "summary.json").write_text(json.dumps(stats, indent=2, default=str))
     return path
+
+
+def card_header(card_data: DatasetCardData, splits: "dict[str, tuple[Any, list[Path]]]", description: str | None = None,
+                default: str | None = None, rows: "dict[str, int] | None" = None) -> None:
+    """Declare ``splits`` (name -> (features, data files under ``data/``)) in ``card_data``: the card's YAML header,
+    which ``load_dataset`` and the Hub read. One config when every split has the same features, else one config per
+    split (``default``: the default one). ``rows``: split sizes already counted.
+
+    datasets has no public API for this header; ``MetadataConfigs`` and ``DatasetInfosDict`` write it as
+    ``push_to_hub`` does (tests/test_card.py and tests/test_publish.py read the result back with ``load_dataset``)."""
+    infos = {}
+    for name, (_, files) in splits.items():
+        count = (rows or {}).get(name)
+        if count is None:
+            count = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        infos[name] = SplitInfo(name=name, num_examples=count, num_bytes=sum(f.stat().st_size for f in files))
+    extra = {"description": description} if description is not None else {}
+    features = [f for f, _ in splits.values()]
+    configs: dict[str, dict] = {}
+    dataset_infos: dict[str, DatasetInfo] = {}
+    if all(f == features[0] for f in features):
+        configs["default"] = {"data_files": [{"split": name, "path": f"data/{name}-*"} for name in splits], **extra}
+        dataset_infos["default"] = DatasetInfo(features=features[0], splits=_split_dict(infos.values()))
+    else:  # splits with different columns cannot share a config: one config per split
+        for name, (feats, _) in splits.items():
+            configs[name] = {"data_files": [{"split": name, "path": f"data/{name}-*"}], **extra}
+            if name == default:
+                configs[name]["default"] = True
+            dataset_infos[name] = DatasetInfo(features=feats, splits=_split_dict([infos[name]]))
+    MetadataConfigs(configs).to_dataset_card_data(card_data)
+    DatasetInfosDict(dataset_infos).to_dataset_card_data(card_data)
 
 
 def _split_dict(infos) -> SplitDict:
@@ -276,7 +296,18 @@ def _model_row(stage) -> tuple[str, str, str] | None:
         model = f"`{model_id}`" if local else _hub_link(model_id, revision)
         return "blip2", model, f"revision `{revision}`" if revision else ("local folder" if local else "main branch")
     if name == "tags":
-        return "tags", "the input's tags / caption columns, parsed with the schema's aliases", "-"
+        return "tags", ("the input's tags / caption columns, else the prompt embedded in the image (A1111, NovelAI, "
+                        "ComfyUI, Fooocus; per row in `tags_from`), parsed with the schema's aliases"), "-"
+    if name == "tagger":
+        spec = stage.spec
+        if spec.describe() == "demo":
+            model = f"the demo tagger shipped with charattr-hf {__version__} (synthetic characters only)"
+        else:
+            model = f"`{spec.local_dir()}`" if spec.is_local else _hub_link(spec.source.removeprefix("hf-hub:"),
+                                                                            spec.local_dir().name)
+        weights = f"weights digest `{stage.model_fingerprint.removeprefix('dir-')}`" if spec.is_local else \
+            f"commit `{spec.local_dir().name}`"
+        return "tagger (timm)", model, weights
     params = stage.params() if hasattr(stage, "params") else {}
     if "weights" in params and "model" in params and hasattr(stage, "weights_id"):
         model = params["model"]

@@ -10,17 +10,19 @@ present). The row position becomes ``index`` later, when the runner cuts the inp
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Sequence, Union
 
 from datasets import Dataset, Image, IterableDataset, Value
 
+from .image_access import NOTHING, ImageAccess
 from .options import InputSpec
-from .reader import is_saved_dataset, read_dataset  # noqa: F401 - is_saved_dataset: also imported from here
+from .reader import read_dataset
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InputSpec", "open_dataset", "AnyDataset"]
+__all__ = ["InputSpec", "open_dataset", "image_access", "AnyDataset"]
 
 AnyDataset = Union[Dataset, IterableDataset]
 
@@ -39,6 +41,34 @@ def open_dataset(spec: InputSpec) -> AnyDataset:
             raise ValueError("--limit must be >= 0")
         ds = ds.take(spec.limit) if isinstance(ds, IterableDataset) else ds.select(range(min(spec.limit, len(ds))))
     return ds
+
+
+def image_access(spec: InputSpec) -> ImageAccess:
+    """Where the image files that the rows of ``spec``'s input name by path may be read from (#17): the input's
+    own folder (an image folder; the folder of Parquet/Arrow/CSV/JSON files; a ``save_to_disk`` folder), a Hub
+    dataset's own files (its folder of the local Hub cache, the ``datasets`` download cache, and
+    ``hf://datasets/<id>`` when streamed), nothing for the synthetic sample; plus ``--image_root``. See
+    :mod:`charattr_hf.image_access`."""
+    extra = [spec.image_root] if isinstance(spec.image_root, str) else list(spec.image_root or ())
+    if not spec.dataset:
+        return NOTHING.plus(extra)
+    name = os.path.expanduser(str(spec.dataset))
+    path = Path(name)
+    if path.is_dir():
+        return ImageAccess.within([str(path)]).plus(extra)
+    if path.is_file():
+        return ImageAccess.within([str(path.parent)]).plus(extra)
+    if any(ch in name for ch in "*?["):  # a glob of table files: the folder above its first wildcard
+        parts = Path(name).parts
+        fixed = next(i for i, part in enumerate(parts) if any(ch in part for ch in "*?["))
+        return ImageAccess.within([str(Path(*parts[:fixed]) if fixed else Path("."))]).plus(extra)
+    import datasets
+    from huggingface_hub import constants
+
+    repo = str(spec.dataset).strip("/")
+    own_cache = Path(constants.HF_HUB_CACHE) / f"datasets--{repo.replace('/', '--')}"
+    return ImageAccess.within([str(own_cache), str(datasets.config.DOWNLOADED_DATASETS_PATH)],
+                              [f"hf://datasets/{repo}"]).plus(extra)
 
 
 def image_folder_root(spec: InputSpec, ds: AnyDataset) -> str | None:
@@ -90,7 +120,10 @@ def _normalise(ds: AnyDataset, spec: InputSpec) -> AnyDataset:
     if spec.image_column not in columns:
         raise ValueError(f"image column {spec.image_column!r} not found; columns: {columns} (use --image_column)")
     tags = _pick(columns, spec.tags_column, _TAG_NAMES, "tags")
-    caption = _pick(columns, spec.caption_column, _CAPTION_NAMES, "caption")
+    # the `text` of a metadata.jsonl that an export wrote is the toolkit's caption, not a person's (#17)
+    toolkit_text = not spec.caption_column and _is_image_folder(ds, spec) and _exported_metadata(spec)
+    caption = _pick([c for c in columns if not (toolkit_text and c == "text")], spec.caption_column, _CAPTION_NAMES,
+                    "caption")
     id_col = _pick(columns, spec.id_column, _ID_NAMES, "id")
     keep = kept_column_names(spec)
     missing = [c for c in keep if c not in columns]
@@ -125,7 +158,9 @@ def _normalise(ds: AnyDataset, spec: InputSpec) -> AnyDataset:
     ds = ds.select_columns(selected)
     ds = ds.rename_columns({k: v for k, v in renames.items() if k != v})
     if sidecars:
-        ds = _add_sidecar_tags(ds, sidecars)
+        ds = _add_sidecar_tags(ds, sidecars, spec.read_written_captions)
+    if _is_image_folder(ds, spec) and _has_kohya_folders(Path(spec.dataset).expanduser()):
+        ds = _add_kohya_columns(ds)
     return ds
 
 
@@ -138,24 +173,61 @@ def _sidecar_files(spec: InputSpec) -> list[Path]:
     return sorted(p for p in Path(spec.dataset).expanduser().rglob("*.txt") if p.is_file())
 
 
-def _add_sidecar_tags(ds: AnyDataset, sidecars: list[Path]) -> AnyDataset:
-    """A ``tags`` column from the ``.txt`` file beside each image (None where an image has none)."""
+def _exported_metadata(spec: InputSpec) -> bool:
+    """Whether the folder's metadata.jsonl is one an export wrote (recorded in its manifest) and nobody edited."""
+    from .provenance import toolkit_caption
+
+    if spec.read_written_captions:
+        return False
+    metadata = Path(spec.dataset).expanduser() / "metadata.jsonl"
+    if metadata.is_file() and toolkit_caption(metadata) is not None:
+        logger.info("the `text` column of %s was written by charattr-hf (an export), not by a person: not read as the "
+                    "caption (--read_written_captions or --caption_column text reads it)", metadata)
+        return True
+    return False
+
+
+def _add_sidecar_tags(ds: AnyDataset, sidecars: list[Path], read_written: bool = False) -> AnyDataset:
+    """A ``tags`` column from the ``.txt`` file beside each image (None where an image has none). Caption files
+    charattr-hf wrote and nobody edited since are not a person's tags (:mod:`charattr_hf.provenance`) unless
+    ``read_written``: they give the person's own text recorded with them, or nothing."""
+    from .provenance import MANIFEST_NAME, toolkit_caption
     from .stages.base import stable_hash
 
+    manifests: dict = {}
+    folders = sorted({p.parent for p in sidecars if (p.parent / MANIFEST_NAME).is_file()})
+    written = [] if read_written else [
+        entry for p in sidecars if p.parent in folders for entry in [toolkit_caption(p, manifests)] if entry is not None
+    ]
+    own = len(sidecars) - len(written) + sum(1 for e in written if e["person"])
+    if written:
+        logger.info("%d of the %d .txt file(s) beside the images were written by charattr-hf (--write_captions or an "
+                    "export) and not edited since: not read as a person's tags (%d of them carry the person's own "
+                    "text, which is); --read_written_captions reads them whole", len(written), len(sidecars),
+                    sum(1 for e in written if e["person"]))
+    if not own:
+        return ds
     logger.info("using the tags in %d .txt file(s) beside the images as the tag source (kohya layout; "
-                "--tags_column or a metadata.jsonl/csv column takes precedence)", len(sidecars))
+                "--tags_column or a metadata.jsonl/csv column takes precedence)", own)
     features = ds.features.copy()
     features["tags"] = Value("string")
+    kwargs = {"read_written": read_written}
     if isinstance(ds, IterableDataset):
-        return ds.map(read_sidecar_tags, batched=True, features=features)
-    # the rows' identity (resume, caching) must change when a caption file does: name it by their contents
-    digest = stable_hash([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sidecars])
-    return ds.map(read_sidecar_tags, batched=True, features=features, desc="reading caption files",
+        return ds.map(read_sidecar_tags, batched=True, features=features, fn_kwargs=kwargs)
+    # the rows' identity (resume, caching) must change when a caption file (or what is known of its origin) does:
+    # name it by their contents
+    stats = [*sidecars, *(f / MANIFEST_NAME for f in folders)]
+    digest = stable_hash([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in stats], read_written)
+    return ds.map(read_sidecar_tags, batched=True, features=features, desc="reading caption files", fn_kwargs=kwargs,
                   new_fingerprint=stable_hash(ds._fingerprint, "sidecar-tags", digest))
 
 
-def read_sidecar_tags(batch: dict) -> dict:
-    """Batched map: the text of ``<image stem>.txt`` beside each image file, stripped, or None."""
+def read_sidecar_tags(batch: dict, read_written: bool = False) -> dict:
+    """Batched map: the text of ``<image stem>.txt`` beside each image file, stripped, or None. A file charattr-hf
+    wrote and nobody edited gives the person's text recorded with it (or None), unless ``read_written``."""
+    from .provenance import written_entry
+
+    manifests: dict = {}
     out = []
     for cell in batch["image"]:
         path = (cell or {}).get("path") if isinstance(cell, dict) else None
@@ -163,10 +235,50 @@ def read_sidecar_tags(batch: dict) -> dict:
         if path:
             side = Path(path).with_suffix(".txt")
             if side.is_file():
-                text = side.read_text(encoding="utf-8", errors="replace").strip() or None
+                data = side.read_bytes()
+                entry = None if read_written else written_entry(side, data, manifests)
+                text = entry["person"] if entry is not None else data.decode("utf-8", errors="replace")
+                text = (text or "").strip() or None
         out.append(text)
     return {"tags": out}
 
+
+def _has_kohya_folders(root: Path) -> bool:
+    """Whether an image folder is in kohya's layout: a folder named ``<repeats>_<trigger>[ <class>]`` (the input
+    folder itself or one below it)."""
+    from .kohya import parse_folder
+
+    if parse_folder(root.resolve().name):
+        return True
+    return any(parse_folder(d) for _, dirs, _ in os.walk(root) for d in dirs)
+
+
+def _add_kohya_columns(ds: AnyDataset) -> AnyDataset:
+    """``repeats``, ``trigger`` and ``class_token`` from the name of the folder each image is in (kohya's layout);
+    None for images in other folders. They pass through to the annotated output, where the export reads them."""
+    from .stages.base import stable_hash
+
+    logger.info("kohya layout: the images' folder names give the rows' repeats, trigger and class_token")
+    features = ds.features.copy()
+    features.update({"repeats": Value("int32"), "trigger": Value("string"), "class_token": Value("string")})
+    if isinstance(ds, IterableDataset):
+        return ds.map(read_kohya_folder, batched=True, features=features)
+    return ds.map(read_kohya_folder, batched=True, features=features, desc="reading kohya folder names",
+                  new_fingerprint=stable_hash(ds._fingerprint, "kohya-folders-v1"))
+
+
+def read_kohya_folder(batch: dict) -> dict:
+    """Batched map: (repeats, trigger, class_token) from the name of the folder holding each image, or Nones."""
+    from .kohya import parse_folder
+
+    out: dict[str, list] = {"repeats": [], "trigger": [], "class_token": []}
+    for cell in batch["image"]:
+        path = (cell or {}).get("path") if isinstance(cell, dict) else None
+        folder = parse_folder(Path(path).parent.name) if path else None
+        out["repeats"].append(folder.repeats if folder else None)
+        out["trigger"].append(folder.trigger if folder else None)
+        out["class_token"].append(folder.class_token if folder else None)
+    return out
 
 
 def input_identity(spec: InputSpec) -> str:

@@ -3,8 +3,8 @@ them from the command line and YAML (:mod:`charattr_hf.cli`): each ``field(metad
 option, written once. This module imports nothing heavy, so ``--help`` is fast.
 
 - :class:`InputSpec`: where the images come from and which columns mean what (``charattr_hf.inputs``).
-- :class:`PipelineOptions`: sources, schema, fusion (:class:`SharedOptions`) and the built-in sources' options
-  (each declared by its module in :mod:`charattr_hf.sources`) (``charattr_hf.pipeline``).
+- :class:`~charattr_hf.sources.PipelineOptions`: sources, schema, fusion (:class:`~charattr_hf.sources.SharedOptions`)
+  and every built-in source's options, assembled by the sources' registry (``charattr_hf.pipeline``).
 - :class:`RunOptions`: output folder, chunks, workers, progress (``charattr_hf.api.annotate_to_disk``).
 """
 
@@ -13,18 +13,32 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from .sources import BUILTIN_SOURCES
-from .sources.blip2 import Blip2Options
-from .sources.clip import REAL_MODEL_HINT, ClipOptions
-from .sources.tagger import TaggerOptions
-from .sources.tags import TagsOptions
+from .sources import PipelineOptions, SharedOptions
+from .sources.clip import REAL_MODEL_HINT
 
-__all__ = ["InputSpec", "PipelineOptions", "SharedOptions", "RunOptions", "DEMO_MODEL_WARNING", "REAL_MODEL_HINT"]
+__all__ = ["InputSpec", "PipelineOptions", "SharedOptions", "RunOptions", "DEMO_MODEL_WARNING", "DEMO_TAGGER_WARNING",
+           "REAL_MODEL_HINT", "demo_warnings"]
 
 DEMO_MODEL_WARNING = (
     "the demo model (--model demo, the default) was trained only on synthetic drawings and its labels on real "
     f"images are confident nonsense; for real images use a real CLIP checkpoint, e.g. {REAL_MODEL_HINT}"
 )
+DEMO_TAGGER_WARNING = (
+    "the demo tagger (--tagger demo) was trained only on synthetic drawings and its tags on real images are "
+    "confident nonsense; for real images use a real WD tagger, e.g. --tagger SmilingWolf/wd-vit-tagger-v3"
+)
+
+
+def demo_warnings(options: "SharedOptions", sources: Sequence[str] | None = None) -> list[str]:
+    """The warnings owed to whoever reads labels of real images made by the shipped demo models in ``options``
+    (the demo CLIP and the demo tagger know only the synthetic drawings they were trained on); ``sources``: the
+    sources that run (default: as if each named model ran)."""
+    out = []
+    if getattr(options, "model", None) == "demo" and (sources is None or "clip" in sources):
+        out.append(DEMO_MODEL_WARNING)
+    if getattr(options, "tagger", None) == "demo" and (sources is None or "tagger" in sources):
+        out.append(DEMO_TAGGER_WARNING)
+    return out
 
 
 @dataclass
@@ -60,6 +74,18 @@ class InputSpec:
         default_factory=tuple,
         metadata={"help": "Extra input columns to copy into the output (truth/style are kept when present)."},
     )
+    image_root: Sequence[str] = field(
+        default_factory=tuple,
+        metadata={"help": "Folders (or URL prefixes) where image files named by the rows may also be read. By "
+                  "default a row may only name files inside the input's own folder or Hub repository (a path "
+                  "elsewhere is an error row, never read)."},
+    )
+    read_written_captions: bool = field(
+        default=False,
+        metadata={"help": "Read the caption files charattr-hf wrote (--write_captions, an export; listed in the "
+                  "folder's .charattr-captions.json and not edited since) as a person's tags too. By default they are "
+                  "not, so the tagger's own output is never counted twice."},
+    )
     streaming: bool = field(
         default=False, metadata={"help": "Stream the input instead of downloading/preparing it first."}
     )
@@ -68,83 +94,6 @@ class InputSpec:
         default=256, metadata={"help": "Rows of the synthetic sample when no --dataset is given.", "min": 1}
     )
     sample_image_size: int = 64
-
-
-@dataclass
-class SharedOptions:
-    """Which sources run, the schema, fusion, and what every source shares (batch size, precision, cache)."""
-
-    schema: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "Attribute schema: a shipped name (default, synthetic) or a YAML path. Default: the model's own "
-            "schema when it ships one, else 'default'."
-        },
-    )
-    sources: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": f"Sources to run, comma-separated, from {', '.join(BUILTIN_SOURCES)} and those of --plugins. "
-            "Default: every source the input and the other options make available."
-        },
-    )
-    plugins: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "Modules to import first, comma-separated: each registers its sources (see README, 'Adding a "
-            "source'). Also read from $CHARATTR_HF_PLUGINS; installed packages declare entry points instead."
-        },
-    )
-    fusion: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "Learned fusion policy: a folder saved with save_pretrained, a Hub model id, or 'demo' (shipped: "
-            "demo model + tags, synthetic schema; write ./demo for a local folder of that name). Default: the "
-            "--fusion_method rule."
-        },
-    )
-    fusion_revision: Optional[str] = field(default=None, metadata={"help": "Revision of the fusion policy on the Hub."})
-    fusion_method: str = field(
-        default="confidence",
-        metadata={
-            "help": "Fusion rule when no --fusion policy is given: confidence (weighted mean), mean or vote.",
-            "choices": ("confidence", "mean", "vote"),
-        },
-    )
-    batch_size: int = field(default=32, metadata={"help": "Images per model forward pass.", "min": 1})
-    precision: str = field(
-        default="auto",
-        metadata={
-            "help": "Model precision: auto (fp16 on GPU, fp32 on CPU), fp32, fp16, bf16, or int8 (CPU only: dynamic "
-            "int8 quantization of the image tower, see benchmarks/README.md).",
-            "choices": ("auto", "fp32", "fp16", "bf16", "int8"),
-        },
-    )
-    keep_embedding: bool = field(
-        default=False, metadata={"help": "Store the CLIP image embedding (float16) in the output."}
-    )
-    keep_images: bool = field(default=False, metadata={"help": "Copy the image bytes into the output."})
-    cache_dir: Optional[str] = field(
-        default=None,
-        metadata={"help": "Model-output cache keyed by image sha256. Default: $HF_HOME/charattr_hf."},
-    )
-    use_cache: bool = field(
-        default=True, metadata={"help": "Do not read or write the model-output cache.", "flag": "no_cache"}
-    )
-    cache_url: Optional[str] = field(
-        default=None,
-        metadata={"help": "Keep the model-output cache in Redis, shared by every machine: redis://host:port/db. "
-                  "Default: SQLite files in --cache_dir. A cache that fails never fails the run."},
-    )
-    device: Optional[str] = None
-    #: the options of plugin sources by source name (the built-in sources' options are fields of this class)
-    source_options: dict = field(default_factory=dict)
-
-
-@dataclass
-class PipelineOptions(Blip2Options, TagsOptions, TaggerOptions, ClipOptions, SharedOptions):
-    """Which sources run, with which models, schema and fusion: the shared options and every built-in source's
-    (:mod:`charattr_hf.sources`)."""
 
 
 @dataclass

@@ -2,12 +2,14 @@
 
 A chunk is a plain ``datasets.Dataset``; every stage is one batched ``map`` over it:
 
-    identify + decode + tags   (CPU, one map; with num_proc, in forkserver workers that never see torch)
-    -> clip [-> tagger] [-> blip2]   (accelerator, main process, model loaded once)
+    identify + decode + the sources' CPU stages   (one map; with num_proc, in forkserver workers that never see torch)
+    -> the sources' model stages (clip, tagger, blip2, ...)   (accelerator, main process, models loaded once)
     -> fusion                   (simple rules, or the learned policy)
 
 The sources are plugins (:mod:`charattr_hf.sources`): :func:`build_pipeline` asks each chosen one to add its
-stages to a :class:`~charattr_hf.sources.BuildContext`.
+stages to a :class:`~charattr_hf.sources.BuildContext`, then makes the one decode stage that reads and decodes each
+image once for all of them (a pixel column per distinct :class:`~charattr_hf.stages.pixels.PixelSpec` they asked
+for).
 
 Each map gets ``new_fingerprint`` = hash(chunk scratch folder, step, stage fingerprint), so ``datasets`` never
 hashes a model, and writes its Arrow cache into that scratch folder, which the runner deletes after the chunk.
@@ -23,10 +25,11 @@ from typing import Sequence
 from datasets import Dataset, Features, Image, Value
 
 from .errors import UserError
-from .options import PipelineOptions  # defined with the other option dataclasses; imported from here too
+from .image_access import ANY, ImageAccess
 from .schema import Schema, load_schema, probs_column, probs_sources
-from .sources.clip import spec_schema as _model_schema  # noqa: F401 - kept for callers
+from .sources import BuildContext, PipelineOptions, Selection, SkipSource, source_options
 from .stages.base import ERROR, TEMP_PREFIX, Compose, Stage, WithoutColumns, stable_hash
+from .stages.decode import DecodeStage
 from .stages.fusion import FusionStage, SimpleFusion
 from .stages.identity import Identify
 
@@ -123,14 +126,18 @@ class Pipeline:
                               workers=workers)
         return chunk
 
-    def cpu_part(self, chunk: Dataset, scratch: Path, num_proc: int | None = None, workers=None) -> Dataset:
+    def cpu_part(self, chunk: Dataset, scratch: Path, num_proc: int | None = None, workers=None,
+                 output_features: Features | None = None) -> Dataset:
         """The CPU stages (decode, tags) over ``chunk``; may run ahead of the device part of another chunk.
 
         With ``num_proc`` > 1 the rows are shared out over worker processes started by a forkserver (never
         forked from this process, so safe while a model runs in another thread): ``workers``, a
-        :class:`~charattr_hf.workers.CpuWorkers` kept for the whole run, or a pool made for this call."""
+        :class:`~charattr_hf.workers.CpuWorkers` kept for the whole run, or a pool made for this call.
+        ``output_features``: :meth:`output_features` of the input, when the caller has them (once per run)."""
         steps = self._steps(len(chunk), num_proc)
-        return self._run_steps(chunk, scratch, steps, 0, 1, self.output_features(chunk.features), workers=workers)
+        if output_features is None:
+            output_features = self.output_features(chunk.features)
+        return self._run_steps(chunk, scratch, steps, 0, 1, output_features, workers=workers)
 
     def device_part(self, chunk: Dataset, scratch: Path, output_features: Features) -> Dataset:
         """The model stages and fusion over the output of :meth:`cpu_part`, then the output columns."""
@@ -139,21 +146,13 @@ class Pipeline:
         missing = {c: f for c, f in output_features.items() if c not in chunk.column_names}
         for col, feat in missing.items():
             chunk = chunk.add_column(col, [None] * len(chunk), feature=feat)
+        # with keep_images, the image column is the decode stage's: the bytes it read (never a file the row had no
+        # right to name) and decoded (null for a row it could not decode), so the output stands on its own and
+        # every reader can decode every image in it
         chunk = chunk.select_columns(list(output_features))
-        if self.keep_images:  # path-only images: read the files in, so the output stands on its own
-            from datasets.table import embed_table_storage
-
-            chunk = chunk.cast_column("image", Image()).with_format("arrow").map(
-                embed_table_storage, batched=True, keep_in_memory=True
-            ).with_format(None)
         if chunk.features != output_features:
             chunk = chunk.cast(output_features)
         return chunk
-
-    def process_chunk(self, chunk: Dataset, scratch: Path, num_proc: int | None = None, workers=None) -> Dataset:
-        """Run every stage over ``chunk`` (which has an ``index`` column) and keep the output columns."""
-        output_features = self.output_features(chunk.features)
-        return self.device_part(self.cpu_part(chunk, scratch, num_proc, workers), scratch, output_features)
 
     def _map(self, ds: Dataset, stage: Stage, scratch: Path, *, step: int, batch_size: int, num_proc=None,
              remove=(), workers=None) -> Dataset:
@@ -197,75 +196,52 @@ def build_pipeline(
     keep_columns: Sequence[str] = (),
     writer: str = "main",
     id_root: str | None = None,
+    image_access: "ImageAccess | None" = None,
+    selection: Selection | None = None,
 ) -> Pipeline:
     """Choose and configure the stages for ``options``: each registered source (:mod:`charattr_hf.sources`) that
     ``--sources`` names, or, without it, that the options and ``input_columns`` make available, adds its stages;
-    a source that cannot run is skipped with a message (a :class:`UserError` when ``--sources`` names it).
+    a source that cannot run is skipped with a message (a :class:`UserError` when ``--sources`` names it). One
+    decode stage reads and decodes each image for all of them.
 
-    ``id_root``: the local folder the input was read from; image paths under it give relative ids."""
-    from .openclip import check_precision
-    from .sources import BuildContext, SkipSource, load_plugins, select_sources, source_options
-    from .stages.decode import DecodeStage
+    ``id_root``: the local folder the input was read from; image paths under it give relative ids.
+    ``image_access``: where the image files that rows name by path may be read from
+    (:func:`charattr_hf.inputs.image_access`); default: anywhere (a ``datasets`` object of the caller's).
+    ``selection``: the sources chosen when the options were checked (:func:`charattr_hf.sources.check_sources`);
+    default: chosen now."""
+    from .sources import check_precision, load_plugins, select_sources
 
     check_precision(options.precision, options.device)
     load_plugins(options.plugins)
-    chosen, named = select_sources(options)
-    schema = load_schema(options.schema or _shipped_schema(chosen, options) or "default")
-
-    ctx = BuildContext(options, schema, list(input_columns), decode=DecodeStage(), writer=writer,
+    if selection is None:
+        selection = select_sources(options)
+    schema = load_schema(options.schema or _shipped_schema(selection, options) or "default")
+    ctx = BuildContext(options, schema, list(input_columns), writer=writer,
                        embedding=options.keep_embedding or _fusion_wants_embedding(options))
-    sources: list[str] = []
-    for source in chosen:
-        try:
-            source.build(ctx, source_options(source, options))
-        except SkipSource as skip:
-            if named:
-                raise UserError(f"--sources {source.name}: it cannot run: {skip}; leave it out of --sources") from None
-            ctx.messages.append(f"{source.title or source.name} source skipped: {skip}.")
-            continue
-        sources.append(source.name)
-    given = [] if named else _given_sources(input_columns, [*sources, *probs_sources(keep_columns)])
+    sources = _build_sources(ctx, selection)
+    given = [] if selection.named else _given_sources(input_columns, [*sources, *probs_sources(keep_columns)])
     if given:
         ctx.messages.append(f"the input's own {', '.join('probs_' + g for g in given)} column(s) are fused as "
                             "source(s) (name the sources with --sources to leave them out)")
         sources += given
     if not sources:
         ctx.messages.append("no source can run: rows get decode results and quality flags only.")
-
-    if options.fusion:
-        from .loading import model_load_error
-        from .stages.policy import PolicyFusion
-
-        try:
-            fusion: FusionStage = PolicyFusion(schema, sources, options.fusion, revision=options.fusion_revision)
-        except ValueError:
-            raise  # the policy does not fit the run's schema: its own message says how
-        except Exception as exc:  # noqa: BLE001 - a policy that cannot be found, resolved or read
-            raise model_load_error("fusion policy", options.fusion, exc) from exc
-        dim = fusion.config.embedding_dim
-        have = next((s.features()["embedding"].length for s in ctx.device if "embedding" in s.features()), None)
-        if dim and have is not None and dim != have:
-            raise UserError(
-                f"the fusion policy {options.fusion} reads {dim}-dim image embeddings (those of the CLIP model it was "
-                f"trained with), but --model {options.model} gives {have}: annotate with that model, or "
-                "train a policy on this one"
-            )
-    else:
-        fusion = SimpleFusion(schema, sources, method=options.fusion_method)
-
+    fusion = _fusion_stage(options, schema, sources, ctx.device)
     description = {
         "schema": schema.name,
         "schema_fingerprint": schema.fingerprint(),
         "model": None,
         "sources": sources,
         "fusion": options.fusion or f"simple ({options.fusion_method})",
+        **ctx.description,
     }
-    description.update(ctx.description)
     if given:
         description["given_sources"] = given
+    decode = DecodeStage(ctx.pixel_specs, access=image_access or ANY, keep_image=options.keep_images,
+                         prompts=ctx.embedded_prompts)
     return Pipeline(
         schema=schema,
-        cpu=[Identify(root=id_root), ctx.decode, *ctx.cpu],
+        cpu=[Identify(root=id_root), decode, *ctx.cpu],
         device=ctx.device,
         fusion=fusion,
         keep_columns=list(keep_columns),
@@ -277,6 +253,51 @@ def build_pipeline(
     )
 
 
+def _build_sources(ctx: BuildContext, selection: Selection) -> list[str]:
+    """Each chosen source adds its stages to ``ctx``; the names of those that did. A source that cannot run on the
+    input leaves nothing behind."""
+    built: list[str] = []
+    for source in selection.sources:
+        before = (len(ctx.cpu), len(ctx.device), dict(ctx.columns), dict(ctx.description), dict(ctx.pixel_specs),
+                  ctx.embedded_prompts)
+        try:
+            source.build(ctx, source_options(source, ctx.options))
+        except SkipSource as skip:
+            if selection.named:
+                raise UserError(f"--sources {source.name}: it cannot run: {skip}; leave it out of --sources") from None
+            del ctx.cpu[before[0]:], ctx.device[before[1]:]
+            ctx.columns, ctx.description, ctx.pixel_specs, ctx.embedded_prompts = before[2:]
+            ctx.messages.append(f"{source.title or source.name} source skipped: {skip}.")
+            continue
+        built.append(source.name)
+    return built
+
+
+def _fusion_stage(options: PipelineOptions, schema: Schema, sources: list[str], device: list[Stage]) -> FusionStage:
+    """The learned policy of ``--fusion`` (checked against the run's embedding size), else the ``--fusion_method``
+    rule."""
+    if not options.fusion:
+        return SimpleFusion(schema, sources, method=options.fusion_method)
+    from .loading import model_load_error
+    from .stages.policy import PolicyFusion
+
+    try:
+        fusion = PolicyFusion(schema, sources, options.fusion, revision=options.fusion_revision)
+    except ValueError:
+        raise  # the policy does not fit the run's schema: its own message says how
+    except Exception as exc:  # noqa: BLE001 - a policy that cannot be found, resolved or read
+        raise model_load_error("fusion policy", options.fusion, exc) from exc
+    dim = fusion.config.embedding_dim
+    have = next((s.features()["embedding"].length for s in device if "embedding" in s.features()), None)
+    if dim and have is not None and dim != have:
+        raise UserError(
+            f"the fusion policy {options.fusion} reads {dim}-dim image embeddings (those of the CLIP model it was "
+            f"trained with), but --model {options.model} gives {have}: annotate with that model, or "
+            "train a policy on this one"
+        )
+    return fusion
+
+
 def _given_sources(input_columns: Sequence[str], running: Sequence[str]) -> list[str]:
     """Sources the input brings: its ``probs_<name>`` columns (a model of the user's, run beforehand) for names no
     running source writes (``running``; a column kept as it is with ``--keep_columns`` counts as such). Their
@@ -284,11 +305,9 @@ def _given_sources(input_columns: Sequence[str], running: Sequence[str]) -> list
     return [n for n in probs_sources(input_columns) if n.isidentifier() and n not in running]
 
 
-def _shipped_schema(chosen, options: PipelineOptions) -> str | None:
+def _shipped_schema(selection: Selection, options: PipelineOptions) -> str | None:
     """The schema the first chosen source's model ships (a CLIP folder's ``charattr_schema.yaml``), if any."""
-    from .sources import source_options
-
-    for source in chosen:
+    for source in selection.sources:
         found = source.shipped_schema(source_options(source, options)) if source.shipped_schema else None
         if found:
             return found

@@ -12,14 +12,19 @@ always were (a missing path is a ``FileNotFoundError``, a missing split a ``Valu
 
 from __future__ import annotations
 
+import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Union
 
 import datasets
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 
+from .constants import IMAGE_SUFFIXES  # the suffixes of the image files an image folder holds
 from .errors import UserError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "read_dataset",
@@ -35,8 +40,6 @@ AnyDataset = Union[Dataset, IterableDataset]
 
 #: Table file suffix (lower case) -> the ``datasets`` builder that reads it.
 TABLE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
-#: Suffixes (lower case) of the image files an image folder holds.
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 
 class DatasetNotFoundError(UserError, FileNotFoundError):
@@ -74,6 +77,37 @@ def _is_glob(name: str) -> bool:
 def _looks_like_path(name: str) -> bool:
     """A name that can only be meant as a local path (a Hub id is ``name`` or ``owner/name``)."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).suffix.lower() in TABLE_BUILDERS
+
+
+def files_left_out(root: Path, files: "list[Path]") -> Counter:
+    """Files of an image folder that the image-folder reader does not read as images, counted by suffix (lower
+    case): an image kind it does not know (``.svg``, ``.heic``, ``.avif``), or anything else. Not counted: what
+    it reads, its metadata files (``metadata.jsonl``...), hidden files and folders (``.DS_Store``, ``__MACOSX``;
+    it skips them too) and files that share an image's name (``foo.txt``, ``foo.npz`` beside ``foo.png``: captions
+    and caches)."""
+    # the suffixes and metadata names are attributes of datasets' image-folder builder (no public accessor): the
+    # files it reads are exactly those; tests/test_reader.py pins that a .svg is left out and a .png read
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    read = {s.lower() for s in ImageFolder.EXTENSIONS}
+    metadata = set(ImageFolder.METADATA_FILENAMES)
+    images = {p.with_suffix("") for p in files if p.suffix.lower() in read}
+    left: Counter = Counter()
+    for p in files:
+        if any(part.startswith((".", "__")) for part in p.relative_to(root).parts):
+            continue
+        if p.suffix.lower() in read or p.name in metadata or p.with_suffix("") in images:
+            continue
+        left[p.suffix.lower() or "(no suffix)"] += 1
+    return left
+
+
+def log_files_left_out(root: Path, files: "list[Path]") -> None:
+    """One log line counting the files of an image folder that will not be rows (see :func:`files_left_out`)."""
+    left = files_left_out(root, files)
+    if left:
+        logger.warning("%s: %d file(s) not read as images (not a kind the image-folder reader knows): %s", root,
+                       sum(left.values()), ", ".join(f"{suffix} {n}" for suffix, n in sorted(left.items())))
 
 
 def read_dataset(
@@ -115,6 +149,7 @@ def read_dataset(
                     raise SplitNotFoundError(f"{name}: {exc} (use --split)") from exc
                 builder = TABLE_BUILDERS[tables[0].suffix.lower()]
                 return datasets.load_dataset(builder, data_files=[str(p) for p in tables], **kwargs)
+        log_files_left_out(path, files)
         return datasets.load_dataset("imagefolder", data_dir=str(path), **kwargs)
     if path.is_file() or _is_glob(name):
         builder = TABLE_BUILDERS.get(path.suffix.lower())

@@ -40,9 +40,8 @@ from typing import Any, Iterable, Mapping
 import yaml
 from datasets import ClassLabel, Features, List, Value
 
-from .sources import BUILTIN_SOURCES as SOURCES  # the built-in sources, in their order (the one list of them)
-
-__all__ = ["Attribute", "Label", "Schema", "load_schema", "list_schemas", "SOURCES"]
+__all__ = ["Attribute", "Label", "Schema", "load_schema", "list_schemas", "probs_column", "probs_sources",
+           "QUALITY_FIELDS", "QUALITY_FEATURES", "SIGNATURE_FEATURES"]
 
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -220,8 +219,9 @@ class Schema:
         """Struct of per-attribute probability vectors, as one source emits them."""
         return {attr.name: attr.probs_feature() for attr in self.attributes}
 
-    def output_features(self, sources: Iterable[str] = SOURCES, embedding_dim: int | None = None) -> Features:
-        """The typed columns of an annotated dataset (without pass-through columns)."""
+    def output_features(self, sources: Iterable[str], embedding_dim: int | None = None) -> Features:
+        """The typed columns of an annotated dataset made by ``sources`` (without pass-through columns and the
+        columns a source adds besides its ``probs_<source>``)."""
         feats: dict[str, Any] = {
             "id": Value("string"),
             "index": Value("int64"),
@@ -232,7 +232,7 @@ class Schema:
             "width": Value("int32"),
             "height": Value("int32"),
             "quality": QUALITY_FEATURES,
-            "signature": _signature_features(),  # near-duplicate signatures, see charattr_hf.curation (#11)
+            "signature": dict(SIGNATURE_FEATURES),  # near-duplicate signatures (#11)
         }
         for attr in self.attributes:
             feats[attr.name] = attr.label_feature()
@@ -251,12 +251,21 @@ class Schema:
 #: Quality measurements made while decoding, stored in the ``quality`` struct column.
 QUALITY_FIELDS = ("brightness", "contrast", "saturation", "colorfulness", "sharpness")
 QUALITY_FEATURES = {name: Value("float32") for name in QUALITY_FIELDS}
-
-
-def _signature_features() -> dict:
-    from .curation.signatures import SIGNATURE_FEATURES
-
-    return dict(SIGNATURE_FEATURES)
+#: Near-duplicate signatures made while decoding, stored in the ``signature`` struct column
+#: (:mod:`charattr_hf.stages.signatures`).
+#: The ``signature`` column's type (see :mod:`charattr_hf.stages.signatures`): strings and numbers, so a printed
+#: row stays readable.
+SIGNATURE_FEATURES = {
+    "phash": Value("string"),
+    "thumb": Value("string"),
+    "keypoints": Value("string"),
+    "format": Value("string"),
+    "content_width": Value("int32"),
+    "content_height": Value("int32"),
+    "lossless": Value("bool"),
+    "jpeg_quality": Value("int16"),
+    "bits_per_pixel": Value("float32"),
+}
 
 
 def probs_column(source: str) -> str:

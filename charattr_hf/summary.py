@@ -24,6 +24,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["summarize", "format_summary", "features_of"]
 
+_TAGS_FROM = "tags_from"  # the tags source's output column (charattr_hf.sources.tags.stage.TAGS_FROM)
+_FROM_NAMES = {"tags": "the tags column", "caption": "the caption column",
+               "tags+caption": "the tags and caption columns", "None": "nothing (no tags, caption or embedded prompt)",
+               "a1111": "embedded A1111 prompts", "novelai": "embedded NovelAI prompts",
+               "comfyui": "embedded ComfyUI prompts", "fooocus": "embedded Fooocus prompts"}
+
 
 def features_of(files: Sequence[Path]) -> Features:
     return Features.from_arrow_schema(pq.read_schema(files[0]))
@@ -82,12 +88,16 @@ def summarize(files: Sequence[Path], top: int = 3, batch_rows: int = 65_536) -> 
     }
     schema = _truth_schema(features, list(attrs))
     cols = ["error", "flags"] + list(attrs) + [f"{a}_confidence" for a in attrs]
+    has_from = _TAGS_FROM in features  # where the tags source's text came from, per row (#17)
+    if has_from:
+        cols.append(_TAGS_FROM)
     if schema is not None:
         cols.append("truth")
 
     n = errors = flagged = 0
     error_kinds: Counter = Counter()
     flag_counts: Counter = Counter()
+    from_counts: Counter = Counter()
     acc = {a: {"counts": Counter(), "conf_sum": 0.0, "conf_n": 0, "annotated": 0, "hits": 0, "evaluated": 0}
            for a in attrs}
     for path in files:
@@ -101,6 +111,8 @@ def summarize(files: Sequence[Path], top: int = 3, batch_rows: int = 65_536) -> 
                 if row:
                     flagged += 1
                     flag_counts.update(row)
+            if has_from:
+                from_counts.update(batch.column(_TAGS_FROM).to_pylist())
             for name, (labels, multi) in attrs.items():
                 a = acc[name]
                 values = batch.column(name).to_pylist()
@@ -130,6 +142,8 @@ def summarize(files: Sequence[Path], top: int = 3, batch_rows: int = 65_536) -> 
         "flags": dict(flag_counts.most_common()),
         "attributes": {},
     }
+    if has_from:  # None: rows with no text at all
+        out[_TAGS_FROM] = {str(k): v for k, v in from_counts.most_common()}
     for name, (labels, multi) in attrs.items():
         a = acc[name]
         info: dict[str, Any] = {
@@ -145,15 +159,33 @@ def summarize(files: Sequence[Path], top: int = 3, batch_rows: int = 65_536) -> 
     return out
 
 
-def format_summary(stats: dict[str, Any], images_per_second: float | None = None) -> str:
-    """Counts, then a Markdown table of the attributes: for the terminal and the dataset card."""
-    lines = [f"rows: {stats['rows']}   errors: {stats['errors']}   flagged: {stats.get('flagged_rows', 0)}"]
+def _flag_note(flag: str) -> str:
+    """What a flag whose name alone could alarm means (#21: the 64 px synthetic sample is all low_resolution)."""
+    if flag == "low_resolution":
+        from .stages.decode import FlagThresholds
+
+        return f" (shorter side under {FlagThresholds().min_side} px)"
+    return ""
+
+
+def format_summary(stats: dict[str, Any], images_per_second: float | None = None,
+                   warnings: Sequence[str] = ()) -> str:
+    """Counts, then a Markdown table of the attributes: for the terminal and the dataset card. ``warnings`` (the
+    pipeline's, e.g. a demo model run on real images) come first, one ``WARNING:`` line each."""
+    flagged = stats.get("flagged_rows", 0)
+    lines = [f"WARNING: {w}" for w in warnings] + ([""] if warnings else [])
+    lines.append(f"rows: {stats['rows']}   errors: {stats['errors']}   flagged: {flagged}"
+                 + (" (quality hints: the rows keep their labels)" if flagged else ""))
     if images_per_second is not None:
-        lines[0] += f"   throughput: {images_per_second:.1f} images/s"
+        lines[-1] += f"   throughput: {images_per_second:.1f} images/s"
     if stats.get("error_examples"):
         lines.append("errors: " + "; ".join(f"{k} ({v})" for k, v in stats["error_examples"].items()))
     if stats.get("flags"):
-        lines.append("flags: " + ", ".join(f"{k} {v}" for k, v in stats["flags"].items()))
+        lines.append("flags: " + ", ".join(f"{k} {v}" + _flag_note(k) for k, v in stats["flags"].items()))
+    if stats.get(_TAGS_FROM):
+        lines.append("tags source read: " + ", ".join(
+            f"{v} row{'' if v == 1 else 's'} from {_FROM_NAMES.get(k, f'embedded {k} prompts')}"
+            for k, v in stats[_TAGS_FROM].items()))
     attrs = stats.get("attributes", {})
     if attrs:
         has_acc = any("accuracy" in a for a in attrs.values())

@@ -28,7 +28,7 @@ __all__ = ["CpuWorkers", "BrokenProcessPool"]
 logger = logging.getLogger(__name__)
 
 #: imported once by the forkserver, so that forked workers start without importing them again
-PRELOAD = ["datasets", "charattr_hf.stages.decode", "charattr_hf.stages.identity", "charattr_hf.stages.tags"]
+PRELOAD = ["datasets", "charattr_hf.stages.decode", "charattr_hf.stages.identity", "charattr_hf.sources.tags.stage"]
 
 
 def _init_worker() -> None:

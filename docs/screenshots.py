@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 _TMP = tempfile.mkdtemp(prefix="charattr-shots-")
@@ -37,9 +38,10 @@ def main() -> None:
     root = Path(_TMP)
     sample = synthetic.generate(48, seed=2, size=128, noise="mixed",
                                 styles=["flat", "chibi", "sketch", "watercolor", "pixel", "lit"])
-    annotate_to_disk(sample, root / "annotated", keep_images=True, progress=False)
+    options = PipelineOptions(fusion="demo")  # the same flags for the dataset and the app, as the README says
+    annotate_to_disk(sample, root / "annotated", progress=False, options=replace(options, keep_images=True))
     state = AppState(AppConfig(dataset=str(root / "annotated"), feedback_log=str(root / "feedback.parquet"),
-                               pipeline=PipelineOptions(fusion="demo")))
+                               pipeline=options))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -30,35 +30,40 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
+from charattr_hf.captions import CaptionOptions
 from charattr_hf.cli import parse_args, run_main
-from charattr_hf.options import DEMO_MODEL_WARNING, InputSpec, PipelineOptions, RunOptions
+from charattr_hf.options import InputSpec, PipelineOptions, RunOptions
 
 
 @dataclass
 class CaptionArguments:
     write_captions: Optional[str] = field(
         default=None,
-        metadata={"help": "Write kohya-style caption files <name>.txt (the tagger's tags joined by ', ') into this "
-                  "folder; needs --tagger."},
+        metadata={"help": "Write kohya-style caption files <name>.txt beside the images' names in this folder (the "
+                  "tagger's tags merged with the data's own; see the caption options); they are recorded as "
+                  "written by charattr-hf, so annotating the folder again does not read them as a person's tags."},
     )
-    overwrite_captions: bool = field(default=False, metadata={"help": "Replace caption files that already exist there."})
+    overwrite_captions: bool = field(
+        default=False,
+        metadata={"help": "Replace caption files a person wrote there (charattr-hf's own are always updated)."},
+    )
 
 
-def check_captions(options: PipelineOptions, captions: CaptionArguments) -> None:
-    """--write_captions writes the tagger's tags (#9): it needs --tagger and a folder it can write in."""
+def check_captions(options: PipelineOptions, captions: CaptionArguments, caption_options: CaptionOptions,
+                   sources: list[str]) -> None:
+    """--write_captions (#9, #20): the caption options are valid, a source they name runs (``sources``: the run's),
+    the folder is writable."""
     if not captions.write_captions:
         return
+    from charattr_hf.captions import caption_sources, check_caption_options
+    from charattr_hf.checks import check_writable
     from charattr_hf.errors import UserError
 
-    if not options.tagger:
-        raise UserError("--write_captions writes the tagger's tags: give --tagger too (e.g. --tagger demo)")
-    from charattr_hf.sources import select_sources
-
-    if "tagger" not in {s.name for s in select_sources(options)[0]}:
-        raise UserError(f"--write_captions writes the tagger's tags, but --sources {options.sources} leaves the tagger "
-                        "out: add tagger to --sources")
-    from charattr_hf.checks import check_writable
-
+    check_caption_options(caption_options)
+    if "tagger" in (caption_sources(caption_options.caption_sources) or ()):
+        if not options.tagger or "tagger" not in sources:
+            raise UserError("--caption_sources names the tagger, but no tagger runs: give --tagger (e.g. --tagger "
+                            "demo) and keep tagger in --sources")
     check_writable(captions.write_captions, "--write_captions")
 
 
@@ -82,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
 
     load_plugins(plugins_in_args(argv))  # before parsing: a plugin's sources bring their own options
     plugins = plugin_options()
-    spec, options, run_opts, captions, publish, *mine = parse_args(
-        [InputSpec, PipelineOptions, RunOptions, CaptionArguments, PublishArguments, *plugins.values()], argv,
+    spec, options, run_opts, captions, caption_options, publish, *mine = parse_args(
+        [InputSpec, PipelineOptions, RunOptions, CaptionArguments, CaptionOptions, PublishArguments,
+         *plugins.values()], argv,
         description=__doc__.split("\n\n")[0],
     )
     options = replace(options, source_options=dict(zip(plugins, mine)))
@@ -93,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         quiet_progress()
     from charattr_hf.checks import check_run
 
-    check_run(spec, options, run_opts)  # before anything heavy: mistakes end here, in a second
-    check_captions(options, captions)
+    selection = check_run(spec, options, run_opts)  # before anything heavy: mistakes end here, in a second
+    check_captions(options, captions, caption_options, selection.names)
 
     from charattr_hf.distributed import relaunch_as_cpu_processes
 
@@ -110,23 +116,25 @@ def main(argv: list[str] | None = None) -> int:
 
     from charattr_hf.cli import configure_torch_threads
     from charattr_hf.distributed import get_state
-    from charattr_hf.runner import hold_output
+    from charattr_hf.output import hold_output
 
     state = get_state()
     threads = configure_torch_threads(run_opts.torch_threads)
     run_opts = replace(run_opts, num_proc=run_opts.num_proc or max(1, threads))
     # the folder is held from before the input is read until the captions and the upload are done
-    with hold_output(run_opts.output_dir):
-        return _annotate(spec, options, run_opts, captions, publish, argv, state, threads)
+    with hold_output(run_opts.output_dir) as held:
+        return _annotate(spec, options, run_opts, captions, caption_options, publish, argv, state, threads, held,
+                         selection)
 
 
-def _annotate(spec, options, run_opts, captions, publish, argv, state, threads) -> int:
+def _annotate(spec, options, run_opts, captions, caption_options, publish, argv, state, threads, held,
+              selection) -> int:
     from charattr_hf.api import annotate_to_disk
     from charattr_hf.summary import format_summary
 
     start = time.perf_counter()
     result, pipeline = annotate_to_disk(None, run_opts.output_dir, input_spec=spec, options=options, run_options=run_opts,
-                                        card_extra={"command": _command_line(argv)})
+                                        card_extra={"command": _command_line(argv)}, held=held, selection=selection)
     if not state.is_main_process:
         return 1 if result.failed_chunks else 0
     if not result.data_files:
@@ -135,7 +143,7 @@ def _annotate(spec, options, run_opts, captions, publish, argv, state, threads) 
               "to retry them (finished chunks are kept)", file=sys.stderr)
         return 1
     output_dir = Path(run_opts.output_dir)
-    stats = json.loads((output_dir / "summary.json").read_text())
+    stats = result.summary
     processed = result.total_rows_processed
     speed = result.total_images_per_second if processed else None
     busy = sum(1 for r in result.ranks if r.get("chunks_processed"))
@@ -147,35 +155,35 @@ def _annotate(spec, options, run_opts, captions, publish, argv, state, threads) 
           + (f"   tagger: {desc['tagger']}" if desc.get("tagger") else "") + f"   sources: {', '.join(desc['sources']) or '-'}"
           f"   fusion: {desc['fusion']}   processes: {state.num_processes}   threads: {threads}")
     skipped = f" ({result.chunks_skipped} chunk(s) reused from an earlier run)" if result.chunks_skipped else ""
-    print(f"  this run: {processed} images in {max([r['seconds'] for r in result.ranks] or [result.seconds]):.1f}s"
-          f"{skipped}" + (f", by all {state.num_processes} processes" if state.num_processes > 1 else ""))
+    if result.already_complete:
+        print("  this run: nothing to do (an earlier launch of this command finished it)")
+    else:
+        print(f"  this run: {processed} images in {max([r['seconds'] for r in result.ranks] or [result.seconds]):.1f}s"
+              f"{skipped}" + (f", by all {state.num_processes} processes" if state.num_processes > 1 else ""))
     if state.num_processes > 1 and processed and busy < state.num_processes:
         print(f"  {state.num_processes - busy} of {state.num_processes} processes had no chunk to do "
               f"(fewer pending chunks than processes; lower --chunk_size to share the work)")
-    if desc.get("warning"):
-        print()
-        print(f"WARNING: {DEMO_MODEL_WARNING}")
     print()
-    print(format_summary(stats, speed))
+    print(format_summary(stats, speed, warnings=desc.get("warnings", [])))
     run_info = {
         "rows": result.rows,
         "rows_processed": processed,
         "seconds": round(result.seconds, 3),
         "images_per_second": round(speed, 3) if speed else None,
         "processes": state.num_processes,
-        "ranks": [{k: r[k] for k in ("rank", "rows_processed", "seconds", "chunks_processed")} for r in result.ranks],
+        "ranks": result.ranks,  # each process's record: its chunks, rows, seconds (and a stream's rows and shards read)
         "torch_threads": threads,
         "wall_seconds": round(time.perf_counter() - start, 3),
-        "warnings": [desc["warning"]] if desc.get("warning") else [],
+        "warnings": list(desc.get("warnings", [])),
     }
     (output_dir / "run_info.json").write_text(json.dumps(run_info, indent=2))
     if captions.write_captions:
         from charattr_hf.captions import write_captions
 
         done = write_captions(run_opts.output_dir, captions.write_captions, split=spec.split,
-                              overwrite=captions.overwrite_captions)
-        print(f"\ncaptions: {done.written} written, {done.unchanged} unchanged, {done.skipped_existing} kept (already "
-              f"there; --overwrite_captions replaces them), {done.skipped_rows} rows without tagger output "
+                              overwrite=captions.overwrite_captions, options=caption_options, schema=options.schema)
+        print(f"\ncaptions: {done.written} written, {done.unchanged} unchanged, {done.skipped_existing} kept (a "
+              f"person's; --overwrite_captions replaces them), {done.skipped_rows} rows with an error "
               f"-> {Path(captions.write_captions).resolve()}")
     if publish.push_to_hub:
         from charattr_hf.hub import push_dataset

@@ -1,17 +1,21 @@
 """The review app: annotate uploaded images, browse an annotated output, review it, and teach the fusion policy.
 
-Offline, with the demo models (demo CLIP + demo fusion policy) and the embedded synthetic sample annotated first:
+Offline, with the demo model and the embedded synthetic sample annotated first:
 
-    accelerate launch recipes/annotate.py --output_dir outputs/annotated --keep_images
+    python recipes/annotate.py --output_dir outputs/annotated --keep_images
     python recipes/app.py --dataset outputs/annotated            # then open http://127.0.0.1:7860
 
-The model and source flags are those of recipes/annotate.py (the same PipelineOptions: --model, --pretrained,
---schema, --fusion, --no_tags, --blip2, --cache_dir, ...); use the ones the dataset was annotated with. With the
-demo CLIP the default fusion is the demo policy; --fusion none selects the --fusion_method rule. Decisions go to
---feedback_log (Parquet, the format `recipes/train_fusion.py --mode feedback --feedback LOG` reads). Continue the policy from the log without the
-page (the same as the page's button), saving the next version beside the log:
+The model, source and fusion flags are those of recipes/annotate.py (the same PipelineOptions, with the same
+defaults: --model, --pretrained, --schema, --fusion, --fusion_method, --no_tags, --tagger, --blip2, --cache_dir,
+...); give the ones the dataset was annotated with, and the app labels an image as the recipe did. Decisions go
+to --feedback_log (a folder of Parquet files, which `recipes/train_fusion.py --mode feedback --feedback LOG`
+reads). Continue the policy from the log without the page (the same as the page's button), saving the next
+version beside the log:
 
     python recipes/app.py --dataset outputs/annotated --retrain
+
+Served beyond this machine (--host 0.0.0.0), the app asks for a login (--auth USER:PASSWORD, or
+$CHARATTR_APP_AUTH), and refuses to start without one unless --insecure.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import json
 import logging
 import shlex
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Optional
 
 from charattr_hf.cli import parse_args, run_main
@@ -36,9 +40,21 @@ class AppArguments:
     )
     split: str = field(default="train", metadata={"help": "Split of --dataset."})
     port: int = field(default=7860, metadata={"help": "Port to serve on."})
-    host: str = field(default="127.0.0.1", metadata={"help": "Interface to serve on (0.0.0.0: every interface)."})
+    host: str = field(
+        default="127.0.0.1",
+        metadata={"help": "Interface to serve on (0.0.0.0: every interface; needs --auth, or --insecure)."},
+    )
+    auth: Optional[str] = field(
+        default=None,
+        metadata={"help": "USER:PASSWORD of the login the page and the API ask for (default: $CHARATTR_APP_AUTH; "
+                  "none on 127.0.0.1)."},
+    )
+    insecure: bool = field(
+        default=False, metadata={"help": "Serve on a --host other than loopback without a login (a trusted network)."}
+    )
     feedback_log: str = field(
-        default="outputs/feedback.parquet", metadata={"help": "Parquet file the reviewers' decisions are appended to."}
+        default="outputs/feedback.parquet",
+        metadata={"help": "Where the reviewers' decisions are appended (a folder of Parquet files)."},
     )
     policy_dir: Optional[str] = field(
         default=None, metadata={"help": "Where retrained policies are saved (default: <feedback_log stem>-policy/)."}
@@ -52,26 +68,15 @@ class AppArguments:
     torch_threads: int = field(default=0, metadata={"help": "torch threads; 0 = all cores."})
 
 
-def app_pipeline_options(options: PipelineOptions) -> PipelineOptions:
-    """The annotate recipe's pipeline options, with the app's default fusion: the demo policy for the demo CLIP
-    (the demo models go together); ``--fusion none`` selects the ``--fusion_method`` rule."""
-    if options.model == "":
-        options = replace(options, model=None)
-    if options.fusion is None and options.model == "demo":
-        return replace(options, fusion="demo")
-    if options.fusion in ("none", ""):
-        return replace(options, fusion=None)
-    return options
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     app_args, options = parse_args([AppArguments, PipelineOptions], argv, description=__doc__.split("\n\n")[0])
+    from charattr_hf.app.serving import serving_auth
     from charattr_hf.checks import check_models, check_schema
 
-    options = app_pipeline_options(options)
     check_models(options)  # before anything heavy: mistakes end here
     check_schema(options.schema)
+    login = None if app_args.retrain else serving_auth(app_args.host, app_args.auth, app_args.insecure)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("datasets", "httpx", "huggingface_hub", "open_clip", "root"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from charattr_hf.app.ui import launch
 
-    launch(state, port=app_args.port, host=app_args.host, block=True)
+    launch(state, port=app_args.port, host=app_args.host, block=True, auth=login)
     return 0
 
 

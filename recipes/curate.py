@@ -32,7 +32,7 @@ class CurateArguments:
     curate_config: Optional[str] = field(
         default=None,
         metadata={"help": "Curation YAML (dedup thresholds and filters), also given as --config; default: a built-in "
-                          "config."},
+                          "config.", "config_file": True},
     )
     split: str = field(default="train", metadata={"help": "Split of the annotated dataset to curate."})
     revision: Optional[str] = field(default=None, metadata={"help": "Revision of a Hub dataset."})
@@ -75,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
           f"duplicate groups: {result.groups}")
     removed = ", ".join(f"{k} {v}" for k, v in result.removed_by.items() if v) or "nothing"
     print(f"  removed by: {removed}")
+    if not result.train:
+        print("  no row was kept (see 'removed by' and the card); load split='quarantine' (datasets cannot load an "
+              "empty split)")
+    if result.skipped:
+        print(f"  skipped (the dataset cannot take them): {', '.join(step for step, _ in result.skipped)}")
     times = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
     print(f"  time: {times}")
     print(f"  load it with: datasets.load_dataset({str(args.output_dir)!r}, split='train')")

@@ -51,7 +51,8 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "open_clip model config: a JSON file (a bare model_cfg or {'model_cfg': ...}) or inline JSON. "
-            "Default: charattr_hf.demo_clip.DEMO_MODEL_CFG (ViT 64 px, patch 8, width 128, 4+4 layers)."
+            "Default: charattr_hf.demo_clip.DEMO_MODEL_CFG (a ModifiedResNet image tower at 64 px, width 16, one "
+            "block per stage; a 4-layer, width-128 text tower)."
         },
     )
     schema: str = field(

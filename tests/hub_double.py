@@ -1,7 +1,8 @@
 """A stand-in for the Hugging Face Hub: a local HTTP server that speaks the parts of the Hub's protocol that
 ``huggingface_hub`` uses to publish (``create_repo``, ``create_branch``, ``upload_folder`` / ``create_commit``
 with its preupload, LFS batch, upload and verify steps, the README metadata check, and the tree listing behind
-``delete_patterns``).
+``delete_patterns``) and to download a model (``model_info``: the commit and the files; ``hf_hub_download``: the
+``resolve`` endpoint's metadata and content).
 
 It keeps what was committed in memory (path -> bytes per repository and branch), checks the bearer token on
 every request and records each request as ``(method, path)`` (never headers, so never the token). Files are
@@ -53,6 +54,14 @@ class HubDouble:
     def commits(self, repo_type: str, repo_id: str, branch: str = "main") -> list[dict]:
         return list(self.repos[(repo_type, repo_id)]["branches"][branch]["commits"])
 
+    def add_model(self, repo_id: str, files: dict[str, bytes]) -> str:
+        """A model repository holding ``files`` in one commit on ``main``; returns the commit."""
+        oid = hashlib.sha1(json.dumps(sorted(files)).encode() + repo_id.encode()).hexdigest()
+        with self.lock:
+            self.repos[("model", repo_id)] = {"private": False, "branches": {"main": {
+                "files": dict(files), "commits": [{"oid": oid, "summary": "add", "operations": []}]}}}
+        return oid
+
 
 def _sign(token: str, oid: str) -> str:
     return hashlib.sha256(f"{token}:{oid}".encode()).hexdigest()
@@ -91,10 +100,11 @@ def _handler(hub: HubDouble):
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
             self.end_headers()
-            self.wfile.write(data)
+            if self.command != "HEAD":  # a HEAD answer has headers only
+                self.wfile.write(data)
 
-        def _error(self, status: int, message: str) -> None:
-            self._send(status, {"error": message}, {"X-Error-Message": message})
+        def _error(self, status: int, message: str, headers: dict | None = None) -> None:
+            self._send(status, {"error": message}, {"X-Error-Message": message, **(headers or {})})
 
         def _authorized(self) -> bool:
             return self.headers.get("Authorization") == f"Bearer {hub.token}"
@@ -127,9 +137,46 @@ def _handler(hub: HubDouble):
         def do_PUT(self):
             self._route("PUT")
 
+        def do_HEAD(self):
+            self._route("HEAD")
+
         # -- repositories ----------------------------------------------------------------------
         def _repo(self, rtype: str, repo_id: str):
             return hub.repos.get((rtype.rstrip("s"), repo_id))
+
+        # -- downloads ---------------------------------------------------------------------------
+        def _resolved(self, repo_id: str, rev: str, path: str) -> "tuple[str, bytes] | None":
+            """(the commit, the file's bytes) at ``rev`` (a branch or a commit), or None with the error answered."""
+            repo = self._repo("models", repo_id)
+            if repo is None:
+                return self._error(404, "Repository not found", {"X-Error-Code": "RepoNotFound"})
+            for name, branch in repo["branches"].items():
+                commit = branch["commits"][-1]["oid"] if branch["commits"] else "0" * 40
+                if rev in (commit, name):
+                    if path not in branch["files"]:
+                        return self._error(404, "Entry not found", {"X-Error-Code": "EntryNotFound"})
+                    return commit, branch["files"][path]
+            return self._error(404, "Revision not found", {"X-Error-Code": "RevisionNotFound"})
+
+        def _serve(self, repo_id: str, rev: str, path: str) -> None:
+            """A file's metadata (HEAD) or content (GET), as the Hub's ``resolve`` endpoint answers."""
+            found = self._resolved(repo_id, rev, path)
+            if found is None:
+                return
+            commit, data = found
+            self.send_response(200)
+            for k, v in {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
+                         "Content-Type": "application/octet-stream", "Content-Length": str(len(data))}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            if self.command == "GET":
+                self.wfile.write(data)
+
+        def head_resolve(self, body, query, repo_id, rev, path):
+            self._serve(repo_id, rev, path)
+
+        def get_resolve(self, body, query, repo_id, rev, path):
+            self._serve(repo_id, rev, path)
 
         def post_create(self, body, query):
             data = json.loads(body)
@@ -158,8 +205,8 @@ def _handler(hub: HubDouble):
 
         def get_info(self, body, query, rtype, repo_id, rev=None):
             repo = self._repo(rtype, repo_id)
-            if repo is None:
-                return self._error(404, "Repository not found")
+            if repo is None:  # as the Hub says it, so that huggingface_hub raises RepositoryNotFoundError
+                return self._error(404, "Repository not found", {"X-Error-Code": "RepoNotFound"})
             branch = repo["branches"].get(rev or "main")
             if branch is None:
                 return self._error(404, "Revision not found")
@@ -285,5 +332,7 @@ def _handler(hub: HubDouble):
         (rf"/(?P<prefix>datasets/|spaces/)?{repo}\.git/info/lfs/objects/batch", Handler.post_lfs_batch),
         (r"/lfs-store/(?P<oid>[0-9a-f]{64})/(?P<size>\d+)", Handler.put_lfs_store),
         (r"/lfs-verify", Handler.post_lfs_verify),
+        (rf"/{repo}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", Handler.get_resolve),
+        (rf"/{repo}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", Handler.head_resolve),
     ]
     return Handler

@@ -3,17 +3,23 @@ headless Chromium (playwright). The app runs in this process on a free localhost
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 import os
+import re
 import shutil
 import socket
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import datasets
 import pytest
 from datasets import Dataset
 
@@ -116,17 +122,41 @@ def test_feedback_events_and_log_format(tmp_path):
     assert log.append(acc) == 1 and log.append(cor + multi) == 7
     read = ft.load_table(str(log.path))  # how recipes/train_fusion.py reads --feedback
     assert read.features == FEEDBACK_LOG_FEATURES and len(read) == 7
+    assert read["verdict"] == ["accept", "correct", "correct"] + ["correct"] * 4  # in the order logged
     ft.validate_feedback(read, ft.build_config(schema))
-    # a log written by the simulator (the original columns only) is extended, not rejected
+    again = FeedbackLog(log.path)  # reopened: the counts and the decided items come back
+    assert len(again) == 7 and again.decided() == {("r1", "hair_color"), ("r2", "accessories")}
+    # a log written as one Parquet file (an earlier version of the app, or the simulator with the original
+    # columns only) becomes a folder holding it, extended, not rejected
     sim = ft.simulate_feedback(ft.simulate_annotated(schema, 5, seed=1, sources=("clip",)), ft.build_config(schema))
     sim.to_parquet(str(tmp_path / "sim.parquet"))
     old = FeedbackLog(tmp_path / "sim.parquet")
-    assert old.append(acc) == len(sim) + 1
+    assert (tmp_path / "sim.parquet").is_dir() and old.append(acc) == len(sim) + 1
+    assert len(ft.load_table(str(tmp_path / "sim.parquet"))) == len(sim) + 1
     (tmp_path / "not.parquet").write_bytes(pq_bytes(pa.table({"x": [1]})))
     with pytest.raises(UserError, match="not a feedback log"):
         FeedbackLog(tmp_path / "not.parquet")
+    assert (tmp_path / "not.parquet").is_file()  # left as it was
     with pytest.raises(UserError, match=r"\.parquet"):
         FeedbackLog(tmp_path / "fb.csv")
+
+
+def test_feedback_log_appends_whole_files_and_merges_them(tmp_path):
+    """A decision writes one small file whatever the log's size; every 256 of them become one; compaction (before
+    a policy is continued) leaves one file; the log reads the same throughout."""
+    schema = load_schema("synthetic")
+    log = FeedbackLog(tmp_path / "fb.parquet")
+    ids = []
+    for i in range(600):
+        ids.append(f"r{i}")
+        log.append(decision_events(schema, f"r{i}", "hair_color", i % 10, 0.9, "accept"))
+    files = sorted((tmp_path / "fb.parquet").glob("*.parquet"))
+    assert len(files) == 2 + (600 - 512)  # two merged files of 256, then one file per decision
+    assert not list((tmp_path / "fb.parquet").glob(".*"))  # no temporary file left behind
+    assert log.read_table().column("id").to_pylist() == ids and len(log) == 600
+    log.compact()
+    assert len(list((tmp_path / "fb.parquet").glob("*.parquet"))) == 1
+    assert ft.load_table(str(log.path))["id"] == ids
 
 
 def pq_bytes(table: pa.Table) -> bytes:
@@ -142,109 +172,234 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+DATA = Path(__file__).parent / "data" / "app"  # real images (see LICENSE-NOTES.md there)
+README = Path(__file__).parents[1] / "README.md"
+
+
+def load_recipe(name: str):
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "recipes" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_recipe", path)
+    recipe = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = recipe  # its dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(recipe)
+    return recipe
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
+    """The app as ``python recipes/app.py --dataset ... --cache_dir ...`` starts it: the recipe's flags and defaults
+    (the demo model, tags, the confidence rule), on a synthetic sample annotated with the same flags."""
     pytest.importorskip("gradio", reason="the app needs gradio: pip install -e '.[app]'")  # installed by [test]
     from charattr_hf.api import annotate_to_disk
     from charattr_hf.app import AppConfig, AppState
     from charattr_hf.app.ui import launch
+    from charattr_hf.cli import parse_args
     from charattr_hf.pipeline import PipelineOptions
 
     root = tmp_path_factory.mktemp("app")
+    flags = ["--cache_dir", str(root / "cache")]
+    options = parse_args([PipelineOptions], flags)
     sample = synthetic.generate(24, seed=5, size=64, noise="mixed", styles=["flat", "lit", "sketch"])
-    annotate_to_disk(sample, root / "annotated", keep_images=True, progress=False, num_proc=1,
-                     cache_dir=str(root / "cache"))
+    annotate_to_disk(sample, root / "annotated", progress=False, num_proc=1,
+                     options=dataclasses.replace(options, keep_images=True))
     config = AppConfig(dataset=str(root / "annotated"), feedback_log=str(root / "log" / "feedback.parquet"),
-                       pool_size=24, train_epochs=15, train_patience=5,
-                       pipeline=PipelineOptions(fusion="demo", cache_dir=str(root / "cache")))
+                       pool_size=24, train_epochs=15, train_patience=5, pipeline=options)
     state = AppState(config)
-    port = free_port()
-    demo, url = launch(state, port=port, block=False, quiet=True)
+    demo, url = launch(state, port=free_port(), block=False, quiet=True)
     image = root / "character.png"
     image.write_bytes(synthetic.make_item(7, 3, size=512, styles=["flat"])["image"]["bytes"])
-    yield {"state": state, "url": url, "root": root, "image": image}
+    yield {"state": state, "url": url, "root": root, "image": image, "flags": flags}
     demo.close()
 
 
-def test_api_annotate_review_and_retrain_with_gradio_client(served, tmp_path):
+def test_app_and_recipe_label_real_images_alike(served, tmp_path):
+    """The same flags give the same pipeline: the recipe's row and the app's /annotate agree on every label and
+    confidence of a real illustration (with its tags beside it) and a real photo (without). (Before any test here
+    continues the policy: the app then annotates with the new policy.)"""
     from gradio_client import Client, handle_file
 
-    state, image = served["state"], served["image"]
+    images = tmp_path / "my_images"
+    images.mkdir()
+    shutil.copy(DATA / "sdeval-1.jpg", images / "sdeval-1.jpg")
+    tags = "1girl, solo, long_hair, white_hair, red_eyes, dress, smile"
+    (images / "sdeval-1.txt").write_text(tags)
+    shutil.copy(DATA / "ukbench09012.jpg", images / "ukbench09012.jpg")
+    out = tmp_path / "annotated"
+    assert load_recipe("annotate").main([*served["flags"], "--dataset", str(images), "--output_dir", str(out),
+                                         "--quiet", "--num_proc", "1"]) == 0
+    run_info = json.loads((out / "run_info.json").read_text())
+    rows = {r["id"]: r for r in datasets.load_dataset(str(out), split="train")}
     client = Client(served["url"], verbose=False)
-    out = client.predict(handle_file(str(image)), "", api_name="/annotate")
+    schema = served["state"].schema
+    for name, given in (("sdeval-1.jpg", tags), ("ukbench09012.jpg", None)):
+        row = rows[name]
+        app = client.predict(image=handle_file(str(images / name)), tags=given, api_name="/annotate")
+        assert app["_image"]["fusion"] == "simple-confidence" and app["_image"]["flags"] == row["flags"]
+        for attr in schema:
+            entry = app[attr.name]
+            if attr.multi_label:
+                assert entry["label"] == [attr.labels[i].name for i in row[attr.name]], attr.name
+                assert entry["confidence"] == pytest.approx(row[f"{attr.name}_confidence"], abs=1e-4)
+            else:
+                assert entry["label"] == attr.labels[row[attr.name]].name, attr.name
+                assert entry["confidence"] == pytest.approx(row[f"{attr.name}_confidence"], abs=1e-4), attr.name
+        tagged = (row["probs_tags"] or {}).get("hair_color") is not None  # the recipe read the .txt beside it
+        assert tagged == (app["hair_color"]["sources"]["tags"] is not None) == (given is not None)
+        assert app["_image"]["warnings"] == run_info["warnings"] and run_info["warnings"]  # the demo model's
+
+
+def test_every_endpoint_as_the_readme_calls_it(served, tmp_path):
+    """The README's API example runs as written (only the address and the image file replaced), every parameter has
+    its name, and the optional ones may be left out."""
+    from gradio_client import Client
+
+    state = served["state"]
+    api = Client(served["url"], verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"]
+    params = {name: [(p["parameter_name"], p["parameter_has_default"]) for p in info["parameters"]]
+              for name, info in api.items()}
+    assert params == {
+        "/annotate": [("image", False), ("tags", True)],
+        "/review_next": [("n", True)],
+        "/review_decide": [("token", False), ("verdict", False), ("label", True)],
+        "/annotate_feedback": [("upload_id", False), ("attribute", False), ("verdict", False), ("label", True)],
+        "/retrain": [],
+        "/status": [],
+    }
+
+    section = README.read_text().split("The same actions are API endpoints", 1)[1]
+    block = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+    assert 'client.predict(handle_file("photo.jpg"), api_name="/annotate")' in block
+    code = block.replace('"http://127.0.0.1:7860/"', repr(served["url"]))
+    code = code.replace('"photo.jpg"', repr(str(DATA / "sdeval-1.jpg")))
+    before = len(state.log)
+    namespace: dict = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    out, info, status = namespace["out"], namespace["info"], namespace["status"]
     schema = state.schema
     assert set(schema.attribute_names) <= set(out)
     for attr in schema:
         entry = out[attr.name]
         probs = entry["probabilities"]
-        assert set(probs) == set(attr.label_names)
-        clip = entry["sources"]["clip"]
-        assert clip is not None and entry["sources"]["tags"] is None  # no tags were given
+        assert set(probs) == set(attr.label_names) and entry["sources"]["clip"] is not None
         if not attr.multi_label:
-            assert entry["label"] == max(probs, key=probs.get)
-            assert 0.0 <= entry["confidence"] <= 1.0 and abs(sum(clip.values()) - 1.0) < 1e-3
-    # the in-memory path gives what the batch pipeline gives for the same image and settings
-    from charattr_hf.api import annotate
+            assert entry["label"] == max(probs, key=probs.get) and 0.0 <= entry["confidence"] <= 1.0
+    assert out["hair_color"]["sources"]["tags"]["blonde"] > 0.5  # the tags given
+    assert out["_image"]["id"].startswith("upload-") and (out["_image"]["width"], out["_image"]["height"]) == (408, 768)
+    assert out["_image"]["warnings"] and "--pretrained laion2b_s34b_b79k" in out["_image"]["warnings"][0]
+    shown_blonde = out["hair_color"]["label"] == "blonde"  # then "correcting" to blonde is an accept
+    assert namespace["logged"]["verdict"] == ("accept" if shown_blonde else "correct") and len(namespace["items"]) == 1
+    assert namespace["decided"]["verdict"] == "reject"
+    log = state.log.read()
+    tail = log.select(range(before, len(log))).to_dict()
+    if shown_blonde:
+        assert tail["verdict"] == ["accept", "reject"] and tail["reward"] == [1.0, 0.0]
+    else:
+        assert tail["verdict"] == ["correct", "correct", "reject"] and tail["reward"] == [0.0, 1.0, 0.0]
+    assert tail["label"][-2] == "blonde" and tail["id"][-1] == namespace["items"][0]["id"]
+    assert info["policy_version"] == "app-v1" and status["policy_version"] == "app-v1"  # from the rule: a new policy
+    assert status["events"] == len(log) and status["warnings"] == out["_image"]["warnings"]
 
-    ref = annotate(Dataset.from_dict({"image": [str(image)]}).cast_column("image", __import__("datasets").Image()),
-                   fusion="demo", progress=False, cache_dir=str(tmp_path / "cache"))
-    for attr in schema:
-        if not attr.multi_label:
-            assert out[attr.name]["label"] == attr.labels[ref[0][attr.name]].name
-            assert out[attr.name]["confidence"] == pytest.approx(ref[0][f"{attr.name}_confidence"], abs=1e-4)
-    assert out["_image"]["id"].startswith("upload-") and out["_image"]["width"] == 512
-
-    # review: items come ordered by priority; decisions land in the log in the training format
-    items = client.predict(3, api_name="/review_next")
-    assert len(items) == 3 and items[0]["priority"] >= items[1]["priority"] >= items[2]["priority"]
-    log_path = state.log.path
-    before = len(state.log)
-    r1 = client.predict(items[0]["token"], "accept", "", api_name="/review_decide")
-    attr1 = schema[items[1]["attribute"]]
-    right = [n for n in attr1.label_names if n != items[1]["shown_label"]][0]
-    r2 = client.predict(items[1]["token"], "correct", right, api_name="/review_decide")
-    assert r1["events"] == before + 1 and r2["events"] == before + 3
-    up = client.predict(out["_image"]["id"], "hair_color", "reject", "", api_name="/annotate_feedback")
-    assert up["events"] == before + 4
-    log = ft.load_table(str(log_path))
-    tail = log.select(range(before, before + 4)).to_dict()
-    assert tail["verdict"] == ["accept", "correct", "correct", "reject"]
-    assert tail["reward"] == [1.0, 0.0, 1.0, 0.0]
-    assert tail["propensity"][0] == pytest.approx(items[0]["propensity"])
-    assert tail["label"][2] == right and tail["id"][:2] == [items[0]["id"], items[1]["id"]]
-    again = client.predict(5, api_name="/review_next")
-    assert items[0]["token"] not in {i["token"] for i in again}  # decided items leave the queue
-    with pytest.raises(Exception, match="stale|unknown"):
-        client.predict("nope\thair_color", "accept", "", api_name="/review_decide")
-
-    # teach the policy from the log: a new version, saved, used for annotation and the queue
-    info = client.predict(api_name="/retrain")
-    assert info["policy_version"] == "demo-v2" and info["events"] >= 4
-    # the pool's images without feedback hold the earlier answers (the library's defaults, as benchmarked), and
-    # the round states what it changed on them
-    assert info["anchored_images"] > 0 and info["given_images"] >= 24
-    kinds = {r["group"]: r for r in info["before_after"]}
-    assert kinds["images without events"]["images"] > 0 and kinds["images with events"]["events"] >= 3
     from charattr_hf.models.fusion import CharattrFusionModel
 
     saved = CharattrFusionModel.from_pretrained(info["saved_to"])
-    assert saved.config.policy_version == "demo-v2" and saved.config.training_info[-1]["kind"] == "feedback"
-    assert client.predict(api_name="/status")["policy_version"] == "demo-v2"
-    assert client.predict(handle_file(str(image)), "", api_name="/annotate")["_image"]["fusion"] == "demo-v2"
-
+    assert saved.config.policy_version == "app-v1" and saved.config.training_info[-1]["kind"] == "feedback"
     # the training recipe reads the same log as it is
-    import importlib.util
+    shutil.copytree(state.log.path, tmp_path / "log.parquet")
+    v2 = load_recipe("train_fusion").main([
+        "--mode", "feedback", "--dataset", str(served["root"] / "annotated"), "--schema", "synthetic",
+        "--feedback", str(tmp_path / "log.parquet"), "--init_from", info["saved_to"],
+        "--output_dir", str(tmp_path / "v2"), "--max_epochs", "3", "--eval_fraction", "0"])
+    trained = CharattrFusionModel.from_pretrained(v2).config.training_info[-1]
+    assert trained["kind"] == "feedback" and trained["events"] >= 1  # the uploaded image's rows are elsewhere
 
-    spec = importlib.util.spec_from_file_location("train_fusion", Path(__file__).parents[1] / "recipes" /
-                                                  "train_fusion.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    shutil.copy(log_path, tmp_path / "log.parquet")
-    v3 = recipe.main(["--mode", "feedback", "--dataset", str(served["root"] / "annotated"), "--schema", "synthetic",
-                      "--feedback", str(tmp_path / "log.parquet"), "--init_from", info["saved_to"],
-                      "--output_dir", str(tmp_path / "v3"), "--max_epochs", "3", "--eval_fraction", "0"])
-    trained = CharattrFusionModel.from_pretrained(v3).config.training_info[-1]
-    assert trained["kind"] == "feedback" and trained["events"] >= 2  # the uploaded image's rows are elsewhere
+
+def test_one_policy_round_at_a_time(served, tmp_path):
+    """Two rounds asked for at once (two clicks) never write the same version: the second is told to wait, or runs
+    after the first and takes the next version; a round while another process trains on the same folder is
+    refused."""
+    state = served["state"]
+    barrier, results = threading.Barrier(2), []
+
+    def ask():
+        barrier.wait()
+        try:
+            results.append(state.retrain())
+        except UserError as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    done = [r for r in results if isinstance(r, dict)]
+    refused = [r for r in results if isinstance(r, UserError)]
+    assert len(done) + len(refused) == 2 and done
+    assert all("already" in str(r) for r in refused)
+    assert len({r["saved_to"] for r in done}) == len(done)  # no folder written twice
+    from charattr_hf.models.fusion import CharattrFusionModel
+
+    for r in done:
+        saved = CharattrFusionModel.from_pretrained(r["saved_to"]).config
+        assert saved.policy_version == Path(r["saved_to"]).name
+        if len(saved.training_info) > 1:
+            # a continued policy (the library's defaults, as benchmarked) keeps its earlier answers on the pool's
+            # images without feedback, and the round states what it changed there
+            kinds = {k["group"]: k for k in r["before_after"]}
+            assert r["anchored_images"] > 0 and r["given_images"] >= 24
+            assert kinds["images without events"]["images"] > 0 and kinds["images with events"]["events"] >= 1
+            assert kinds["images without events"]["events"] == 0 and kinds["all"]["images"] == r["given_images"]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('locked', flush=True); time.sleep(120)", str(state.policy_dir / ".lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        versions = sorted(p.name for p in state.policy_dir.iterdir())
+        with pytest.raises(UserError, match="another process"):
+            state.retrain()
+        assert sorted(p.name for p in state.policy_dir.iterdir()) == versions
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_login_when_served_beyond_this_machine(served, tmp_path, capsys, monkeypatch):
+    from gradio_client import Client
+
+    from charattr_hf.app.serving import AUTH_ENV, serving_auth
+    from charattr_hf.app.ui import launch
+    from charattr_hf.cli import run_main
+
+    monkeypatch.delenv(AUTH_ENV, raising=False)
+    assert serving_auth("127.0.0.1", None) is None and serving_auth("::1", None) is None
+    assert serving_auth("localhost", None) is None and serving_auth("0.0.0.0", None, insecure=True) is None
+    assert serving_auth("0.0.0.0", "ann:s3:cret") == ("ann", "s3:cret")
+    with pytest.raises(UserError, match="--auth USER:PASSWORD"):
+        serving_auth("0.0.0.0", None)
+    with pytest.raises(UserError, match="USER:PASSWORD"):
+        serving_auth("0.0.0.0", "ann")
+    monkeypatch.setenv(AUTH_ENV, "ann:from-env")
+    assert serving_auth("0.0.0.0", None) == ("ann", "from-env")
+    monkeypatch.delenv(AUTH_ENV)
+    # the recipe refuses before it loads anything, in one line, with exit status 2
+    recipe = load_recipe("app")
+    assert run_main(recipe.main, ["--host", "0.0.0.0", "--feedback_log", str(tmp_path / "fb.parquet")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--auth" in err[0] and "--insecure" in err[0]
+    # served with a login: API clients without it are turned away
+    demo, url = launch(served["state"], port=free_port(), block=False, quiet=True, auth=("ann", "s3cret"))
+    try:
+        with pytest.raises(Exception):
+            Client(url, verbose=False).predict(api_name="/status")
+        with pytest.raises(Exception):
+            Client(url, verbose=False, auth=("ann", "wrong")).predict(api_name="/status")
+        status = Client(url, verbose=False, auth=("ann", "s3cret")).predict(api_name="/status")
+        assert status["feedback_log"] == str(served["state"].log.path)
+    finally:
+        demo.close()
 
 
 def _browser():
@@ -269,6 +424,8 @@ def test_real_browser_annotate_accept_and_review_keys(served, tmp_path):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(served["url"])
         page.wait_for_selector("#annotate-files input[type=file]", state="attached", timeout=30000)
+        banner = page.locator("#demo-warning")  # the demo model on uploaded images: said on the page
+        assert banner.is_visible() and "synthetic drawings" in banner.inner_text()
         page.set_input_files("#annotate-files input[type=file]", str(image))
         results = page.locator("#annotate-results")
         results.locator("tr[data-attribute='hair_color']").wait_for(timeout=30000)
@@ -300,23 +457,48 @@ def test_real_browser_annotate_accept_and_review_keys(served, tmp_path):
     assert (tmp_path / "annotate.png").stat().st_size > 10_000
 
 
-def test_recipe_retrains_from_the_log_and_reports_user_errors(served, tmp_path, capsys):
-    import importlib.util
+@pytest.mark.slow
+def test_real_browser_logs_in_when_the_app_asks(served):
+    """Served with --auth: the page is Gradio's login form until the right password is given."""
+    sync_playwright = _browser()
+    from charattr_hf.app.ui import launch
 
-    spec = importlib.util.spec_from_file_location("app_recipe", Path(__file__).parents[1] / "recipes" / "app.py")
-    recipe = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = recipe  # its dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(recipe)
+    demo, url = launch(served["state"], port=free_port(), block=False, quiet=True, auth=("ann", "s3cret"))
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(url)
+            page.locator("input[type=password]").wait_for(timeout=30000)
+            assert page.locator("#annotate-files").count() == 0  # nothing of the app before the login
+            page.locator("input[type=text]").first.fill("ann")
+            page.locator("input[type=password]").fill("wrong")
+            page.locator("button").filter(has_text="Login").click()
+            page.get_by_text("Incorrect", exact=False).wait_for(timeout=15000)
+            page.locator("input[type=text]").first.fill("ann")
+            page.locator("input[type=password]").fill("s3cret")
+            page.locator("button").filter(has_text="Login").click()
+            page.wait_for_selector("#annotate-files input[type=file]", state="attached", timeout=30000)
+            assert "synthetic drawings" in page.locator("#demo-warning").inner_text()
+            browser.close()
+    finally:
+        demo.close()
+
+
+def test_recipe_retrains_from_the_log_and_reports_user_errors(served, tmp_path, capsys):
+    recipe = load_recipe("app")
     log = tmp_path / "feedback.parquet"
-    shutil.copy(served["state"].log.path, log)
+    shutil.copytree(served["state"].log.path, log)
     if served["state"].log.rows_path.exists():
-        shutil.copy(served["state"].log.rows_path, tmp_path / "feedback.rows.parquet")
+        shutil.copytree(served["state"].log.rows_path, tmp_path / "feedback.rows.parquet")
     assert len(FeedbackLog(log)) > 0
-    code = recipe.main(["--dataset", str(served["root"] / "annotated"), "--feedback_log", str(log), "--retrain",
-                        "--fusion", "none"])
+    code = recipe.main(["--dataset", str(served["root"] / "annotated"), "--feedback_log", str(log), "--retrain"])
     assert code == 0
     saved = tmp_path / "feedback-policy" / "app-v1"  # from the rule: a fresh policy, learned from the log alone
     assert (saved / "model.safetensors").is_file() and '"policy_version": "app-v1"' in capsys.readouterr().out
+    assert recipe.main(["--dataset", str(served["root"] / "annotated"), "--feedback_log", str(log), "--retrain"]) == 0
+    assert (tmp_path / "feedback-policy" / "app-v2").is_dir() and (saved / "model.safetensors").is_file()  # kept
+    capsys.readouterr()
     from charattr_hf.cli import run_main
 
     assert run_main(recipe.main, ["--dataset", str(tmp_path / "missing"), "--feedback_log", str(log)]) == 2

@@ -15,7 +15,7 @@ from datasets import Dataset, Features, Value
 from PIL import Image
 
 from charattr_hf.schema import Schema, load_schema
-from charattr_hf.stages.blip2 import Blip2Source, default_question
+from charattr_hf.sources.blip2.stage import Blip2Source, default_question
 
 from charattr_hf.testing import BLIP2_IMAGE_SIZE as IMAGE_SIZE
 from charattr_hf.testing import build_tiny_blip2
@@ -79,7 +79,7 @@ def _as_array(rows: list[dict], schema: Schema) -> np.ndarray:
 
 def test_map_types_sums_and_error_rows(tiny):
     schema = load_schema("default")
-    stage = Blip2Source(schema, model_id=tiny, pixel_shape=(IMAGE_SIZE, IMAGE_SIZE))
+    stage = Blip2Source(schema, model_id=tiny, pixel_shape=(IMAGE_SIZE, IMAGE_SIZE), pixels_column="_pixels")
     images = _images(7)
     errors = [None, "decode: broken file", None, None, None, "decode: too small", None]
     ds = Dataset.from_dict(
@@ -102,7 +102,7 @@ def test_map_types_sums_and_error_rows(tiny):
 
 
 def test_batch_equals_row_by_row(tiny):
-    stage = Blip2Source(model_id=tiny, pixel_shape=(IMAGE_SIZE, IMAGE_SIZE), batch_size=2)
+    stage = Blip2Source(model_id=tiny, pixel_shape=(IMAGE_SIZE, IMAGE_SIZE), pixels_column="_pixels", batch_size=2)
     images = _images(5, seed=1)
     batched = stage(_pixels_batch(images))[COL]
     single = [stage(_pixels_batch([im]))[COL][0] for im in images]
@@ -125,7 +125,8 @@ def _reference_logprob(model, processor, image: np.ndarray, prompt: str, answer:
 def test_scores_match_direct_log_likelihood(tiny):
     from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-    stage = Blip2Source(SMALL, model_id=tiny, questions=SMALL_QUESTIONS, pixel_shape=(IMAGE_SIZE, IMAGE_SIZE))
+    stage = Blip2Source(SMALL, model_id=tiny, questions=SMALL_QUESTIONS, pixel_shape=(IMAGE_SIZE, IMAGE_SIZE),
+                        pixels_column="_pixels")
     image = _images(1, seed=2)[0]
     got = stage(_pixels_batch([image]))[COL][0]
 
@@ -148,8 +149,8 @@ def test_scores_match_direct_log_likelihood(tiny):
 
 def test_packing_split_gives_same_numbers(tiny):
     images = _images(3, seed=3)
-    one = Blip2Source(model_id=tiny, pixel_shape=(IMAGE_SIZE, IMAGE_SIZE))
-    many = Blip2Source(model_id=tiny, pixel_shape=(IMAGE_SIZE, IMAGE_SIZE), max_pack_tokens=40)
+    one = Blip2Source(model_id=tiny, pixel_shape=(IMAGE_SIZE, IMAGE_SIZE), pixels_column="_pixels")
+    many = Blip2Source(model_id=tiny, pixel_shape=(IMAGE_SIZE, IMAGE_SIZE), pixels_column="_pixels", max_pack_tokens=40)
     assert one.num_lm_passes() == 1
     assert many.num_lm_passes() > 3
     np.testing.assert_allclose(
@@ -159,7 +160,11 @@ def test_packing_split_gives_same_numbers(tiny):
     )
 
 
-def test_image_column_without_pixels(tiny):
+def test_pixels_come_from_the_decode_stage_at_the_processors_size(tiny):
+    """The source's pixel spec is the processor's size, squashed with its filter; the decode stage makes them from
+    any image (a larger one resized, a broken one quarantined), and the scores equal those of ready pixels."""
+    from charattr_hf.stages.decode import DecodeStage
+
     images = _images(2, seed=4)
     pngs = []
     for im in images:
@@ -167,24 +172,26 @@ def test_image_column_without_pixels(tiny):
         Image.fromarray(im).save(buf, format="PNG")
         pngs.append({"bytes": buf.getvalue(), "path": None})
     big = io.BytesIO()
-    Image.fromarray(np.tile(images[0], (2, 3, 1))).save(big, format="PNG")  # 64x96: resized by the stage
-    from_pixels = Blip2Source(model_id=tiny, pixel_shape=(IMAGE_SIZE, IMAGE_SIZE))
-    standalone = Blip2Source(model_id=tiny)
-    assert standalone.input_columns() == ["image"]
-    assert standalone.expected_pixel_shape() == (IMAGE_SIZE, IMAGE_SIZE)
-    extra = [{"bytes": big.getvalue(), "path": None}, {"bytes": b"not an image", "path": None}]
-    out = standalone({"image": pngs + extra})
+    Image.fromarray(np.tile(images[0], (2, 3, 1))).save(big, format="PNG")  # 64x96: resized by the decode stage
+    stage = Blip2Source(model_id=tiny)
+    spec = stage.pixel_spec()
+    assert spec.size == (IMAGE_SIZE, IMAGE_SIZE) and spec.resize == "squash" and stage.input_columns() == [spec.column]
+    decode = DecodeStage({spec.column: spec})
+    batch = {"image": pngs + [{"bytes": big.getvalue(), "path": None}, {"bytes": b"not an image", "path": None}]}
+    batch.update(decode(batch))
+    out = stage(batch)
+    from_pixels = Blip2Source(model_id=tiny, pixel_shape=(IMAGE_SIZE, IMAGE_SIZE), pixels_column="_pixels")
     np.testing.assert_allclose(
-        _as_array(out[COL][:2], standalone.schema),
+        _as_array(out[COL][:2], stage.schema),
         _as_array(from_pixels(_pixels_batch(images))[COL], from_pixels.schema),
         atol=2e-5,
     )
-    _check_row(standalone.schema, out[COL][2])
-    assert out[COL][3] is None and out["error"][3].startswith("blip2: cannot read image")
+    _check_row(stage.schema, out[COL][2])
+    assert out[COL][3] is None and out["error"][3].startswith("unreadable image")
 
 
 def test_wrong_pixel_size_isolated_to_its_row(tiny):
-    stage = Blip2Source(model_id=tiny, pixel_shape=(IMAGE_SIZE, IMAGE_SIZE))
+    stage = Blip2Source(model_id=tiny, pixel_shape=(IMAGE_SIZE, IMAGE_SIZE), pixels_column="_pixels")
     images = _images(2, seed=5)
     batch = _pixels_batch(images)
     batch["_pixels"][0] = batch["_pixels"][0][:-3]
@@ -195,7 +202,8 @@ def test_wrong_pixel_size_isolated_to_its_row(tiny):
 
 
 def test_questions_override_and_validation(tiny):
-    stage = Blip2Source(model_id=tiny, pixel_shape=(IMAGE_SIZE, IMAGE_SIZE), questions={"hair_color": None})
+    stage = Blip2Source(model_id=tiny, pixel_shape=(IMAGE_SIZE, IMAGE_SIZE), pixels_column="_pixels",
+                        questions={"hair_color": None})
     row = stage(_pixels_batch(_images(1)))[COL][0]
     assert row["hair_color"] is None and row["eye_color"] is not None
     assert all(q.attribute != "hair_color" for q in stage.queries())
@@ -215,7 +223,7 @@ def test_questions_override_and_validation(tiny):
 
 
 def test_pickles_without_model_and_fingerprint(tiny):
-    stage = Blip2Source(model_id=tiny, pixel_shape=(IMAGE_SIZE, IMAGE_SIZE))
+    stage = Blip2Source(model_id=tiny, pixel_shape=(IMAGE_SIZE, IMAGE_SIZE), pixels_column="_pixels")
     batch = _pixels_batch(_images(2, seed=6))
     before = stage(batch)[COL]  # loads the model
     blob = pickle.dumps(stage)
@@ -235,16 +243,3 @@ def test_pickles_without_model_and_fingerprint(tiny):
     # Memory knobs do not change the numbers, so they do not change the fingerprint.
     knobs = Blip2Source(model_id=tiny, batch_size=1, max_pack_tokens=50)
     assert knobs.fingerprint() == Blip2Source(model_id=tiny).fingerprint()
-
-
-def test_standalone_decode_composites_alpha_over_white():
-    from charattr_hf.stages.blip2 import _decode_image
-
-    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
-    rgba[..., 0] = 255  # red everywhere, transparent in the top half
-    rgba[2:, :, 3] = 255
-    buf = io.BytesIO()
-    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
-    out = _decode_image({"bytes": buf.getvalue(), "path": None})
-    assert out.shape == (4, 4, 3) and out.dtype == np.uint8
-    assert (out[:2] == 255).all() and (out[2:] == [255, 0, 0]).all()

@@ -13,7 +13,7 @@ from charattr_hf.api import annotate_to_disk
 from charattr_hf.cache_redis import RedisFeatureCache, check_cache_url
 from charattr_hf.errors import UserError
 from charattr_hf.pipeline import PipelineOptions
-from charattr_hf.stages.clip import ClipZeroShot
+from charattr_hf.sources.clip.stage import ClipZeroShot
 
 from .redis_server import RedisServer
 from .test_pipeline import image_dataset

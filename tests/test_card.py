@@ -111,3 +111,34 @@ def test_sample_grid_shows_the_most_confident_rows_of_each_label(tmp_path):
                                            (3_000_000, "1M<n<10M")])
 def test_size_category(rows, expected):
     assert size_category(rows) == expected
+
+
+def test_label_bars_are_drawn_in_the_colours_their_labels_name(tmp_path):
+    """A hair colour's bar has that colour (white outlined, on white); labels that name no colour share one."""
+    from charattr_hf.card import label_colour
+
+    hair = ["pink", "blue", "blonde", "white", "aqua"]
+    counts = {"pink": 9, "blue": 7, "blonde": 5, "white": 4, "aqua": 3}  # bars drawn in this order (most first)
+    length = ["short", "long"]
+    rows = [(hair.index(h), i % 2) for h, n in counts.items() for i in range(n)]
+    features = Features({"error": Value("string"), "hair_color": ClassLabel(names=hair),
+                         "hair_color_confidence": Value("float32"), "hair_length": ClassLabel(names=length),
+                         "hair_length_confidence": Value("float32")})
+    ds = Dataset.from_dict({"error": [None] * len(rows), "hair_color": [h for h, _ in rows],
+                            "hair_color_confidence": [0.9] * len(rows), "hair_length": [l for _, l in rows],
+                            "hair_length_confidence": [0.8] * len(rows)}, features=features)
+    (tmp_path / "data").mkdir()
+    path = tmp_path / "data" / "train-00000-of-00001.parquet"
+    ds.to_parquet(str(path))
+    figures = draw_card_figures(tmp_path, "train", [path])
+    chart = np.asarray(Image.open(tmp_path / figures.labels).convert("RGB")).astype(int)
+    pad, title_h, top, row_h, label_w, panel_w = 16, 48, 30, 20, 120, 460
+    for i, name in enumerate(counts):  # the first panel: hair_color
+        y = title_h + pad + top + i * row_h + row_h // 2
+        inside = chart[y, pad + label_w + 4]
+        assert np.abs(inside - np.array(label_colour(name))).max() < 3, (name, inside)
+    assert chart[title_h + pad + top + 3 * row_h + row_h // 2, pad + label_w].max() < 200  # white's outline
+    assert np.abs(np.array(label_colour("pink")) - np.array((255, 192, 203))).max() == 0  # CSS pink, not blue
+    assert label_colour("brown")[0] < 150 and label_colour("blonde_hair") == label_colour("blonde")
+    second = [chart[title_h + pad + top + i * row_h + row_h // 2, 2 * pad + panel_w + label_w + 4] for i in range(2)]
+    assert label_colour("short") is None and (second[0] == second[1]).all()  # hair_length: one colour for all

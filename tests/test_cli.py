@@ -67,3 +67,25 @@ def test_out_of_range_and_bad_choices_exit_2(capsys):
         assert info.value.code == 2
         err = capsys.readouterr().err
         assert argv[0] in err and len(err.strip().splitlines()) == 2
+
+
+@dataclass
+class OwnConfig:
+    curate_config: str = field(default=None, metadata={"help": "The curation YAML, also given as --config.",
+                                                       "config_file": True})
+
+
+def test_an_option_that_config_names_is_described_one_way(tmp_path):
+    """curate.py's --config names its curation YAML, not a file of option values: --help says so once, and the
+    option gets the file (which is not read as option values)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    text = " ".join(build_parser([OwnConfig]).format_help().split())
+    assert "--config FILE.yaml The same as --curate_config." in text and "option values" not in text
+    (tmp_path / "c.yaml").write_text("filters: {too_small: {min_side: 128}}\n")
+    assert parse_args([OwnConfig], ["--config", str(tmp_path / "c.yaml")]).curate_config == str(tmp_path / "c.yaml")
+    recipe = Path(__file__).parents[1] / "recipes" / "curate.py"
+    help_text = subprocess.run([sys.executable, str(recipe), "--help"], capture_output=True, text=True).stdout
+    assert "option values" not in help_text and "The same as --curate_config" in " ".join(help_text.split())

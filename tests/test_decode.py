@@ -18,9 +18,16 @@ from PIL import Image, ImageFilter, ImageOps
 
 from charattr_hf.schema import QUALITY_FIELDS
 from charattr_hf.stages.decode import FLAGS, DecodeStage, FlagThresholds, resize_plan
+from charattr_hf.stages.pixels import PixelSpec
 from tests import images as im_
 
 # --------------------------------------------------------------------------------------------- helpers
+
+
+def stage_at(size=None, mode: str = "shortest", interpolation: str = "bicubic", fill=0, **kwargs) -> DecodeStage:
+    """A decode stage that writes ``_pixels`` at ``size`` as open_clip's eval transform (none without a size)."""
+    return DecodeStage({"_pixels": PixelSpec(size, mode, interpolation, fill=fill)} if size is not None else {},
+                       **kwargs)
 
 
 def decode(stage: DecodeStage, *cells) -> list[dict]:
@@ -45,7 +52,7 @@ def native(data, **kwargs) -> tuple[dict, np.ndarray]:
     """Decode at the image's own (oriented) size: ``_pixels`` is then the converted image, unresampled."""
     row = one(DecodeStage(**kwargs), data)
     size = (row["height"], row["width"])
-    row = one(DecodeStage(image_size=size, resize_mode="squash", **kwargs), data)
+    row = one(stage_at(size, mode="squash", **kwargs), data)
     return row, pixels(row, size)
 
 
@@ -112,7 +119,7 @@ def clip_images() -> dict[str, tuple[Image.Image, bytes]]:
 def test_pixels_match_open_clip_eval_transform(mode, size, clip_images):
     target = (size, size) if isinstance(size, int) else size
     for draft in (False, True):
-        stage = DecodeStage(image_size=size, resize_mode=mode, draft=draft)
+        stage = stage_at(size, mode=mode, draft=draft)
         for name, (img, data) in clip_images.items():
             row = one(stage, data)
             ref_input = composite_white(img) if img.mode == "RGBA" else img
@@ -132,13 +139,13 @@ def test_pixels_match_open_clip_eval_transform(mode, size, clip_images):
 @pytest.mark.parametrize("mode,interpolation,fill", [("longest", "bilinear", 128), ("shortest", "bilinear", 0)])
 def test_interpolation_and_fill_follow_open_clip(mode, interpolation, fill):
     img = im_.scene(333, 151, seed=4)
-    stage = DecodeStage(image_size=224, resize_mode=mode, interpolation=interpolation, fill_color=fill)
+    stage = stage_at(224, mode=mode, interpolation=interpolation, fill=fill)
     got = pixels(one(stage, im_.encode(img)), 224)
     ref = open_clip_reference(img, 224, mode, interpolation, fill)
     assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
     if mode == "longest":
         assert (got[0] == fill).all() and (got[-1] == fill).all()  # padded rows above and below
-    other = DecodeStage(image_size=224, resize_mode=mode, interpolation="bicubic", fill_color=fill)
+    other = stage_at(224, mode=mode, interpolation="bicubic", fill=fill)
     assert not np.array_equal(got, pixels(one(other, im_.encode(img)), 224))
 
 
@@ -160,9 +167,9 @@ def test_jpeg_full_decode_is_exact_and_draft_is_close():
     img = im_.scene(1600, 1200, seed=5).filter(ImageFilter.GaussianBlur(1.5))
     data = im_.encode(img, "JPEG", quality=90)
     ref = open_clip_reference(Image.open(io.BytesIO(data)).convert("RGB"), 224, "shortest")
-    exact = pixels(one(DecodeStage(224, draft=False), data), 224)
+    exact = pixels(one(stage_at(224, draft=False), data), 224)
     assert np.array_equal(exact, ref)
-    drafted = pixels(one(DecodeStage(224, draft=True), data), 224)
+    drafted = pixels(one(stage_at(224, draft=True), data), 224)
     diff = np.abs(drafted.astype(int) - ref.astype(int))
     assert diff.any(), "draft decoding was not used on a 1600x1200 JPEG"
     assert diff.mean() < 0.75 and diff.max() <= 16
@@ -177,7 +184,7 @@ def test_draft_keeps_geometry_under_exif_rotation(orientation):
     upright = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
     for mode in ("squash", "shortest"):
         ref = open_clip_reference(upright, 224, mode)
-        row = one(DecodeStage(224, resize_mode=mode, draft=True), data)
+        row = one(stage_at(224, mode=mode, draft=True), data)
         diff = np.abs(pixels(row, 224).astype(int) - ref.astype(int))
         assert diff.mean() < 0.75, (orientation, mode, diff.mean())
 
@@ -186,8 +193,8 @@ def test_large_png_reduction_is_close():
     img = im_.scene(1200, 900, seed=8).filter(ImageFilter.GaussianBlur(2))
     data = im_.encode(img, "PNG", compress_level=1)
     ref = open_clip_reference(img, 224, "shortest")
-    assert np.array_equal(pixels(one(DecodeStage(224, draft=False), data), 224), ref)
-    diff = np.abs(pixels(one(DecodeStage(224, draft=True), data), 224).astype(int) - ref.astype(int))
+    assert np.array_equal(pixels(one(stage_at(224, draft=False), data), 224), ref)
+    diff = np.abs(pixels(one(stage_at(224, draft=True), data), 224).astype(int) - ref.astype(int))
     assert diff.any() and diff.mean() < 0.75
 
 
@@ -344,7 +351,7 @@ def test_bad_inputs_become_error_rows(tmp_path):
         (12345, "no image: unsupported cell type int"),
     ]
     pil_limit = Image.MAX_IMAGE_PIXELS
-    stage = DecodeStage(image_size=64)
+    stage = stage_at(64)
     rows = decode(stage, good_png, *[c for c, _ in cases], good_jpg)
     assert Image.MAX_IMAGE_PIXELS == pil_limit  # the process-wide limit is not touched
     assert rows[0]["error"] is None and rows[-1]["error"] is None
@@ -461,7 +468,7 @@ def test_dataset_map_with_two_processes_keeps_rows_and_order(tmp_path):
     cells, want, broken = mixed_cells(tmp_path)
     ds = Dataset.from_dict({"image": cells, "index": list(range(len(cells)))})
     ds = ds.cast_column("image", HFImage(decode=False))
-    stage = DecodeStage(image_size=32)
+    stage = stage_at(32)
     features = Features({**ds.features, **stage.features(), "error": Value("string")})
     out = ds.map(stage, batched=True, batch_size=3, num_proc=2, features=features)
     assert len(out) == len(ds)
@@ -484,14 +491,14 @@ def test_decoded_image_column():
 
 # --------------------------------------------------------------------------------------------- configuration
 def test_params_fingerprint_and_pickle():
-    base = DecodeStage(image_size=224)
-    assert base.fingerprint() == DecodeStage(image_size=(224, 224)).fingerprint()
+    base = stage_at(224)
+    assert base.fingerprint() == stage_at((224, 224)).fingerprint()
     for other in (
-        DecodeStage(image_size=256),
-        DecodeStage(image_size=224, draft=False),
-        DecodeStage(image_size=224, background="black"),
-        DecodeStage(image_size=224, resize_mode="squash"),
-        DecodeStage(image_size=224, thresholds=FlagThresholds(dark=0.2)),
+        stage_at(256),
+        stage_at(224, draft=False),
+        stage_at(224, background="black"),
+        stage_at(224, mode="squash"),
+        stage_at(224, thresholds=FlagThresholds(dark=0.2)),
     ):
         assert other.fingerprint() != base.fingerprint(), other
     clone = pickle.loads(pickle.dumps(base))
@@ -503,18 +510,20 @@ def test_params_fingerprint_and_pickle():
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"image_size": 0},
-        {"image_size": "big"},
-        {"resize_mode": "crop"},
-        {"interpolation": "cubic"},
-        {"background": (300, 0, 0)},
-        {"max_pixels": 0},
-        {"thresholds": {"darkness": 0.1}},
+        {"size": 0},
+        {"size": "big"},
+        {"size": 32, "mode": "crop"},
+        {"size": 32, "interpolation": "cubic"},
+        {"size": 32, "background": (300, 0, 0)},
+        {"size": 32, "max_pixels": 0},
+        {"size": 32, "thresholds": {"darkness": 0.1}},
     ],
 )
 def test_bad_arguments_fail_early(kwargs):
     with pytest.raises(ValueError):
-        DecodeStage(**kwargs)
+        stage_at(**kwargs)
+    with pytest.raises(ValueError, match="working column"):
+        DecodeStage({"pixels": PixelSpec(32)})  # a pixel column is a working column: its name starts with "_"
 
 
 # --------------------------------------------------------------------------------------------- throughput
@@ -528,7 +537,7 @@ def test_throughput_report(capsys):
             for i in range(24)
         ],
     }
-    stages = {"224": DecodeStage(224), "224 draft=False": DecodeStage(224, draft=False), "no pixels": DecodeStage()}
+    stages = {"224": stage_at(224), "224 draft=False": stage_at(224, draft=False), "no pixels": DecodeStage()}
     best: dict[tuple[str, str], float] = {}
     for _ in range(3):  # interleaved rounds, best of each: the machine is shared
         for set_name, data in sets.items():

@@ -15,7 +15,7 @@ import torch
 
 from charattr_hf import demo_clip as D
 from charattr_hf import synthetic as S
-from charattr_hf.openclip import ClipSpec, demo_model_dir
+from charattr_hf.sources.clip.model import ClipSpec, demo_model_dir
 from charattr_hf.schema import load_schema
 
 ASSET = Path(__file__).resolve().parents[1] / "charattr_hf" / "assets" / "demo-clip"
@@ -70,7 +70,7 @@ def test_clipspec_demo_resolves_to_the_shipped_folder():
     spec = ClipSpec.parse("demo")
     assert spec.local_dir() == ASSET
     assert spec.describe() == "demo"
-    from charattr_hf.pipeline import _model_schema
+    from charattr_hf.sources.clip import spec_schema as _model_schema
 
     assert _model_schema(spec) == str(ASSET / "charattr_schema.yaml")
 
@@ -225,7 +225,7 @@ def test_uniform_colour_loss_is_zero_only_for_flat_scores():
 
 
 def test_prompt_bank_reproduces_the_pipeline_label_embeddings():
-    from charattr_hf.openclip import label_embeddings
+    from charattr_hf.sources.clip.model import label_embeddings
 
     model = D.build_model(json.loads(json.dumps(_tiny_cfg())), seed=0).eval()
     tokenizer = D.CaptionTokenizer(32)

@@ -57,6 +57,7 @@ def load_paths(out: Path, env: dict) -> list[str]:
 # --- 2. per-row facts come from this run's input ------------------------------------------------------------
 
 
+@pytest.mark.slow  # the fuller subprocess matrix: `pytest -m slow`, run by CI too
 def test_concurrent_runs_over_copies_of_one_folder_name_their_own_files(tiny_clip_dir, tmp_path):
     env = shared_env(tmp_path)
     first = image_folder(tmp_path / "a" / "images")
@@ -173,6 +174,7 @@ def test_damaged_weights_fail_once_before_any_chunk(tiny_clip_dir, tmp_path):
     assert a["probs_clip"][:] == b["probs_clip"][:] and a["hair_color"][:] == b["hair_color"][:]
 
 
+@pytest.mark.slow  # the fuller subprocess matrix: `pytest -m slow`, run by CI too
 def test_recipe_offline_with_an_uncached_model_exits_at_once_with_one_line(tmp_path):
     env = shared_env(tmp_path)
     env["HF_HUB_OFFLINE"] = "1"
@@ -208,7 +210,7 @@ def test_a_version_bump_invalidates_cached_chunks_and_model_outputs(tiny_clip_di
     import charattr_hf
     from charattr_hf.api import annotate_to_disk
     from charattr_hf.pipeline import PipelineOptions
-    from charattr_hf.stages.clip import ClipZeroShot
+    from charattr_hf.sources.clip.stage import ClipZeroShot
     from tests.test_pipeline import image_dataset
 
     seen = []
@@ -301,7 +303,7 @@ def test_rows_that_fail_alike_after_good_rows_are_flagged_not_systemic():
 
 def test_a_blip2_read_failure_keeps_the_rows_clip_and_tag_labels(tiny, tiny_clip_dir, tmp_path, monkeypatch):
     from charattr_hf.api import annotate
-    from charattr_hf.stages.blip2 import Blip2Source
+    from charattr_hf.sources.blip2.stage import Blip2Source
     from tests.test_pipeline import image_dataset
 
     real = Blip2Source._row_image
@@ -330,13 +332,8 @@ def test_blip2_reads_the_shared_decode_stages_pixels(tiny, tmp_path, monkeypatch
 
     from charattr_hf.api import annotate
     from charattr_hf.pipeline import PipelineOptions, build_pipeline
-    from charattr_hf.stages import blip2
     from tests import images
 
-    def no_own_decoding(value):
-        raise AssertionError("BLIP-2 decoded an image itself")
-
-    monkeypatch.setattr(blip2, "_decode_image", no_own_decoding)
     rotated = images.with_orientation(images.scene(48, 32), 6)
     deep, _ = images.png_rgb16(40, 30)
     bomb = images.header_only_png(20_000, 20_000)  # 400 M pixels: over the decode stage's limit
@@ -351,10 +348,11 @@ def test_blip2_reads_the_shared_decode_stages_pixels(tiny, tmp_path, monkeypatch
     pipeline = build_pipeline(PipelineOptions(model=None, blip2=tiny, tags=False), ["image"])
     (source,) = pipeline.device
     decode = pipeline.cpu[1]
-    assert source.input_columns() == ["_pixels_blip2"] and "_pixels_blip2" in decode.features()
+    (column,) = source.input_columns()
+    assert column in decode.features() and decode.pixels[column] == source.pixel_spec()
     row = decode({"image": [{"bytes": rotated, "path": None}]})
     h, w = source.pixel_shape
-    pixels = np.frombuffer(row["_pixels_blip2"][0], dtype=np.uint8).reshape(h, w, 3)
+    pixels = np.frombuffer(row[column][0], dtype=np.uint8).reshape(h, w, 3)
     upright = np.asarray(Image.open(io.BytesIO(rotated)).transpose(Image.Transpose.ROTATE_270).convert("RGB")
                          .resize((w, h), Image.Resampling.BICUBIC), dtype=np.float64)
     assert np.abs(pixels - upright).mean() < 3  # the oriented picture, squashed to the processor's size

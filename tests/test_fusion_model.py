@@ -474,14 +474,20 @@ def test_policy_fusion_from_a_hub_id_pins_the_commit(tester, tmp_path, monkeypat
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(sha)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
+    from charattr_hf import loading
+
+    loading._resolve.cache_clear()  # nothing resolved yet in this process
     stage = PolicyFusion(tester.schema, list(SOURCES), "org/fusion-policy")
-    assert stage.revision == sha and stage.weights_id() == f"hub:{sha}"
+    assert stage.revision == sha and stage.weights_id() == f"hub-org/fusion-policy@{sha}"
     cols = tester.columns(n=3, missing=0.0)
     before = stage.fuse(cols)["hair_length"]
     # the branch moves to new weights: a new stage pins and names them; the built stage keeps its commit
     new_sha = "f" * 40
     tester.model(seed=3).save_pretrained(repo / "snapshots" / new_sha)
     (repo / "refs" / "main").write_text(new_sha)
+    same = PolicyFusion(tester.schema, list(SOURCES), "org/fusion-policy")
+    assert same.revision == sha  # within a process (a run), a revision resolves once: every stage loads one commit
+    loading._resolve.cache_clear()  # a new process
     moved = PolicyFusion(tester.schema, list(SOURCES), "org/fusion-policy")
     assert moved.revision == new_sha and moved.fingerprint() != stage.fingerprint()
     clone = pickle.loads(pickle.dumps(stage))  # e.g. another process: reloads the pinned commit

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from charattr_hf.errors import UserError
-from charattr_hf.openclip import ClipSpec, check_precision, load_model
+from charattr_hf.sources import check_precision
+from charattr_hf.sources.clip.model import ClipSpec, load_model
 from charattr_hf.pipeline import PipelineOptions, build_pipeline
-from charattr_hf.stages.clip import ClipZeroShot
+from charattr_hf.sources.clip.stage import ClipZeroShot
 
 from .test_pipeline import clip_batch
 
@@ -31,7 +32,7 @@ def test_int8_quantizes_the_image_tower_linear_layers(tiny_clip_dir):
 def test_self_attention_through_linears_is_the_same_computation(tiny_clip_dir):
     import copy
 
-    from charattr_hf.openclip import _self_attention_through_linears
+    from charattr_hf.sources.clip.model import _self_attention_through_linears
 
     fp32, _ = load_model(ClipSpec.parse(f"local-dir:{tiny_clip_dir}"), "cpu", "fp32")
     swapped = copy.deepcopy(fp32)
@@ -70,7 +71,7 @@ def test_int8_demo_resnet_attention_pool():
     switched to calling them as modules (same result in fp32), and they become int8."""
     import copy
 
-    from charattr_hf.openclip import _attention_pools_through_modules
+    from charattr_hf.sources.clip.model import _attention_pools_through_modules
 
     spec = ClipSpec.parse("demo")
     fp32, _ = load_model(spec, "cpu", "fp32")

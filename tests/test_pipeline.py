@@ -13,12 +13,12 @@ from PIL import Image
 
 from charattr_hf.api import annotate, annotate_to_disk
 from charattr_hf.cache import FeatureCache
+from charattr_hf.chunks import chunk_path
 from charattr_hf.inputs import InputSpec
-from charattr_hf.openclip import ClipSpec
-from charattr_hf.pipeline import PipelineOptions
-from charattr_hf.runner import chunk_path
+from charattr_hf.pipeline import Pipeline, PipelineOptions
 from charattr_hf.schema import load_schema
-from charattr_hf.stages.clip import ClipZeroShot
+from charattr_hf.sources.clip.model import ClipSpec
+from charattr_hf.sources.clip.stage import ClipZeroShot
 from charattr_hf.stages.decode import DecodeStage
 
 TAGS = [
@@ -47,7 +47,7 @@ def image_dataset(n: int, bad: tuple[int, ...] = (), duplicate_of: dict | None =
 
 def clip_batch(stage: ClipZeroShot, n: int, bad=()):
     ds = image_dataset(n, bad=bad)
-    decode = DecodeStage(image_size=stage.preprocess.image_size)
+    decode = DecodeStage({stage.pixels_column: stage.pixel_spec})
     batch = ds.cast_column("image", HFImage(decode=False))[:]
     batch.update(decode(batch))
     return batch
@@ -140,20 +140,52 @@ def test_annotate_keeps_every_row_and_flags_bad_images(tiny_clip_dir, tmp_path):
     assert "configs:" in card and "data/train-*" in card and "hair_color" in card
 
 
-def test_rerun_resumes_from_finished_chunks(tiny_clip_dir, tmp_path):
+def _failing_chunk(monkeypatch, first_index: int) -> None:
+    """The chunk whose first row is ``first_index`` fails (as if the run died while it was in flight)."""
+    real = Pipeline.device_part
+
+    def device_part(self, chunk, scratch, output_features):
+        if chunk["index"][0] == first_index:
+            raise RuntimeError("the device went away")
+        return real(self, chunk, scratch, output_features)
+
+    monkeypatch.setattr(Pipeline, "device_part", device_part)
+
+
+def test_rerun_resumes_from_finished_chunks(tiny_clip_dir, tmp_path, monkeypatch):
     ds = image_dataset(20)
     opts = dict(model=f"local-dir:{tiny_clip_dir}", cache_dir=str(tmp_path / "c"), use_cache=False)
+    whole, _ = annotate_to_disk(ds, tmp_path / "whole", options=PipelineOptions(**opts), chunk_size=6, progress=False)
     out_dir = tmp_path / "out"
-    first, _ = annotate_to_disk(ds, out_dir, options=PipelineOptions(**opts), chunk_size=6, progress=False)
-    before = pq.read_table(first.data_files[0])
-    run_dir = chunk_path(next(p for p in (out_dir / ".charattr").iterdir() if p.is_dir()), 0).parent.parent
-    chunk_path(run_dir, 2).unlink()  # as if the run died while this chunk was in flight
+    with monkeypatch.context() as m:
+        _failing_chunk(m, 12)
+        first, _ = annotate_to_disk(ds, out_dir, options=PipelineOptions(**opts), chunk_size=6, progress=False)
+    assert first.failed_chunks == [2] and not first.data_files and not (out_dir / "README.md").exists()
     second, _ = annotate_to_disk(ds, out_dir, options=PipelineOptions(**opts), chunk_size=6, progress=False)
     assert second.chunks_skipped == 3 and second.rows_processed == 6
-    after = pq.read_table(second.data_files[0])
-    assert after.equals(before)
-    ranks = json.loads((run_dir / "rank-0.json").read_text())
-    assert ranks["chunks_processed"] == [2]
+    assert second.ranks[0]["chunks_processed"] == [2]
+    assert pq.read_table(second.data_files[0]).equals(pq.read_table(whole.data_files[0]))
+
+
+def test_a_complete_run_leaves_its_output_and_a_record_only(tiny_clip_dir, tmp_path, monkeypatch):
+    """#21: the lock file and the work folder go when the run is complete; the record left says that the same run
+    has nothing to do, and the rerun loads no model."""
+    ds = image_dataset(8)
+    opts = PipelineOptions(model=f"local-dir:{tiny_clip_dir}", use_cache=False)
+    out_dir = tmp_path / "out"
+    first, _ = annotate_to_disk(ds, out_dir, options=opts, chunk_size=4, progress=False)
+    assert first.complete and [p.name for p in (out_dir / ".charattr").iterdir()] == ["complete.json"]
+    card = (out_dir / "README.md").read_text()
+    monkeypatch.setattr(Pipeline, "load", lambda self: pytest.fail("a finished run loads no model"))
+    again, _ = annotate_to_disk(ds, out_dir, options=opts, chunk_size=4, progress=False)
+    assert again.already_complete and again.rows_processed == 0 and again.chunks_skipped == again.chunks == 2
+    assert again.data_files == first.data_files and (out_dir / "README.md").read_text() == card
+    assert again.summary["rows"] == 8
+    # anything else is another run: a changed setting, or the output's files gone
+    (out_dir / "data" / first.data_files[0].name).unlink()
+    monkeypatch.undo()
+    third, _ = annotate_to_disk(ds, out_dir, options=opts, chunk_size=4, progress=False)
+    assert not third.already_complete and third.rows_processed == 8 and third.data_files
 
 
 def test_changed_settings_do_not_reuse_chunks(tiny_clip_dir, tmp_path):
@@ -182,11 +214,10 @@ def test_no_model_and_no_tags_still_accounts_for_every_row(tmp_path):
     ds = image_dataset(5, bad=(1,)).remove_columns("tags")
     opts = PipelineOptions(model=None)
     result, pipeline = annotate_to_disk(ds, tmp_path / "o", options=opts, progress=False)
-    assert pipeline.sources == []
+    assert pipeline.sources == ["tags"]  # no tags column: the tags source looks for prompts in the images
     assert any("CLIP source skipped" in m for m in pipeline.messages)
-    assert any("tag source skipped" in m for m in pipeline.messages)
     out = Dataset.from_parquet([str(f) for f in result.data_files])
-    assert len(out) == 5 and out["hair_color"] == [None] * 5
+    assert len(out) == 5 and out["hair_color"] == [None] * 5 and out["tags_from"] == [None] * 5
     assert out["error"][1] and out["sha256"][0]
 
 
@@ -215,7 +246,7 @@ def test_empty_input_gives_an_empty_typed_dataset(tiny_clip_dir, tmp_path):
 
 
 def test_a_row_that_breaks_a_source_is_flagged_and_keeps_its_other_results(tiny_clip_dir, tmp_path, monkeypatch):
-    from charattr_hf.stages.tags import TagStage
+    from charattr_hf.sources.tags.stage import TagStage
 
     real = TagStage.process
 
@@ -247,15 +278,16 @@ def test_an_unusable_cache_does_not_stop_the_run(tiny_clip_dir, tmp_path):
     assert len(out) == 4 and all(r is not None for r in out["probs_clip"])
 
 
-def test_a_chunk_file_with_the_wrong_rows_is_recomputed(tiny_clip_dir, tmp_path):
+def test_a_chunk_file_with_the_wrong_rows_is_recomputed(tiny_clip_dir, tmp_path, monkeypatch):
     ds = image_dataset(10)
     opts = dict(model=f"local-dir:{tiny_clip_dir}", use_cache=False)
-    first, _ = annotate_to_disk(ds, tmp_path / "o", options=PipelineOptions(**opts), chunk_size=4, progress=False)
-    run = next(p for p in (tmp_path / "o" / ".charattr").iterdir() if p.is_dir())
+    with monkeypatch.context() as m:
+        _failing_chunk(m, 8)
+        first, _ = annotate_to_disk(ds, tmp_path / "o", options=PipelineOptions(**opts), chunk_size=4, progress=False)
     # chunk 1 replaced by chunk 0's content: right size, wrong rows
-    chunk_path(run, 1).write_bytes(chunk_path(run, 0).read_bytes())
+    chunk_path(first.run_dir, 1).write_bytes(chunk_path(first.run_dir, 0).read_bytes())
     again, _ = annotate_to_disk(ds, tmp_path / "o", options=PipelineOptions(**opts), chunk_size=4, progress=False)
-    assert again.chunks_skipped == 2 and again.rows_processed == 4
+    assert again.chunks_skipped == 1 and again.rows_processed == 6
     assert datasets.load_dataset(str(tmp_path / "o"), split="train")["index"] == list(range(10))
 
 

@@ -97,3 +97,34 @@ def test_a_repository_layout_with_card_pictures_is_read_as_its_tables(tmp_path):
                                         "    path: data/train-*\n---\n")
     ds = read_dataset(tmp_path, "train")
     assert ds["id"] == ["r0", "r1", "r2"]
+
+
+def test_files_an_image_folder_leaves_out_are_counted_in_one_log_line(tmp_path, caplog):
+    """A real JPEG under an ``.svg`` name (imagededup's format test file) is not read by the image-folder reader;
+    the log says so, by suffix. Captions beside an image, metadata and hidden files are no such files."""
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data" / "real"
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    (folder / ".thumbs").mkdir()
+    (folder / "photo.JPG").write_bytes((data / "ukbench08996.jpg").read_bytes())
+    (folder / "photo.txt").write_text("a photo")  # its caption
+    (folder / "sub" / "vector.svg").write_bytes((data / "ukbench09380.svg").read_bytes())
+    (folder / "sub" / "scan.heic").write_bytes(b"\0" * 16)
+    (folder / "notes.txt").write_text("not beside an image")
+    (folder / ".DS_Store").write_bytes(b"\0")
+    (folder / ".thumbs" / "photo.svg").write_bytes(b"<svg/>")
+    with caplog.at_level("WARNING", logger="charattr_hf.reader"):
+        ds = read_dataset(str(folder))
+    assert len(ds) == 1  # the .svg holds a readable JPEG, but the reader does not look at it
+    lines = [r.getMessage() for r in caplog.records if "not read as images" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].endswith("3 file(s) not read as images (not a kind the image-folder reader "
+                                                 "knows): .heic 1, .svg 1, .txt 1")
+    caplog.clear()
+    (folder / "sub" / "vector.svg").unlink()
+    (folder / "sub" / "scan.heic").unlink()
+    (folder / "notes.txt").unlink()
+    with caplog.at_level("WARNING", logger="charattr_hf.reader"):
+        read_dataset(str(folder))
+    assert not [r for r in caplog.records if "not read as images" in r.getMessage()]

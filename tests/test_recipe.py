@@ -50,8 +50,14 @@ def load(out: Path):
 
 
 def run_dir(out: Path) -> Path:
-    (folder,) = [p for p in (out / ".charattr").iterdir() if p.is_dir()]  # beside the lock file
+    """The work folder of an unfinished run (a finished one leaves only its record)."""
+    (folder,) = [p for p in (out / ".charattr").iterdir() if p.is_dir()]
     return folder
+
+
+def rank_records(out: Path) -> list[dict]:
+    """Each process's record of the launch that finished ``out`` (its chunks, rows, seconds; a stream's reads)."""
+    return json.loads((out / "run_info.json").read_text())["ranks"]
 
 
 def test_help_explains_every_option():
@@ -84,7 +90,7 @@ def test_single_process_run_prints_summary_and_writes_dataset(single_run):
 def test_two_processes_split_the_work_and_agree(single_run, input_parquet, tiny_clip_dir, tmp_path):
     out = tmp_path / "two"
     run(accelerate(*common(input_parquet, tiny_clip_dir, out), processes=2))
-    ranks = [json.loads((run_dir(out) / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    ranks = rank_records(out)
     assert all(r["world"] == 2 for r in ranks)
     done = [set(r["chunks_processed"]) for r in ranks]
     assert done[0] and done[1] and not (done[0] & done[1])
@@ -98,6 +104,7 @@ def test_two_processes_split_the_work_and_agree(single_run, input_parquet, tiny_
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow  # the fuller subprocess matrix: `pytest -m slow`, run by CI too
 def test_plain_num_processes_on_cpu_starts_that_many_processes(input_parquet, tiny_clip_dir, tmp_path):
     """`accelerate launch --num_processes 2` (no --multi_gpu) on a machine without GPU: 2 real CPU processes, each
     annotating its own chunks, and a summary of the whole run (both ranks' rows), not rank 0's share."""
@@ -105,7 +112,7 @@ def test_plain_num_processes_on_cpu_starts_that_many_processes(input_parquet, ti
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", str(RECIPE)]
     proc = run([*launch, *common(input_parquet, tiny_clip_dir, out)])
-    ranks = [json.loads((run_dir(out) / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    ranks = rank_records(out)
     assert all(r["world"] == 2 for r in ranks)
     done = [set(r["chunks_processed"]) for r in ranks]
     assert done[0] and done[1] and not (done[0] & done[1]) and done[0] | done[1] == set(range(8))
@@ -119,6 +126,7 @@ def test_plain_num_processes_on_cpu_starts_that_many_processes(input_parquet, ti
     assert "this run: 5 images" in proc.stdout and "1 of 2 processes had no chunk" in proc.stdout
 
 
+@pytest.mark.slow  # the fuller subprocess matrix: `pytest -m slow`, run by CI too
 def test_killed_run_resumes_to_the_same_output(single_run, input_parquet, tiny_clip_dir, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, str(RECIPE), *common(input_parquet, tiny_clip_dir, out, "--num_proc", "1")]
@@ -139,14 +147,16 @@ def test_killed_run_resumes_to_the_same_output(single_run, input_parquet, tiny_c
     assert not (out / "data").exists()
 
     run([sys.executable, str(RECIPE), *common(input_parquet, tiny_clip_dir, out)])
-    record = json.loads((run_dir(out) / "rank-0.json").read_text())
+    (record,) = rank_records(out)
     assert record["chunks_skipped"] == finished_before
+    assert [p.name for p in (out / ".charattr").iterdir()] == ["complete.json"]  # the work folder and lock: gone
     resumed, reference = load(out), load(single_run[0])
     assert len(resumed) == 40 and resumed["index"] == list(range(40))
     for column in ("id", "sha256", "error", "hair_color", "accessories", "flags"):
         assert resumed[column] == reference[column]
 
 
+@pytest.mark.slow  # the fuller subprocess matrix: `pytest -m slow`, run by CI too
 def test_config_file_with_flag_override(input_parquet, tiny_clip_dir, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(f"dataset: {input_parquet}\nmodel: local-dir:{tiny_clip_dir}\nlimit: 30\nno_cache: true\n"
@@ -160,6 +170,7 @@ def test_config_file_with_flag_override(input_parquet, tiny_clip_dir, tmp_path):
     assert proc.returncode != 0 and "no_such_option" in proc.stderr
 
 
+@pytest.mark.slow  # the fuller subprocess matrix: `pytest -m slow`, run by CI too
 def test_annotate_recipe_runs_a_learned_fusion_policy(tiny_clip_dir, tmp_path):
     """--fusion: the policy (trained here on a first annotation) replaces the simple rule as the fusion stage."""
     from charattr_hf import fusion_training as ft

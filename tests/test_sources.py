@@ -14,6 +14,7 @@ import pytest
 
 from charattr_hf.sources import BuildContext, Source, order_sources, register_source, registered_sources
 from charattr_hf.stages.base import ERROR, Stage
+from charattr_hf.stages.pixels import PixelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "annotate.py"
@@ -31,8 +32,8 @@ class ToyStage(Stage):
     name = "toy"
     cpu_bound = True
 
-    def __init__(self, schema, strength: float):
-        self.schema, self.strength = schema, float(strength)
+    def __init__(self, schema, strength: float, pixels: str):
+        self.schema, self.strength, self.pixels = schema, float(strength), pixels
 
     def params(self) -> dict:
         return {"schema": self.schema.fingerprint(), "strength": self.strength}
@@ -41,13 +42,13 @@ class ToyStage(Stage):
         return {"probs_toy": self.schema.probs_feature()}
 
     def input_columns(self) -> list[str]:
-        return ["_pixels_toy"]
+        return [self.pixels]
 
     def process(self, batch):
         import numpy as np
 
         out = []
-        for pixels, err in zip(batch["_pixels_toy"], batch.get(ERROR) or [None] * len(batch["_pixels_toy"])):
+        for pixels, err in zip(batch[self.pixels], batch.get(ERROR) or [None] * len(batch[self.pixels])):
             if err is not None or pixels is None:
                 out.append(None)
                 continue
@@ -61,10 +62,12 @@ class ToyStage(Stage):
         return {"probs_toy": out}
 
 
+TOY_PIXELS = PixelSpec(8, resize="squash")
+
+
 def build_toy(ctx: BuildContext, opts: ToyOptions) -> None:
     # pixels of its own size from the shared decode stage (one decode per image for every source)
-    ctx.decode = ctx.decode.with_extra_pixels(_pixels_toy={"image_size": 8, "resize_mode": "squash"})
-    ctx.cpu.append(ToyStage(ctx.schema, opts.toy_strength))
+    ctx.cpu.append(ToyStage(ctx.schema, opts.toy_strength, ctx.pixels(TOY_PIXELS)))
     ctx.description["toy"] = f"brightness, strength {opts.toy_strength}"
 
 
@@ -93,7 +96,7 @@ def test_a_plugin_source_runs_in_the_recipe_and_fusion_training_takes_its_column
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "sources: clip, tags, toy" in proc.stdout
     ds = datasets.load_dataset(str(out), split="train")
-    assert len(ds) == 140 and "probs_toy" in ds.column_names and "_pixels_toy" not in ds.column_names
+    assert len(ds) == 140 and "probs_toy" in ds.column_names and not any(c.startswith("_") for c in ds.column_names)
     first = ds[0]["probs_toy"]["hair_color"]  # the schema's shape: one probability per label
     assert len(first) == ds.features["probs_toy"]["hair_color"].length
     assert max(first) == pytest.approx(4 / (3 + len(first)))  # --toy_strength 3 reached the stage
@@ -122,12 +125,15 @@ def test_sources_choose_and_order_the_run(tiny_clip_dir):
     assert default.sources == ["clip", "tags"]  # the toy source is registered but not a default one
     toy = build_pipeline(PipelineOptions(model=model, sources="toy,clip", use_cache=False), ["image", "tags"])
     assert toy.sources == ["clip", "toy"]  # registry order, whatever the order asked
-    assert toy.description["toy"] == "brightness, strength 1.0" and "_pixels_toy" in toy.cpu[1].features()
+    assert toy.description["toy"] == "brightness, strength 1.0" and toy.cpu[1].pixels[TOY_PIXELS.column] == TOY_PIXELS
     assert toy.fingerprint() != default.fingerprint()
     strong = PipelineOptions(model=model, sources="clip,toy", use_cache=False, source_options={"toy": ToyOptions(2.0)})
     assert build_pipeline(strong, ["image"]).fingerprint() != toy.fingerprint()
-    with pytest.raises(UserError, match="--sources tags: it cannot run: the dataset has no tags"):
-        build_pipeline(PipelineOptions(model=model, sources="clip,tags", use_cache=False), ["image"])
+    # without a tags or caption column the tags source still runs: on the prompts embedded in the images (#17)
+    no_tags = build_pipeline(PipelineOptions(model=model, sources="clip,tags", use_cache=False), ["image"])
+    assert no_tags.sources == ["clip", "tags"] and "_prompt" in no_tags.cpu[1].features()
+    assert "_prompt" not in build_pipeline(PipelineOptions(model=model, sources="clip", use_cache=False),
+                                           ["image"]).cpu[1].features()  # read only for the tags source
     with pytest.raises(UserError, match="unknown source"):
         build_pipeline(PipelineOptions(model=model, sources="clip,nope"), ["image"])
     assert list(registered_sources())[:4] == ["clip", "tagger", "tags", "blip2"]

@@ -1,6 +1,5 @@
 """Streamed input split between processes: each reads only its shards, and the output is the 1-process output."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +11,10 @@ from datasets import Dataset
 from datasets.distributed import split_dataset_by_node
 
 from charattr_hf.api import annotate_to_disk
+from charattr_hf.chunks import plan_stream
 from charattr_hf.inputs import InputSpec
-from charattr_hf.runner import shard_chunk_path, stream_units
-from tests.test_pipeline import image_dataset
-from tests.test_recipe import accelerate, run_dir
+from tests.test_pipeline import _failing_chunk, image_dataset
+from tests.test_recipe import accelerate, rank_records
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (7, 5, 9, 6)  # rows per Parquet file: uneven, so a shard's place in the stream is not a multiple of anything
@@ -45,14 +44,26 @@ def streamed(folder: Path) -> datasets.IterableDataset:
 
 
 def test_which_streams_split_by_shard(parquet_folder):
+    """The plan follows from what the input is (files named by the user, read as they are), not from datasets'
+    internals: a datasets object handed over may have been cut or shuffled across its shards."""
     ds = streamed(parquet_folder)
-    assert stream_units(ds, 1) == 4 and stream_units(ds, 2) == 4 and stream_units(ds, 4) == 4
-    assert stream_units(ds, 5) == 0  # fewer shards than processes: every process reads the stream
-    assert stream_units(ds.map(lambda r: r), 2) == 4  # a row-wise map keeps the shards independent
-    assert stream_units(ds.take(10), 2) == 0  # take's meaning spans shards (sharded, it would take 10 per shard)
-    assert stream_units(ds.skip(3), 1) == 0
-    assert stream_units(ds.shuffle(seed=0), 2) == 0
-    assert stream_units(Dataset.from_dict({"x": [1, 2]}).to_iterable_dataset(), 1) == 0  # one shard
+    assert [plan_stream(ds, independent_shards=True, world=w).units for w in (1, 2, 4)] == [4, 4, 4]
+    assert plan_stream(ds, independent_shards=True, world=5).units == 0  # fewer shards than processes
+    assert plan_stream(ds, independent_shards=False, world=2).units == 0  # a caller's object: one stream
+    assert plan_stream(Dataset.from_dict({"x": [1, 2]}).to_iterable_dataset(), independent_shards=True,
+                       world=1).units == 0  # one shard
+
+
+def test_a_stream_cut_with_limit_or_handed_over_is_read_as_one(parquet_folder, tiny_clip_dir, tmp_path):
+    """`--limit` takes the first rows of the whole stream (sharded, it would take them per shard); a caller's
+    IterableDataset is read as one stream: every row once, in stream order."""
+    kwargs = dict(chunk_size=4, progress=False, model=f"local-dir:{tiny_clip_dir}", use_cache=False)
+    limited, _ = annotate_to_disk(None, tmp_path / "limited", input_spec=InputSpec(dataset=str(parquet_folder),
+                                                                                  streaming=True, limit=10), **kwargs)
+    assert limited.rows == 10 and limited.ranks[0]["shards_read"] == []
+    assert load(tmp_path / "limited")["index"] == list(range(10))
+    handed, _ = annotate_to_disk(streamed(parquet_folder), tmp_path / "handed", input_id="four-files", **kwargs)
+    assert handed.rows == sum(SIZES) and handed.ranks[0]["shards_read"] == []
 
 
 def load(out: Path) -> Dataset:
@@ -78,32 +89,34 @@ def plain_output(parquet_folder, tiny_clip_dir, tmp_path_factory):
 
 
 def test_one_process_stream_gives_the_plain_output_and_resumes_by_shard(parquet_folder, plain_output, tiny_clip_dir,
-                                                                         tmp_path):
+                                                                         tmp_path, monkeypatch):
     out = tmp_path / "one"
     spec = InputSpec(dataset=str(parquet_folder), streaming=True)
     kwargs = dict(input_spec=spec, chunk_size=4, progress=False, model=f"local-dir:{tiny_clip_dir}", use_cache=False)
+    with monkeypatch.context() as m:
+        # the second chunk of shard 2 (provisional indices: shard * 2**40 + row) fails, as if the run died there
+        _failing_chunk(m, 2 * (1 << 40) + 4)
+        result, _ = annotate_to_disk(None, out, **kwargs)
+    assert result.failed_chunks == ["2/1"] and not result.data_files
+    # the rerun reads shard 2 again, and only shard 2, and redoes only that chunk
     result, _ = annotate_to_disk(None, out, **kwargs)
+    (rank,) = result.ranks
+    assert rank["chunks_processed"] == ["2/1"] and rank["shards_read"] == [2] and rank["rows_read"] == SIZES[2]
     assert result.rows == sum(SIZES) and result.chunks == sum(-(-n // 4) for n in SIZES)
     first = load(out)
     same_rows(first, plain_output)
     third = first.select(range(SIZES[0] + SIZES[1], SIZES[0] + SIZES[1] + SIZES[2]))
     assert third["path"] == [None] * SIZES[2] and third["id"] == [str(i) for i in third["index"]]
 
-    # a chunk lost in shard 2: the rerun reads shard 2 again, and only shard 2, and redoes only that chunk
-    shard_chunk_path(result.run_dir, 2, 1).unlink()
-    result, _ = annotate_to_disk(None, out, **kwargs)
-    (rank,) = result.ranks
-    assert rank["chunks_processed"] == ["2/1"] and rank["shards_read"] == [2] and rank["rows_read"] == SIZES[2]
-    same_rows(load(out), plain_output)
 
-
+@pytest.mark.slow  # the fuller subprocess matrix: `pytest -m slow`, run by CI too
 def test_two_processes_each_read_only_their_shards(parquet_folder, plain_output, tiny_clip_dir, tmp_path):
     out = tmp_path / "two"
     args = ["--dataset", str(parquet_folder), "--streaming", "--model", f"local-dir:{tiny_clip_dir}", "--output_dir",
             str(out), "--chunk_size", "4", "--no_cache", "--quiet"]
     proc = subprocess.run(accelerate(*args, processes=2), capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    ranks = [json.loads((run_dir(out) / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    ranks = rank_records(out)
     # the shards split_dataset_by_node gives each rank, and nothing else: no row is read twice
     ds = streamed(parquet_folder).cast_column("image", datasets.Image(decode=False))
     for r, record in enumerate(ranks):
@@ -115,6 +128,7 @@ def test_two_processes_each_read_only_their_shards(parquet_folder, plain_output,
     same_rows(load(out), plain_output)
 
 
+@pytest.mark.slow  # the fuller subprocess matrix: `pytest -m slow`, run by CI too
 def test_one_shard_two_processes_share_chunks_of_one_stream(parquet_folder, plain_output, tiny_clip_dir, tmp_path):
     """The fallback: a stream that cannot be split by shard is read by both processes, each taking its chunks."""
     single = tmp_path / "single.parquet"
@@ -125,7 +139,7 @@ def test_one_shard_two_processes_share_chunks_of_one_stream(parquet_folder, plai
     proc = subprocess.run(accelerate(*args, processes=2), capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "every process reads all of it" in proc.stderr
-    ranks = [json.loads((run_dir(out) / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    ranks = rank_records(out)
     assert [r["rows_read"] for r in ranks] == [sum(SIZES)] * 2 and [r["shards_read"] for r in ranks] == [[], []]
     assert sum(r["rows_processed"] for r in ranks) == sum(SIZES)
     assert not set(ranks[0]["chunks_processed"]) & set(ranks[1]["chunks_processed"])

@@ -14,13 +14,9 @@ from charattr_hf.api import annotate
 from charattr_hf.captions import caption_name, write_captions
 from charattr_hf.errors import ModelLoadError, UserError
 from charattr_hf.schema import load_schema
-from charattr_hf.stages.tagger import (
-    TaggerSpec,
-    TaggerStage,
-    mcut_threshold,
-    prepare_image,
-    select_tags,
-)
+from charattr_hf.sources.tagger.stage import TaggerSpec, TaggerStage, mcut_threshold, select_tags
+from charattr_hf.stages.decode import DecodeStage
+from charattr_hf.stages.pixels import PixelSpec
 from charattr_hf.testing import build_tiny_tagger
 
 RATINGS = [("general", 9), ("sensitive", 9), ("questionable", 9), ("explicit", 9)]
@@ -36,10 +32,31 @@ LOGITS = {
 }
 
 
+#: real rows of the WD v3 tag list (tests/data/kohya/README.md)
+WD_TAGS = Path(__file__).parent / "data" / "kohya" / "selected_tags_wd_v3_subset.csv"
+
+
 @pytest.fixture(scope="module")
 def fixed_tagger(tmp_path_factory):
-    tags = RATINGS + [(t, 0) for t in GENERAL] + CHARACTERS
-    return build_tiny_tagger(tmp_path_factory.mktemp("tagger"), tags, LOGITS, image_size=32)
+    """A tiny timm tagger in the WD v3 layout whose selected_tags.csv holds the real WD v3 rows of its tags."""
+    names = {t for t, _ in RATINGS + CHARACTERS} | set(GENERAL)
+    lines = WD_TAGS.read_text(encoding="utf-8").splitlines()
+    rows = [lines[0]] + [line for line in lines[1:] if line.split(",")[1] in names]
+    tags = [(line.split(",")[1], int(line.split(",")[2])) for line in rows[1:]]
+    assert len(tags) == len(names)
+    folder = build_tiny_tagger(tmp_path_factory.mktemp("tagger"), tags, LOGITS, image_size=32)
+    (folder / "selected_tags.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder
+
+
+def prepare_image(image, size: int, spec: PixelSpec | None = None) -> np.ndarray:
+    """The tagger's pixels of one image (a PIL image or file bytes), as the pipeline makes them: by the decode
+    stage, from its one decode of the image."""
+    spec = spec or PixelSpec(size, "pad_square", fill="white")
+    row = DecodeStage({"_px": spec})({"image": [image if isinstance(image, Image.Image) else {"bytes": image,
+                                                                                             "path": None}]})
+    assert row["error"] == [None], row["error"]
+    return np.frombuffer(row["_px"][0], dtype=np.uint8).reshape(*spec.size, 3)
 
 
 def png(seed: int, size=(40, 56), mode="RGB") -> bytes:
@@ -127,7 +144,7 @@ def test_device_part_normalises_then_feeds_bgr(tmp_path):
     mean, std = (0.2, 0.5, 0.8), (0.3, 0.4, 0.5)
     folder = build_tiny_tagger(tmp_path / "t", RATINGS + [(f"tag{i}", 0) for i in range(8)], mean=mean, std=std)
     stage = TaggerStage("default", f"local-dir:{folder}", precision="fp32", device="cpu")
-    px = prepare_image(Image.open(io.BytesIO(png(3))), 32)
+    px = prepare_image(png(3), 32, stage.pixel_spec)
     got = stage.scores([px.tobytes()])[0]
 
     model = timm.create_model(f"local-dir:{folder}", pretrained=False)
@@ -172,7 +189,7 @@ def test_captions_for_kohya(tmp_path):
     ]
     (tmp_path / "bar.txt").write_text("hand written")
     report = write_captions(rows, tmp_path)
-    assert (tmp_path / "sub" / "foo.txt").read_text() == "1girl, long_hair, miku"
+    assert (tmp_path / "sub" / "foo.txt").read_text() == "miku, 1girl, long hair"  # characters first, spaces
     assert (tmp_path / "bar.txt").read_text() == "hand written"  # kept without overwrite
     assert (tmp_path / "synth-0-12.txt").read_text() == ""
     assert not (tmp_path / "broken.txt").exists()
@@ -198,46 +215,29 @@ def test_recipe_writes_captions_beside_an_image_folder(fixed_tagger, tmp_path, m
                       "--schema", "default", "--output_dir", str(tmp_path / "out"), "--write_captions", str(folder),
                       "--no_cache", "--quiet", "--num_proc", "1"])
     assert rc == 0
-    want = "1girl, blonde_hair, solo, glasses, long_hair, smile, hatsune_miku"
+    # the character, then the tags that carry the schema's attributes, by the tagger's score
+    want = "hatsune miku, 1girl, blonde hair, solo, glasses, long hair, smile"
     assert (folder / "a.txt").read_text() == want
     assert (folder / "sub" / "b.txt").read_text() == want
 
 
-def test_tagger_specs_and_errors(fixed_tagger, tmp_path, monkeypatch):
+def test_tagger_specs_and_errors(fixed_tagger, tmp_path):
     spec = TaggerSpec.parse(str(fixed_tagger))  # a plain folder path is a local-dir:
     assert spec.is_local and spec.fingerprint() == TaggerSpec.parse(f"local-dir:{fixed_tagger}").fingerprint()
     (tmp_path / "pickled").mkdir()
     (tmp_path / "pickled" / "pytorch_model.bin").write_bytes(b"x")
-    with pytest.raises(ModelLoadError, match="only safetensors"):
+    with pytest.raises(ModelLoadError, match="only pickled weights, which are never loaded"):
         TaggerSpec.parse(f"local-dir:{tmp_path / 'pickled'}")
     with pytest.raises(UserError, match="not a folder and not a Hub id"):
         TaggerSpec.parse("no such thing")
 
-    # the Hub: only the three files, at the asked revision (a test double for the Hub only)
-    import huggingface_hub
-
-    calls = []
-
-    def fake_snapshot(repo_id, revision=None, allow_patterns=None, **kw):
-        calls.append((repo_id, revision, sorted(allow_patterns)))
-        snap = tmp_path / "snapshots" / "0123abcd"
-        if not snap.exists():
-            snap.mkdir(parents=True)
-            for f in ("config.json", "model.safetensors", "selected_tags.csv"):
-                (snap / f).write_bytes((fixed_tagger / f).read_bytes())
-        return str(snap)
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
-    hub = TaggerSpec.parse("SmilingWolf/wd-vit-tagger-v3", revision="v1.0")
-    assert hub.fingerprint() == "hub-SmilingWolf/wd-vit-tagger-v3@0123abcd"
-    assert calls[0] == ("SmilingWolf/wd-vit-tagger-v3", "v1.0", ["config.json", "model.safetensors", "selected_tags.csv"])
-    stage = TaggerStage("default", hub)
-    assert stage.row(np.full(len(stage.tag_names), 0.9))["tagger_rating"] == "general"
+    hub = TaggerSpec.parse("hf-hub:SmilingWolf/wd-vit-tagger-v3", revision="v1.0")  # nothing fetched until used
+    assert not hub.is_local and hub.describe() == "hf-hub:SmilingWolf/wd-vit-tagger-v3@v1.0"
 
 
 def test_demo_tagger_ships_small_and_reads_synthetic_colours():
     from charattr_hf import synthetic
-    from charattr_hf.stages.tagger import demo_tagger_dir
+    from charattr_hf.sources.tagger.stage import demo_tagger_dir
 
     folder = demo_tagger_dir()
     if folder is None:
@@ -246,7 +246,7 @@ def test_demo_tagger_ships_small_and_reads_synthetic_colours():
     assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt*"))
     stage = TaggerStage("synthetic", "demo", device="cpu")
     ds = synthetic.generate(24, seed=5, styles=["flat"], start=synthetic.SPLIT_OFFSETS["test"])
-    blobs = [prepare_image(Image.open(io.BytesIO(c["bytes"])), stage.config.image_size).tobytes() for c in
+    blobs = [prepare_image(c["bytes"], 0, stage.pixel_spec).tobytes() for c in
              ds.cast_column("image", HFImage(decode=False))["image"]]
     schema = load_schema("synthetic")
     right = 0
@@ -280,13 +280,40 @@ def test_recipe_checks_tagger_options_before_work(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "annotate_recipe2", recipe)
     spec.loader.exec_module(recipe)
     out = str(tmp_path / "out")
-    with pytest.raises(UserError, match="give --tagger too"):
-        recipe.main(["--write_captions", str(tmp_path / "caps"), "--output_dir", out])
-    with pytest.raises(UserError, match="leaves the tagger out"):
-        recipe.main(["--write_captions", str(tmp_path / "caps"), "--tagger", "demo", "--sources", "clip",
-                     "--output_dir", out])
+    # captions without a tagger hold the data's own tags and the fused attributes; naming the tagger needs one
+    with pytest.raises(UserError, match="no tagger runs"):
+        recipe.main(["--write_captions", str(tmp_path / "caps"), "--caption_sources", "tagger", "--output_dir", out])
+    with pytest.raises(UserError, match="no tagger runs"):
+        recipe.main(["--write_captions", str(tmp_path / "caps"), "--caption_sources", "tagger,person", "--tagger",
+                     "demo", "--sources", "clip", "--output_dir", out])
+    with pytest.raises(UserError, match="a comma splits it"):
+        recipe.main(["--write_captions", str(tmp_path / "caps"), "--trigger", "a,b", "--output_dir", out])
     with pytest.raises(UserError, match="no such folder"):
         recipe.main(["--tagger", f"local-dir:{tmp_path / 'missing'}", "--output_dir", out])
     with pytest.raises(UserError, match=r"must be in \[0, 1\]"):
         recipe.main(["--tagger", "demo", "--tagger_threshold", "1.5", "--output_dir", out])
     assert not (tmp_path / "out").exists()  # nothing started
+
+
+def test_every_image_is_read_and_decoded_once_with_the_tagger_and_clip(fixed_tagger, tiny_clip_dir, tmp_path,
+                                                                      monkeypatch):
+    """One decode per image for every source (#18): with CLIP and the tagger, each image file is opened once by PIL
+    (the tagger had its own second decode of the raw cell), and the tagger's pixels are its reference ones."""
+    from PIL import Image as PILImage
+
+    n = 16
+    images = [{"bytes": png(i, size=(40 + i, 56)), "path": f"img_{i}.png"} for i in range(n)]
+    ds = Dataset.from_dict({"image": images}).cast_column("image", HFImage())
+    opened = []
+    real_open = PILImage.open
+    monkeypatch.setattr(PILImage, "open", lambda *a, **k: opened.append(1) or real_open(*a, **k))
+    out = annotate(ds, tmp_path / "out", model=f"local-dir:{tiny_clip_dir}", tagger=f"local-dir:{fixed_tagger}",
+                   schema="default", use_cache=False, progress=False, num_proc=1)
+    assert len(opened) == n and all(r is not None for r in out["probs_tagger"]) and out["probs_clip"][0] is not None
+    # the pixels the tagger read are the reference preparation of each image (tested against it above)
+    from charattr_hf.pipeline import PipelineOptions, build_pipeline
+
+    pipeline = build_pipeline(PipelineOptions(model=f"local-dir:{tiny_clip_dir}", tagger=f"local-dir:{fixed_tagger}",
+                                              schema="default", use_cache=False), ["image"])
+    clip, tagger = pipeline.device
+    assert set(pipeline.cpu[1].pixels) == {clip.pixels_column, tagger.pixels_column}  # one decode, two columns

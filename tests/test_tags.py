@@ -1,4 +1,4 @@
-"""Tests of the tag/caption parser source (charattr_hf/stages/tags.py) and of the default schema's tags."""
+"""Tests of the tag/caption parser source (charattr_hf/sources/tags/stage.py) and of the default schema's tags."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from datasets import Dataset, Features, Value
 
 from charattr_hf.schema import Schema, load_schema
-from charattr_hf.stages.tags import (
+from charattr_hf.sources.tags.stage import (
     ABSENCE_SYNONYMS,
     COUNT_TAGS,
     DEFAULT_MIXED_TAGS,
@@ -353,7 +353,7 @@ def test_custom_schema_from_dict():
     assert row["headwear"] == pytest.approx([st.tag_present, st.tag_absent])
     assert st.row(None, "a girl with fair hair, no hood") == {"hair": pytest.approx([0.35, 0.65]),
                                                              "headwear": pytest.approx([0.5, 0.1])}
-    assert Features(st.features()) == Features({"probs_tags": custom.probs_feature()})
+    assert Features(st.features()) == Features({"probs_tags": custom.probs_feature(), "tags_from": Value("string")})
 
 
 def test_custom_count_attribute_needs_matching_labels():
@@ -397,7 +397,7 @@ def test_missing_columns(stage):
     assert out["probs_tags"][0]["character_count"] is not None
     out = stage({"id": ["a", "b"]})
     assert out["probs_tags"] == [{a: None for a in stage.schema.attribute_names}] * 2
-    assert stage.input_columns() == ["tags", "caption"] and stage.cpu_bound
+    assert stage.input_columns() == ["tags", "caption", "_prompt", "_prompt_kind"] and stage.cpu_bound
 
 
 # ------------------------------------------------------------------------------------------ the alias table

@@ -160,6 +160,7 @@ def test_pyarrow_parquet_with_an_image_struct_is_read(tmp_path):
     assert out["width"][:2] == [48, 48]
 
 
+@pytest.mark.slow  # the fuller subprocess matrix: `pytest -m slow`, run by CI too
 def test_demo_model_on_real_images_says_so_everywhere(tmp_path, photos):
     out = tmp_path / "out"
     proc, _ = annotate("--dataset", str(photos), "--output_dir", str(out), "--quiet", "--no_cache")
@@ -175,6 +176,7 @@ def test_demo_model_on_real_images_says_so_everywhere(tmp_path, photos):
     assert "%|" not in proc.stderr and "it/s]" not in proc.stderr and "examples/s]" not in proc.stderr
 
 
+@pytest.mark.slow  # the fuller subprocess matrix: `pytest -m slow`, run by CI too
 def test_no_warning_on_the_synthetic_sample(tmp_path):
     proc, _ = annotate("--limit", "8", "--sample_size", "8", "--output_dir", str(tmp_path / "o"), "--quiet",
                        "--no_cache")
@@ -188,7 +190,7 @@ def test_preprocess_defaults_read_without_open_clip_agree_with_open_clip():
 
     from open_clip.transform import PreprocessCfg
 
-    from charattr_hf.openclip import _OPEN_CLIP_PREPROCESS_DEFAULTS
+    from charattr_hf.sources.clip.model import _OPEN_CLIP_PREPROCESS_DEFAULTS
 
     assert {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in asdict(PreprocessCfg()).items()} == {
         k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in _OPEN_CLIP_PREPROCESS_DEFAULTS.items()}
@@ -204,6 +206,7 @@ def test_a_file_given_as_output_folder_and_nothing_created_on_error(tmp_path, ph
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow  # the fuller subprocess matrix: `pytest -m slow`, run by CI too
 def test_other_recipes_report_mistakes_the_same_way(tmp_path):
     proc, s = annotate("--batch_size", "0")  # warm-up of the helper's shape: annotate itself
     assert proc.returncode == 2

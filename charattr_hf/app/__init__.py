@@ -8,15 +8,20 @@
 - :mod:`.feedback`: the feedback log (the format ``recipes/train_fusion.py --mode feedback`` reads) and continued
   training from it;
 - :mod:`.state`: every user action as a method (shared by the page, the API and the command line);
+- :mod:`.serving`: who may reach the served app (a login beyond this machine);
 - :mod:`.ui`: the Gradio page and its API endpoints (``/annotate``, ``/review_next``, ``/review_decide``, ...).
-"""
 
-from .state import AppConfig, AppState
+Importing the package imports nothing heavy; its names load on first use.
+"""
 
 __all__ = ["AppConfig", "AppState", "build_ui", "launch"]
 
 
 def __getattr__(name):
+    if name in ("AppConfig", "AppState"):
+        from . import state
+
+        return getattr(state, name)
     if name in ("build_ui", "launch"):  # gradio is an optional dependency (the `app` extra)
         from . import ui
 

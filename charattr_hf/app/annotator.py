@@ -20,7 +20,7 @@ import numpy as np
 
 from ..pipeline import Pipeline, PipelineOptions, build_pipeline
 from ..schema import Schema, probs_column
-from ..stages.fusion import FusionStage, SimpleFusion, decide
+from ..stages.fusion import FusionStage, decide
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +102,6 @@ class Annotator:
         """Sources that produce a column for an uploaded image (the tag source only reads given tags)."""
         return list(self.pipeline.sources)
 
-    @property
-    def input_sources(self) -> list[str]:
-        return [s for s in self.sources if s != "tags"]
-
     def set_fusion(self, fusion: FusionStage) -> None:
         """Swap the fusion stage (a retrained policy); the next request uses it."""
         with self._lock:
@@ -148,6 +144,3 @@ class Annotator:
 
     def result(self, item: AnnotatedImage) -> dict:
         return row_result(self.schema, self.sources, item.row, item.fused)
-
-    def simple_fusion(self) -> SimpleFusion:
-        return SimpleFusion(self.schema, self.sources, method=self.options.fusion_method)

@@ -372,15 +372,17 @@ class AnnotatedStore:
 
     def images(self, rows: Sequence[int], paths: Sequence[str | None] | None = None) -> list:
         """PIL images of rows (None where there is none): the stored bytes when the output kept images (one read
-        of the image column per row group), else the file at the row's ``path``."""
-        cells = self.read_rows(rows, ["image"]) if "image" in self.schema.names else [{}] * len(rows)
+        of the image column per row group), else the file at the row's ``path`` when its bytes hash to the row's
+        ``sha256`` (a row cannot make the app show a file it does not already know)."""
+        columns = [c for c in ("image", "sha256") if c in self.schema.names]
+        cells = self.read_rows(rows, columns) if columns else [{}] * len(rows)
         paths = list(paths) if paths is not None else [None] * len(rows)
-        return [_open_image((c or {}).get("image"), p) for c, p in zip(cells, paths)]
+        return [_open_image((c or {}).get("image"), p, (c or {}).get("sha256")) for c, p in zip(cells, paths)]
 
     def image_of(self, row: dict, row_number: int | None = None):
         """The PIL image of one row (see :meth:`images`)."""
         if row_number is None:
-            return _open_image(None, row.get("path"))
+            return _open_image(None, row.get("path"), row.get("sha256"))
         return self.images([row_number], [row.get("path")])[0]
 
     def label_name(self, attribute: str, value: Any) -> Any:
@@ -398,16 +400,14 @@ class AnnotatedStore:
 
 
 
-def _open_image(cell: dict | None, path: str | None):
+def _open_image(cell: dict | None, path: str | None, sha256: str | None = None):
     from PIL import Image
 
-    data = None
-    if cell:
-        data = cell.get("bytes")
-        if data is None and cell.get("path") and Path(cell["path"]).is_file():
-            data = Path(cell["path"]).read_bytes()
-    if data is None and path and Path(path).is_file():
-        data = Path(path).read_bytes()
+    from ..image_access import read_verified
+
+    data = (cell or {}).get("bytes")
+    if data is None:  # a file the row names: only when it is the file that was annotated
+        data = read_verified((cell or {}).get("path"), sha256) or read_verified(path, sha256)
     if data is None:
         return None
     try:

@@ -26,18 +26,25 @@ reward 1 and propensity 1.0 (the reviewer revealed the true label: a full-inform
 likelihood objective turns into the cross-entropy of ``j``). *Correct* a multi-label attribute to a set: one
 event per label of the attribute, reward 1 for the labels in the set, 0 for the others, propensity 1.0.
 
-Writes are atomic (the whole file is rewritten to a temporary name and renamed; a log of a million decisions
-is ~20 MB), so training can read the log while the app runs. Images uploaded to the app have no row in the
-annotated dataset: their model inputs (``probs_*``, ``quality``, ``flags``) are kept beside the log in
-``<log>.rows.parquet``, an annotated dataset of its own that ``train_fusion.py --dataset`` also reads.
+The log is a folder of Parquet files (a Parquet dataset: ``<log>.parquet/part-*.parquet``, all with the schema
+above) that grows by whole files: a decision writes one small file (to a hidden name, then renamed), so it costs
+the same with ten events in the log as with a million, and training can read the log while the app runs. Every
+256 decisions the app merges its latest 256 small files into one, and continuing the policy merges the whole
+log into one file first (a reader in another process at that instant may see some events twice). Images
+uploaded to the app have no row in the annotated dataset: their model inputs (``probs_*``, ``quality``,
+``flags``) are kept beside the log in ``<log>.rows.parquet/``, an annotated dataset of its own that
+``train_fusion.py --dataset`` also reads. A log written as one Parquet file by an earlier version becomes such a
+folder when the app opens it.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import datetime as _dt
 import logging
 import os
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -120,8 +127,73 @@ def decision_events(
     return [event(shown, propensity, 0.0), event(j, 1.0, 1.0)]
 
 
+class PartFolder:
+    """A Parquet dataset folder that grows by whole files: :meth:`append` writes one file (to a hidden name, then
+    renamed, so readers never see half of it), :meth:`merge` replaces files by one. Readers (``pyarrow``,
+    ``datasets.load_dataset``) skip the hidden names; files sort in the order they were written.
+
+    ``merge_every``: after that many appends, the files they wrote are merged into one (the cost of a merge does
+    not grow with the folder, so an append stays O(1) amortised while the folder keeps about n / merge_every
+    files)."""
+
+    def __init__(self, path: Path, merge_every: int = 256):
+        self.path = path
+        self.merge_every = merge_every
+        self._fresh: list[Path] = []  # files appended since the last merge
+        self._seq = 0
+
+    def files(self) -> list[Path]:
+        if not self.path.is_dir():
+            return []
+        return sorted(p for p in self.path.iterdir()
+                      if p.suffix == ".parquet" and not p.name.startswith((".", "_")) and p.is_file())
+
+    def _name(self) -> Path:
+        self._seq += 1
+        return self.path / f"part-{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}.parquet"
+
+    def _write(self, table: pa.Table, final: Path) -> Path:
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, final)
+        return final
+
+    def append(self, table: pa.Table) -> None:
+        self._fresh.append(self._write(table, self._name()))
+        if len(self._fresh) >= self.merge_every:
+            self.merge(self._fresh)
+
+    def merge(self, files: Sequence[Path] | None = None) -> None:
+        """Replace ``files`` (default: every file) by one: the last of them is overwritten with all their rows
+        (it keeps their place in the order), then the others are removed. Files another process removed in the
+        meantime are left out."""
+        files = sorted(p for p in (self.files() if files is None else files) if p.exists())
+        merged = set(files)
+        self._fresh = [p for p in self._fresh if p not in merged]
+        if len(files) < 2:
+            return
+        self._write(_read_files(files), files[-1])
+        for p in files[:-1]:
+            p.unlink(missing_ok=True)
+
+    def read(self, columns: Sequence[str] | None = None) -> pa.Table | None:
+        files = self.files()
+        return _read_files(files, columns) if files else None
+
+    def schema(self) -> pa.Schema | None:
+        files = self.files()
+        return pq.read_schema(files[0]) if files else None
+
+
+def _read_files(files: Sequence[Path], columns: Sequence[str] | None = None) -> pa.Table:
+    """The rows of ``files``, in that order."""
+    return pa.concat_tables([pq.read_table(p, columns=columns) for p in files])
+
+
 class FeedbackLog:
-    """An append-only feedback log in one Parquet file (atomic rewrites; thread-safe within a process)."""
+    """The append-only feedback log: a Parquet dataset folder (see the module docstring). Thread-safe within a
+    process; the counts and the set of decided items are kept in memory, so a decision costs O(1)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path).expanduser()
@@ -130,80 +202,147 @@ class FeedbackLog:
         self.rows_path = self.path.with_name(self.path.stem + ".rows.parquet")
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            self.read_table()  # a file that is not a feedback log fails now, not at the first decision
+        self._events = PartFolder(self.path)
+        self._rows = PartFolder(self.rows_path)
+        for folder in (self.path, self.rows_path):
+            _folder_from_file(folder, _normalise_events if folder == self.path else None)
+        # a folder that is not a feedback log fails now, not at the first decision
+        t = self.read_table(columns=["id", "attribute"])
+        self._count = t.num_rows
+        self._decided = set(zip(t.column("id").to_pylist(), t.column("attribute").to_pylist()))
+        rows = self._rows.read(columns=["id"])
+        self._row_ids = set(rows.column("id").to_pylist()) if rows is not None else set()
 
     # ------------------------------------------------------------------ events
-    def read_table(self) -> pa.Table:
+    def read_table(self, columns: Sequence[str] | None = None) -> pa.Table:
+        """Every event, in the order logged, typed by :data:`FEEDBACK_LOG_FEATURES` (``columns``: some only)."""
         schema = FEEDBACK_LOG_FEATURES.arrow_schema
-        if not self.path.exists():
+        with self._lock:
+            files = self._events.files()
+            tables = []
+            for p in files:  # usually one or a few files (merged); a file of another layout is normalised alone
+                names = pq.read_schema(p).names
+                missing = [c for c in ("id", "attribute", "action", "propensity", "reward") if c not in names]
+                if missing:
+                    raise UserError(f"{p} is not part of a feedback log (no columns {missing}); choose another "
+                                    "--feedback_log")
+            if files:
+                try:
+                    tables.append(_read_files(files, columns))
+                except (pa.ArrowInvalid, pa.ArrowTypeError):
+                    tables = [_normalise_events(pq.read_table(p)).select(columns or schema.names) for p in files]
+        if columns is not None:
+            schema = pa.schema([schema.field(c) for c in columns])
+        if not tables:
             return schema.empty_table()
-        table = pq.read_table(self.path)
-        missing = [c for c in ("id", "attribute", "action", "propensity", "reward") if c not in table.column_names]
-        if missing:
-            raise UserError(f"{self.path} is not a feedback log (no columns {missing}); choose another --feedback_log")
-        columns = []
-        for f in schema:
-            if f.name in table.column_names:
-                columns.append(table.column(f.name).cast(f.type))
-            else:  # a log written before a column existed (e.g. by simulate_feedback)
-                columns.append(pa.nulls(table.num_rows, f.type))
-        return pa.Table.from_arrays(columns, schema=schema)
+        return pa.concat_tables([t.cast(schema) for t in tables])
 
     def read(self) -> Dataset:
         """The log as a ``datasets.Dataset`` (typed by :data:`FEEDBACK_LOG_FEATURES`)."""
         return Dataset(self.read_table())
 
     def __len__(self) -> int:
-        return pq.ParquetFile(self.path).metadata.num_rows if self.path.exists() else 0
+        return self._count
 
     def append(self, events: Sequence[dict]) -> int:
-        """Append events; returns the number of events in the log afterwards."""
+        """Append events (one small file); returns the number of events in the log afterwards."""
         if not events:
             return len(self)
         schema = FEEDBACK_LOG_FEATURES.arrow_schema
         new = pa.Table.from_pylist([{c: e.get(c) for c in schema.names} for e in events], schema=schema)
         with self._lock:
-            table = pa.concat_tables([self.read_table(), new])
-            _write_atomic(table, self.path)
-            return table.num_rows
+            self._events.append(new)
+            self._count += new.num_rows
+            self._decided.update((str(e["id"]), e["attribute"]) for e in events)
+            return self._count
 
-    def decided(self) -> set[tuple[str, str]]:
-        """(id, attribute) pairs that already have a decision."""
-        if not self.path.exists():
-            return set()
-        t = pq.read_table(self.path, columns=["id", "attribute"])
-        return set(zip(t.column("id").to_pylist(), t.column("attribute").to_pylist()))
+    def decided(self) -> "collections.abc.Set[tuple[str, str]]":
+        """(id, attribute) pairs that already have a decision: a read-only view of the log's own set, so that asking
+        costs nothing whatever the log's size (a membership test and ``len`` are atomic; iterating copies)."""
+        return _SetView(self._decided, self._lock)
+
+    def compact(self) -> None:
+        """Merge the log (and the uploaded images' rows) into one file each."""
+        with self._lock:
+            self._events.merge()
+            self._rows.merge()
 
     # ------------------------------------------------------------------ rows of uploaded images
     def add_rows(self, rows: Iterable[dict], schema: Schema, sources: Sequence[str]) -> None:
         """Keep the model inputs of uploaded images (once per id) for training."""
         feats = _row_features(schema, sources)
-        rows = [r for r in rows]
-        if not rows:
-            return
         with self._lock:
-            old = pq.read_table(self.rows_path) if self.rows_path.exists() else None
-            have = set(old.column("id").to_pylist()) if old is not None else set()
-            fresh, seen = [], set()
+            fresh = []
             for r in rows:
-                if r["id"] in have or r["id"] in seen:
+                if r["id"] in self._row_ids:
                     continue
-                seen.add(r["id"])
+                self._row_ids.add(r["id"])
                 fresh.append({c: r.get(c) for c in feats})
             if not fresh:
                 return
             new = pa.Table.from_pylist(fresh, schema=feats.arrow_schema)
-            if old is not None:
-                try:
-                    new = pa.concat_tables([old.cast(new.schema), new])
-                except (pa.ArrowInvalid, ValueError) as exc:
-                    raise UserError(f"{self.rows_path} was written for another schema or sources; move it away "
-                                    f"or use another --feedback_log ({exc})") from exc
-            _write_atomic(new, self.rows_path)
+            old = self._rows.schema()
+            if old is not None and not old.equals(new.schema, check_metadata=False):
+                self._row_ids.difference_update(r["id"] for r in fresh)
+                raise UserError(f"{self.rows_path} was written for another schema or sources; move it away "
+                                f"or use another --feedback_log")
+            self._rows.append(new)
 
     def read_rows(self) -> pa.Table | None:
-        return pq.read_table(self.rows_path) if self.rows_path.exists() else None
+        with self._lock:
+            return self._rows.read()
+
+
+class _SetView(collections.abc.Set):
+    """A read-only view of a set that another thread may add to."""
+
+    def __init__(self, items: set, lock: threading.Lock):
+        self._items, self._lock = items, lock
+
+    def __contains__(self, item) -> bool:
+        return item in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self):
+        with self._lock:
+            return iter(list(self._items))
+
+
+def _normalise_events(table: pa.Table) -> pa.Table:
+    """A log table with the columns of :data:`FEEDBACK_LOG_FEATURES` (those a log written before a column
+    existed lacks, e.g. one written by ``simulate_feedback``, as nulls)."""
+    schema = FEEDBACK_LOG_FEATURES.arrow_schema
+    missing = [c for c in ("id", "attribute", "action", "propensity", "reward") if c not in table.column_names]
+    if missing:
+        raise UserError(f"not a feedback log (no columns {missing}); choose another --feedback_log")
+    columns = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+               for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _folder_from_file(path: Path, normalise) -> None:
+    """Turn a log (or rows) file of an earlier version, one Parquet file at ``path``, into the folder that holds
+    it; an interrupted conversion is finished."""
+    building = path.with_name(f".{path.name}.folder")
+    old = path.with_name(f".{path.name}.file")
+    if path.is_file():
+        try:
+            table = pq.read_table(path)
+            table = normalise(table) if normalise is not None else table
+        except UserError as exc:
+            raise UserError(f"{path} is {exc}") from exc
+        except (OSError, pa.ArrowException) as exc:
+            raise UserError(f"{path} is not a feedback log ({exc}); choose another --feedback_log") from exc
+        building.mkdir(exist_ok=True)
+        pq.write_table(table, building / "part-00000000000000000000-0-000000.parquet")
+        os.replace(path, old)
+    if building.is_dir() and not path.exists():
+        os.rename(building, path)
+        logger.info("%s: converted to a folder of Parquet files, the feedback log's format now", path)
+    if path.is_dir():
+        old.unlink(missing_ok=True)
 
 
 def _row_features(schema: Schema, sources: Sequence[str]) -> Features:
@@ -211,12 +350,6 @@ def _row_features(schema: Schema, sources: Sequence[str]) -> Features:
     for s in sources:
         feats[probs_column(s)] = schema.probs_feature()
     return Features(feats)
-
-
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
 
 
 def continue_policy(

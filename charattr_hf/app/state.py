@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
+import re
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..options import demo_warnings
 from ..pipeline import PipelineOptions
 from ..schema import probs_column
 from .annotator import AnnotatedImage, Annotator, fused_vectors
@@ -56,9 +60,14 @@ class AppState:
         self.annotator = Annotator(config.pipeline, warm_up=warm_up)
         self.schema = self.annotator.schema
         self._check_store_schema()
+        #: what a person reading the labels must know (the demo models know only synthetic drawings)
+        self.warnings = demo_warnings(config.pipeline, self.annotator.sources)
+        for warning in self.warnings:
+            logger.warning("DEMO MODEL: %s", warning)
         self.policy_dir = Path(config.policy_dir or self.log.path.with_name(self.log.path.stem + "-policy"))
         self.uploads: "collections.OrderedDict[str, AnnotatedImage]" = collections.OrderedDict()
         self._lock = threading.Lock()
+        self._training = threading.Lock()
         self.queue = None
         if self.store is not None:
             self.queue = ReviewQueue(self.store, self.schema, self.annotator.sources, epsilon=config.epsilon,
@@ -132,7 +141,7 @@ class AppState:
             "id": item.id, "width": item.row.get("width"), "height": item.row.get("height"),
             "flags": item.row.get("flags") or [], "error": item.row.get("error"),
             "predicted_tags": self.predicted_tags(item), "fusion": self.policy_version,
-            "seconds": round(time.perf_counter() - t0, 4),
+            "seconds": round(time.perf_counter() - t0, 4), "warnings": list(self.warnings),
         }
         return out
 
@@ -204,7 +213,7 @@ class AppState:
     def status(self) -> dict:
         decided = self.log.decided()
         out = {"events": len(self.log), "decisions": len(decided), "policy_version": self.policy_version,
-               "feedback_log": str(self.log.path)}
+               "feedback_log": str(self.log.path), "warnings": list(self.warnings)}
         if self.queue is not None:
             out.update(self.queue.stats())
             out["remaining"] = self.queue.remaining(decided)
@@ -213,11 +222,23 @@ class AppState:
     # ------------------------------------------------------------------ training
     def retrain(self, command: str | None = None) -> dict:
         """Continue the policy from the whole feedback log, save it as the next version, use it from now on, and
-        re-score the review queue."""
+        re-score the review queue. One at a time: a second request while one trains (another click, another
+        process on the same policy folder) is refused with a message, and a saved version is never overwritten."""
+        if not self._training.acquire(blocking=False):
+            raise UserError("the policy is being trained from the log already: wait for that round to finish")
+        try:
+            with _FolderLock(self.policy_dir, "the policy is being trained from the log by another process: wait for "
+                             "it to finish"):
+                return self._retrain(command)
+        finally:
+            self._training.release()
+
+    def _retrain(self, command: str | None) -> dict:
         from .. import fusion_training as ft
         from ..stages.policy import PolicyFusion
 
         t0 = time.perf_counter()
+        self.log.compact()
         sources = self.annotator.sources
         columns = list(MODEL_INPUT_COLUMNS) + [probs_column(s) for s in sources]
         ids = {i for i, _ in self.log.decided()}
@@ -231,14 +252,18 @@ class AppState:
         if uploads is not None:
             tables.append(uploads)
         current = self.policy
-        version = _next_version(current)
+        version = _free_version(self.policy_dir, _next_version(current))
         limits = {"max_epochs": self.config.train_epochs, "patience": self.config.train_patience}
         args = ft.FusionTrainingConfig(seed=self.config.seed, **{k: v for k, v in limits.items() if v is not None})
         model, info = continue_policy(current, self.schema, self.log, tables, sources, args=args,
                                       policy_version=version, command=command)
         out_dir = self.policy_dir / version
-        out_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out_dir, model_card_id=str(out_dir))
+        tmp = self.policy_dir / f".{version}.tmp-{os.getpid()}"
+        try:
+            model.save_pretrained(tmp, model_card_id=str(out_dir))
+            os.rename(tmp, out_dir)  # whole, and never over a saved version (the lock keeps others out meanwhile)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         self.annotator.set_fusion(PolicyFusion(self.schema, sources, model=model))
         if self.queue is not None:
             self.queue.rescore(self._fuse, self.policy_version)
@@ -254,3 +279,39 @@ def _next_version(model) -> str:
     stem = base.rsplit("-v", 1)[0] if "-v" in base else "app"
     return f"{stem}-v{rounds + 1}"
 
+
+def _free_version(folder: Path, version: str) -> str:
+    """``version``, or the next ``-vN`` after it that has no folder yet (the app restarted on the same log names its
+    first round as it did before)."""
+    m = re.fullmatch(r"(.*-v)(\d+)", version)
+    stem, n = (m.group(1), int(m.group(2))) if m else (version + "-v", 1)
+    while (folder / version).exists():
+        n += 1
+        version = f"{stem}{n}"
+    return version
+
+
+class _FolderLock:
+    """An exclusive lock on ``folder`` across processes (``fcntl.flock`` on ``folder/.lock``), refused at once
+    with ``message`` when another holder has it; released when the holder ends, even by ``kill -9``."""
+
+    def __init__(self, folder: Path, message: str):
+        self.folder, self.message, self._fh = folder, message, None
+
+    def __enter__(self):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.folder / ".lock", "a+")
+        try:
+            import fcntl
+        except ImportError:  # not on POSIX: this process's own lock is all there is
+            return self
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            self._fh.close()
+            raise UserError(self.message) from exc
+        return self
+
+    def __exit__(self, *exc):
+        self._fh.close()  # closing releases the lock
+        return False

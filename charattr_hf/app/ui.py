@@ -1,18 +1,21 @@
 """The Gradio page (three tabs) and the API endpoints, over an :class:`~charattr_hf.app.state.AppState`.
 
-API (``gradio_client.Client(url).predict(..., api_name=...)``):
+API (``gradio_client.Client(url).predict(..., api_name=...)``; every parameter has a name, optional ones a
+default, so a call may give them by name and leave the optional ones out):
 
-=====================  ==========================================  ===============================================
-endpoint               inputs                                      output (JSON)
-=====================  ==========================================  ===============================================
-``/annotate``          image file, tags or caption (optional)      ``{attribute: {label, confidence, probabilities,
-                                                                   sources: {source: probabilities}}, _image}``
-``/annotate_feedback`` upload id, attribute, verdict, label        what was logged
-``/review_next``       how many items                              the next items of the review queue
-``/review_decide``     item token, verdict, label(s)               what was logged
-``/retrain``           (nothing)                                   the new policy version and its training round
-``/status``            (nothing)                                   log size, queue size, policy version
-=====================  ==========================================  ===============================================
+=====================  ================================================  =========================================
+endpoint               parameters (optional ones with their default)     output (JSON)
+=====================  ================================================  =========================================
+``/annotate``          ``image`` (a file), ``tags=None``                 ``{attribute: {label, confidence,
+                                                                         probabilities, sources}, _image}``
+``/annotate_feedback`` ``upload_id``, ``attribute``, ``verdict``,        what was logged
+                       ``label=None``
+``/review_next``       ``n=1``                                           the next items of the review queue
+``/review_decide``     ``token``, ``verdict``, ``label=None``            what was logged
+``/retrain``           (none)                                            the new policy version and its round
+``/status``            (none)                                            log size, queue size, policy version,
+                                                                         warnings
+=====================  ================================================  =========================================
 
 Verdicts are ``accept``, ``reject`` and ``correct`` (with the right label; several, comma-separated, for a
 multi-label attribute).
@@ -21,6 +24,7 @@ multi-label attribute).
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import logging
@@ -55,6 +59,7 @@ CSS = """
 .ca-flag { display: inline-block; background: #fff8c5; color: #7d4e00; border-radius: 10px; padding: 1px 8px;
            margin: 2px; font-size: 12px; }
 .ca-muted { color: #6e7781; font-size: 12px; }
+.ca-warning { background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px; padding: 4px 12px; }
 .ca-shown { font-size: 20px; margin: 6px 0; }
 kbd { border: 1px solid #d0d7de; border-bottom-width: 2px; border-radius: 4px; padding: 0 4px; font-size: 12px; }
 """
@@ -222,17 +227,22 @@ def _labels(value: Any) -> Any:
 
 
 def _guard(fn):
-    """Show a user's mistake as a message in the page (and an error to API clients), not a traceback."""
+    """Show a user's mistake as a message in the page (and an error to API clients), not a traceback. The wrapper
+    keeps ``fn``'s signature (``functools.wraps``): Gradio names an endpoint's parameters, and knows which are
+    optional, from it."""
 
+    @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
             raise gr.Error(str(exc)) from exc
 
-    wrapper.__name__ = fn.__name__
-    wrapper.__doc__ = fn.__doc__
     return wrapper
+
+
+def _warnings_md(warnings) -> str:
+    return "\n\n".join(f"**Warning**: {html.escape(w)}." for w in warnings)
 
 
 # ---------------------------------------------------------------------------------------------- the page
@@ -246,6 +256,8 @@ def build_ui(state: AppState) -> gr.Blocks:
                     f"schema `{schema.name}` · sources {', '.join(state.annotator.sources) or '-'} · "
                     f"fusion `{state.policy_version}`"
                     + (f" · dataset `{store.source}` ({store.num_rows} rows)" if store else ""))
+        if state.warnings:  # the demo models on uploaded (real) images: said where the labels are read
+            gr.Markdown(_warnings_md(state.warnings), elem_id="demo-warning", elem_classes=["ca-warning"])
         with gr.Tabs():
             # ------------------------------------------------------------------ Annotate
             with gr.Tab("Annotate", id="annotate"):
@@ -492,54 +504,66 @@ def build_ui(state: AppState) -> gr.Blocks:
                     demo.load(_guard(load_next), [r_skipped], r_outs, api_name=False)
 
         # ---------------------------------------------------------------------- API-only endpoints
+        # Hidden components carry the values; each endpoint's parameter names and defaults come from its
+        # function's signature (a parameter whose default is None is optional, as is one whose component has a
+        # value), so a required parameter's component has no value.
         with gr.Column(visible=False):
             api_image = gr.Image(type="filepath", label="image")
-            api_tags = gr.Textbox(label="tags")
+            api_tags = gr.Textbox(label="tags", value=None)
             api_json = gr.JSON()
             api_n = gr.Number(value=1, precision=0, label="n")
-            api_token = gr.Textbox(label="token")
-            api_verdict = gr.Textbox(label="verdict")
-            api_label = gr.Textbox(label="label")
-            api_attr = gr.Textbox(label="attribute")
-            api_upload = gr.Textbox(label="upload id")
+            api_token = gr.Textbox(label="token", value=None)
+            api_verdict = gr.Textbox(label="verdict", value=None)
+            api_label = gr.Textbox(label="label", value=None)
+            api_attr = gr.Textbox(label="attribute", value=None)
+            api_upload = gr.Textbox(label="upload_id", value=None)
             api_btn = gr.Button("api")
 
-        def api_annotate(image, tags):
-            """One image file in; per attribute its fused label, confidence and per-source probabilities out."""
+        def annotate(image: str, tags: str | None = None) -> dict:
+            """One image file in (and its tags or caption, optional); per attribute its fused label, confidence,
+            every label's probability and each source's probabilities out."""
             if not image:
-                raise gr.Error("give an image file")
+                raise UserError("give an image file")
             return state.annotate_json(image, tags or None)
 
-        def api_next(n):
-            return [it.public() for it in state.next_items(int(n or 1))]
-
-        def api_decide(token, verdict, label):
-            return state.decide(token, verdict, _labels(label))
-
-        def api_upload_feedback(upload_id, attribute, verdict, label):
+        def annotate_feedback(upload_id: str, attribute: str, verdict: str, label: str | None = None) -> dict:
+            """A decision on an annotated upload's label: accept, reject, or correct (to ``label``)."""
             return state.decide_upload(upload_id, attribute, verdict, _labels(label))
 
-        def api_retrain():
+        def review_next(n: int = 1) -> list:
+            """The next ``n`` items of the review queue."""
+            return [it.public() for it in state.next_items(int(n or 1))]
+
+        def review_decide(token: str, verdict: str, label: str | None = None) -> dict:
+            """A decision on a review item: accept, reject, or correct (to ``label``)."""
+            return state.decide(token, verdict, _labels(label))
+
+        def retrain() -> dict:
+            """Continue the policy from the feedback log; the new version annotates from now on."""
             return state.retrain()
 
-        def api_status():
+        def status() -> dict:
+            """The log's size, the queue's, the policy version and the warnings."""
             return state.status()
 
-        api_btn.click(_guard(api_annotate), [api_image, api_tags], api_json, api_name="annotate")
-        api_btn.click(_guard(api_next), [api_n], api_json, api_name="review_next")
-        api_btn.click(_guard(api_decide), [api_token, api_verdict, api_label], api_json, api_name="review_decide")
-        api_btn.click(_guard(api_upload_feedback), [api_upload, api_attr, api_verdict, api_label], api_json,
+        api_btn.click(_guard(annotate), [api_image, api_tags], api_json, api_name="annotate")
+        api_btn.click(_guard(review_next), [api_n], api_json, api_name="review_next")
+        api_btn.click(_guard(review_decide), [api_token, api_verdict, api_label], api_json, api_name="review_decide")
+        api_btn.click(_guard(annotate_feedback), [api_upload, api_attr, api_verdict, api_label], api_json,
                       api_name="annotate_feedback")
-        api_btn.click(_guard(api_retrain), None, api_json, api_name="retrain")
-        api_btn.click(_guard(api_status), None, api_json, api_name="status")
+        api_btn.click(_guard(retrain), None, api_json, api_name="retrain")
+        api_btn.click(_guard(status), None, api_json, api_name="status")
     return demo
 
 
-def launch(state: AppState, port: int = 7860, host: str = "127.0.0.1", block: bool = True, quiet: bool = False):
-    """Serve the app; returns ``(demo, url)`` (with ``block=False`` the server runs in a background thread)."""
+def launch(state: AppState, port: int = 7860, host: str = "127.0.0.1", block: bool = True, quiet: bool = False,
+           auth: tuple[str, str] | None = None):
+    """Serve the app; returns ``(demo, url)`` (with ``block=False`` the server runs in a background thread).
+    ``auth``: the (user, password) the page's login and API clients must give (see :mod:`.serving`)."""
     demo = build_ui(state)
     demo.queue(default_concurrency_limit=4)
     _, url, _ = demo.launch(server_name=host, server_port=int(port), prevent_thread_lock=not block, quiet=quiet,
-                            ssr_mode=False, show_error=True, css=CSS, head=KEYBOARD_JS, footer_links=["api"])
+                            ssr_mode=False, show_error=True, css=CSS, head=KEYBOARD_JS, footer_links=["api"],
+                            auth=auth, auth_message="charattr-hf review app" if auth else None)
     return demo, url
 

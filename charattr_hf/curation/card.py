@@ -12,19 +12,17 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import pyarrow.parquet as pq
 from datasets import Features
-from datasets.info import DatasetInfo, DatasetInfosDict
-from datasets.splits import SplitDict, SplitInfo
-from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image, ImageDraw
 
 from .. import __version__
 from ..card import load_font, open_thumbnail
+from ..hub import card_header
 from ..markdown import markdown_table
 
 if TYPE_CHECKING:
     from .config import CurateConfig
-    from .curate import CurateResult
+    from .result import CurateResult
     from .dedup import Pairs
 
 __all__ = ["write_curation_card", "histogram_png", "DISTANCES_PNG", "EXAMPLES_PNG"]
@@ -106,8 +104,22 @@ def _example_groups(group: np.ndarray, rep: np.ndarray, limit: int) -> list[list
     return out
 
 
-def _images_png(files: Sequence[Path], groups: list[list[int]], ids: list, thumb: int = 96) -> bytes | None:
-    """A contact sheet of the groups (one line each, representative first) when the data holds images."""
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
+    """``text`` cut into lines no wider than ``width`` (at any character: file names have no spaces to break at)."""
+    lines, line = [], ""
+    for ch in text:
+        if line and draw.textlength(line + ch, font=font) > width:
+            lines.append(line)
+            line = ""
+        line += ch
+    return lines + [line] if line else lines or [""]
+
+
+def _images_png(files: Sequence[Path], groups: list[list[int]], labels: dict[int, str], thumb: int = 112,
+                per_line: int = 6) -> bytes | None:
+    """A contact sheet of the groups when the data holds images: each group under a caption, every member shown
+    (``per_line`` to a line, representative first, framed in green), each with its full file name (or id)
+    wrapped under it."""
     if not groups or "image" not in pq.read_schema(files[0]).names:
         return None
     want = {r for g in groups for r in g}
@@ -124,21 +136,35 @@ def _images_png(files: Sequence[Path], groups: list[list[int]], ids: list, thumb
                 if im is not None:  # an unreadable image shows as a grey cell
                     cells[r + offset] = im
         offset += n
-    cols = min(8, max(len(g) for g in groups))
-    font = load_font(10)
-    sheet = Image.new("RGB", (cols * (thumb + 6) + 6, len(groups) * (thumb + 20) + 6), "white")
+    font = load_font(11)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_h = 13
+    names = {r: _wrap(measure, labels[r], font, thumb) for r in want}
+    cols = min(per_line, max(len(g) for g in groups))
+    blocks = []  # (group, members on each sheet line, text lines under that line)
+    for g in groups:
+        lines = [g[k : k + per_line] for k in range(0, len(g), per_line)]
+        blocks.append((g, lines, [max(len(names[r]) for r in line) for line in lines]))
+    height = 6 + sum(20 + sum(thumb + 6 + t * line_h for t in texts) for _, _, texts in blocks)
+    sheet = Image.new("RGB", (cols * (thumb + 8) + 8, height), "white")
     d = ImageDraw.Draw(sheet)
-    for y, g in enumerate(groups):
-        for x, r in enumerate(g[:cols]):
-            px, py = 6 + x * (thumb + 6), 6 + y * (thumb + 20)
-            im = cells.get(r)
-            if im is None:
-                d.rectangle([px, py, px + thumb, py + thumb], fill=(200, 200, 200))
-            else:
-                sheet.paste(im, (px, py))
-            if x == 0:
-                d.rectangle([px - 2, py - 2, px + thumb + 1, py + thumb + 1], outline=(30, 160, 60), width=2)
-            d.text((px, py + thumb + 3), str(ids[r])[:16], fill="black", font=font)
+    y = 6
+    for g, lines, texts in blocks:
+        d.text((6, y + 3), f"{len(g)} rows, kept first", fill=(60, 60, 60), font=font)
+        y += 20
+        for line, t in zip(lines, texts):
+            for x, r in enumerate(line):
+                px = 8 + x * (thumb + 8)
+                im = cells.get(r)
+                if im is None:
+                    d.rectangle([px, y, px + thumb, y + thumb], fill=(200, 200, 200))
+                else:
+                    sheet.paste(im, (px, y))
+                if r == g[0]:
+                    d.rectangle([px - 2, y - 2, px + thumb + 1, y + thumb + 1], outline=(30, 160, 60), width=2)
+                for k, text in enumerate(names[r]):
+                    d.text((px, y + thumb + 3 + k * line_h), text, fill="black", font=font)
+            y += thumb + 6 + t * line_h
     buf = io.BytesIO()
     sheet.save(buf, "PNG")
     return buf.getvalue()
@@ -163,13 +189,7 @@ def write_curation_card(output_dir: Path, source: str, cfg: "CurateConfig", resu
     output_dir = Path(output_dir)
     card_data = DatasetCardData(tags=["charattr-hf", "curated", "deduplicated"])
     split_files = {s: sorted((output_dir / "data").glob(f"{s}-*.parquet")) for s in ("train", "quarantine")}
-    MetadataConfigs({"default": {"data_files": [{"split": s, "path": f"data/{s}-*"} for s in split_files]}}
-                    ).to_dataset_card_data(card_data)
-    splits = SplitDict()
-    for s, fs in split_files.items():
-        splits.add(SplitInfo(name=s, num_examples=sum(pq.ParquetFile(f).metadata.num_rows for f in fs),
-                             num_bytes=sum(f.stat().st_size for f in fs)))
-    DatasetInfosDict({"default": DatasetInfo(features=features, splits=splits)}).to_dataset_card_data(card_data)
+    card_header(card_data, {s: (features, fs) for s, fs in split_files.items()})
 
     # pictures
     (output_dir / "images").mkdir(exist_ok=True)
@@ -177,13 +197,17 @@ def write_curation_card(output_dir: Path, source: str, cfg: "CurateConfig", resu
     for p in pairs:
         if p.kind == "near" and cfg.near is not None:
             series.append(("near: each row's nearest other row in its cell, colour thumbnail distance "
-                           "(block means)", p.candidates, cfg.near.thumb_threshold, "thumbnail distance"))
+                           "(mirror-symmetric block means)", p.candidates, cfg.near.candidate_radius,
+                           "block-mean distance"))
         if p.kind == "semantic" and cfg.semantic is not None:
             series.append(("semantic: each row's nearest other row in its cluster, 1 - cosine", p.candidates,
                            round(1 - cfg.semantic.threshold, 6), "1 - cosine similarity"))
     (output_dir / DISTANCES_PNG).write_bytes(histogram_png(series))
     groups = _example_groups(group, rep, cfg.examples)
-    sheet = _images_png(files, groups, ids)
+    paths = _paths(files, {r for g in groups for r in g})
+    labels = {r: (paths[r].replace("\\", "/").rsplit("/", 1)[-1] if r in paths else str(ids[r]))
+              for g in groups for r in g}
+    sheet = _images_png(files, groups, labels)
     if sheet is not None:
         (output_dir / EXAMPLES_PNG).write_bytes(sheet)
     else:
@@ -199,19 +223,27 @@ def write_curation_card(output_dir: Path, source: str, cfg: "CurateConfig", resu
     filters += [[f.name, _DESCRIPTIONS.get(f.name, ""), f.describe(), result.removed_by.get(f.name, 0)]
                 for f in cfg.filters]
     lines.append(markdown_table(["filter", "what it removes", "threshold", "rows"], filters))
+    if cfg.skipped:  # steps of the config this dataset cannot take (skip_unavailable)
+        lines += ["", "Skipped, because this dataset cannot take them:", "",
+                  markdown_table(["step", "why"], [list(s) for s in cfg.skipped])]
     lines += ["", "## Duplicates", "",
-              "Groups are found over the whole dataset at once. One row per group is kept: a row that passes the "
-              "filters first, then the highest resolution, then the sharpest, then the fewest flags. The others "
-              "go to quarantine with `duplicate_of` set to the kept row's id; all members share `dup_group`.", ""]
+              "Groups are found over the whole dataset at once. One row per group is kept, the better file: a row "
+              "that passes the filters, then the larger picture (without flat borders), then lossless over lossy "
+              "and the higher JPEG quality (or bits per pixel), then the sharper, then the fewer flags. The others go to quarantine "
+              "with `duplicate_of` set to the kept row's id and a reason naming the comparison; all members share "
+              "`dup_group`.", ""]
     by_kind = {p.kind: p for p in pairs}
     kinds = []
     if cfg.exact:
         kinds.append(["exact", "same sha256 of the file", None, len(by_kind["exact"]),
                       result.removed_by.get("exact_duplicate", 0)])
     if cfg.near is not None:
-        kinds.append(["near", "16x16 colour thumbnail of the centre (compared within k-means cells) and 64-bit luma pHash",
-                      f"phash <= {cfg.near.phash_radius} bits and thumbnail distance <= {cfg.near.thumb_threshold:g}",
-                      len(by_kind["near"]), result.removed_by.get("near_duplicate", 0)])
+        local = f"; or >= {cfg.near.min_inliers} local features on one scale and shift" if cfg.near.min_inliers else ""
+        kinds.append(["near", "whole picture: 16x16 colour thumbnail (direct or mirrored, compared within k-means "
+                              "cells) and 64-bit luma pHash; local features (ORB) for crops, zooms and borders",
+                      f"phash <= {cfg.near.phash_radius} bits{local}; then aligned thumbnail distance <= "
+                      f"{cfg.near.thumb_threshold:g}", len(by_kind["near"]),
+                      result.removed_by.get("near_duplicate", 0)])
     if cfg.semantic is not None:
         kinds.append(["semantic", "CLIP image embeddings, k-means clusters, cosine within a cluster (SemDeDup)",
                       f"cosine >= {cfg.semantic.threshold:g}", len(by_kind["semantic"]),
@@ -221,17 +253,22 @@ def write_curation_card(output_dir: Path, source: str, cfg: "CurateConfig", resu
     if not groups:
         lines.append("No duplicate groups.")
     else:
+        total = int(group.max()) + 1
+        shown = (f"the {len(groups)} largest of {total} groups" if len(groups) < total
+                 else "the only group" if total == 1 else f"all {total} groups")
         if sheet is not None:
             lines += [f"![example groups]({EXAMPLES_PNG})", "",
-                      "Each line is one group; the kept row comes first, framed in green.", ""]
-        paths = _paths(files, {r for g in groups for r in g})
+                      f"Showing {shown}, every member with its file name; the kept row comes first, framed in "
+                      "green.", ""]
+        else:
+            lines += [f"Showing {shown}.", ""]
+
         def show(r: int) -> str:
             p = paths.get(r)
             return f"`{ids[r]}`" + (f" ({p})" if p and p != ids[r] else "")
 
         lines.append(markdown_table(["group", "kept", "quarantined"], [
-            [int(group[g[0]]), show(g[0]), ", ".join(show(r) for r in g[1:8]) + (" ..." if len(g) > 8 else "")]
-            for g in groups]))
+            [int(group[g[0]]), show(g[0]), ", ".join(show(r) for r in g[1:])] for g in groups]))
     lines += ["", "## Use", "", "```python", "from datasets import load_dataset",
               f'train = load_dataset("{output_dir}", split="train")',
               f'quarantine = load_dataset("{output_dir}", split="quarantine")  # see its `reasons` column',
@@ -242,6 +279,7 @@ def write_curation_card(output_dir: Path, source: str, cfg: "CurateConfig", resu
     tmp.write_text(str(card))
     info = {"source": source, "config": cfg.raw, "rows": result.rows, "train": result.train,
             "quarantine": result.quarantine, "groups": result.groups, "removed_by": result.removed_by,
+            "skipped": dict(cfg.skipped),
             "pairs": {p.kind: len(p) for p in pairs}, "seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
     (output_dir / "curation.json").write_text(json.dumps(info, indent=2, default=str))
     tmp.replace(path)

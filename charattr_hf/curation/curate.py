@@ -7,12 +7,19 @@ dataset snapshot), checks the config against the dataset's columns before any wo
    always removed;
 2. duplicates: exact, near and semantic edges over *all* rows at once (``charattr_hf.curation.dedup``); the
    groups are their connected components;
-3. one representative per group is kept: a row that passes the filters first, then the highest resolution
-   (width x height), then quality (``quality.sharpness``), then the fewest ``flags``, then the first row;
+3. one representative per group is kept, the better file (:mod:`charattr_hf.curation.keep`): a row that passes
+   the filters, then the larger picture (without flat borders), then lossless over lossy and the higher JPEG
+   quality or bits per pixel, then the sharper, then the fewer ``flags``, then the first row; the others'
+   reasons name the comparison that decided;
 4. every row gets ``dup_group`` (int64 shared by the members of a group, null when the row has no duplicate),
    ``duplicate_of`` (the representative's ``id`` for the others, null for representatives and rows without
    duplicates) and ``reasons`` (list of strings; empty for a kept row). Rows with no reason go to ``train``,
-   the others to ``quarantine``; rows in = train + quarantine.
+   the others to ``quarantine``; rows in = train + quarantine. A row with an ``error`` keeps its ``sha256`` and
+   ``error`` but no ``image``, whatever the annotated output held (older versions kept bytes that did not decode).
+
+Steps of the config that the dataset cannot take (semantic duplicates without embeddings, a filter on an attribute
+its schema lacks) stop the run before any work, or, with ``skip_unavailable: true`` (the shipped config, the
+default), are skipped and named in the log, on the card and in ``curation.json``.
 
 The output folder has the layout ``push_to_hub`` writes (``data/train-*.parquet``, ``data/quarantine-*.parquet``,
 README.md with the YAML header ``load_dataset`` reads) plus ``curation.json`` and the card's pictures.
@@ -24,7 +31,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,26 +41,18 @@ from datasets import ClassLabel, Features, List, Value
 
 from ..errors import UserError
 from .config import CurateConfig, load_config
+from .card import write_curation_card
 from .dedup import Pairs, connected_components, exact_pairs, near_pairs, semantic_pairs
 from .filters import AttributeInfo
+from .keep import RowFacts, compare, pick_representatives
+from .result import CurateResult
+from ..stages.signatures import THUMB_BYTES, decode_hex, decode_keypoints
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CurateResult", "curate", "annotated_files", "attributes_of", "assign_groups"]
 
 NEW_COLUMNS = {"dup_group": Value("int64"), "duplicate_of": Value("string"), "reasons": List(Value("string"))}
-
-
-@dataclass
-class CurateResult:
-    output_dir: Path
-    rows: int
-    train: int
-    quarantine: int
-    removed_by: dict[str, int] = field(default_factory=dict)
-    groups: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)
-    files: dict[str, list[Path]] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------ input
@@ -102,23 +100,6 @@ def _read(files: list[Path], columns: list[str]) -> pa.Table:
     return pa.concat_tables([pq.read_table(f, columns=columns) for f in files]) if files else pa.table({})
 
 
-def _fixed_bytes(column: pa.ChunkedArray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(valid rows, (m, width) uint8)`` from a binary column (rows of another length are invalid)."""
-    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    lengths = pc.binary_length(col).to_numpy(zero_copy_only=False)
-    valid = np.flatnonzero(~np.isnan(lengths.astype(np.float64)) & (np.nan_to_num(lengths) == width))
-    values = col.take(pa.array(valid))
-    if pa.types.is_large_binary(values.type):
-        values = values.cast(pa.binary())
-    buf = values.buffers()[2]
-    offsets = np.frombuffer(values.buffers()[1], np.int32, count=len(values) + 1, offset=values.offset * 4)
-    data = np.frombuffer(buf, np.uint8) if buf is not None else np.zeros(0, np.uint8)
-    if len(valid) and not np.array_equal(np.diff(offsets), np.full(len(valid), width)):  # not packed: copy
-        return valid, np.frombuffer(b"".join(values.to_pylist()), np.uint8).reshape(len(valid), width)
-    start = offsets[0] if len(offsets) else 0
-    return valid, data[start : start + len(valid) * width].reshape(len(valid), width)
-
-
 def _embeddings(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     col = column.combine_chunks()
     valid = np.flatnonzero(~col.is_null().to_numpy(zero_copy_only=False))
@@ -135,9 +116,9 @@ def _embeddings(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------ groups
-def assign_groups(n: int, pairs: list[Pairs], passes: np.ndarray, pixels: np.ndarray, quality: np.ndarray,
-                  nflags: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(group per row or -1, representative row per row or -1, kind index per row)`` from the edges.
+def assign_groups(n: int, pairs: list[Pairs], facts: RowFacts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(group per row or -1, representative row per row or -1, kind index per row)`` from the edges; the
+    representative is the better file by :func:`charattr_hf.curation.keep.compare`.
 
     Kind index: 0 exact, 1 near, 2 semantic (the strongest kind of edge at the row), -1 none."""
     kinds = {"exact": 0, "near": 1, "semantic": 2}
@@ -151,18 +132,13 @@ def assign_groups(n: int, pairs: list[Pairs], passes: np.ndarray, pixels: np.nda
     kind[kind == 3] = -1
     label = connected_components(n, i, j)
     size = np.bincount(label, minlength=n)
-    in_group = size[label] > 1
-    rows = np.flatnonzero(in_group)
+    rows = np.flatnonzero(size[label] > 1)
     group = np.full(n, -1, np.int64)
     rep = np.full(n, -1, np.int64)
     if len(rows):
-        order = np.lexsort((rows, nflags[rows], -quality[rows], -pixels[rows], ~passes[rows], label[rows]))
-        ordered = rows[order]
-        first = np.ones(len(ordered), bool)
-        first[1:] = label[ordered][1:] != label[ordered][:-1]
-        reps = ordered[first]  # one per component, components in order of their smallest row
         rep_of_label = np.full(n, -1, np.int64)
-        rep_of_label[label[reps]] = reps
+        for lab, r in pick_representatives(label, rows, facts).items():
+            rep_of_label[lab] = r
         # group numbers follow the first row of each group
         gid = np.full(n, -1, np.int64)
         roots = np.unique(label[rows])
@@ -170,6 +146,56 @@ def assign_groups(n: int, pairs: list[Pairs], passes: np.ndarray, pixels: np.nda
         group[rows] = gid[label[rows]]
         rep[rows] = rep_of_label[label[rows]]
     return group, rep, kind
+
+
+def _signatures(files: list[Path], errors: list, batch: int = 65536):
+    """The near-duplicate signature arrays of rows without a decode error: ``(rows, phash (m, 16), thumb
+    (m, 768), keypoints (m, K, 18) or None, counts or None)``; rows with a missing or malformed signature are
+    left out."""
+    sig = _read(files, ["signature"]).column("signature")
+    kept, ph, th, kp, cnt = [], [], [], [], []
+    has_keypoints = False
+    for s in range(0, len(sig), batch):
+        part = sig.slice(s, batch)
+        phash = pc.struct_field(part, "phash").to_pylist()
+        thumb = pc.struct_field(part, "thumb").to_pylist()
+        ok = [k for k in range(len(phash)) if errors[s + k] is None and isinstance(phash[k], str)
+              and len(phash[k]) == 32 and isinstance(thumb[k], str) and len(thumb[k]) == 2 * THUMB_BYTES]
+        kept.append(np.asarray(ok, np.int64) + s)
+        ph.append(decode_hex([phash[k] for k in ok], 16)[1])
+        th.append(decode_hex([thumb[k] for k in ok], THUMB_BYTES)[1])
+        points = pc.struct_field(part, "keypoints").to_pylist()
+        has_keypoints = has_keypoints or any(points[k] is not None for k in ok)
+        a, c = decode_keypoints([points[k] for k in ok])
+        kp.append(a)
+        cnt.append(c)
+    if not kept:
+        return np.zeros(0, np.int64), np.zeros((0, 16), np.uint8), np.zeros((0, THUMB_BYTES), np.uint8), None, None
+    rows = np.concatenate(kept)
+    if not has_keypoints:  # signatures without local features (OpenCV was not installed when annotating)
+        return rows, np.concatenate(ph), np.concatenate(th), None, None
+    return rows, np.concatenate(ph), np.concatenate(th), np.concatenate(kp), np.concatenate(cnt)
+
+
+def _facts(files: list[Path], table: pa.Table, passes: np.ndarray) -> RowFacts:
+    """What the representative rule reads, from the base columns and the signature's encoding fields."""
+    def num(col) -> np.ndarray:
+        return col.to_numpy(zero_copy_only=False).astype(np.float64)
+
+    sig = _read(files, ["signature"]).column("signature") if "signature" in pq.read_schema(files[0]).names else None
+    enc = {}
+    if sig is not None and pa.types.is_struct(sig.type) and sig.type.get_field_index("lossless") >= 0:
+        enc = {"content_width": num(pc.struct_field(sig, "content_width").cast(pa.float64())),
+               "content_height": num(pc.struct_field(sig, "content_height").cast(pa.float64())),
+               "format": pc.struct_field(sig, "format").to_pylist(),
+               "lossless": num(pc.struct_field(sig, "lossless").cast(pa.float64())),
+               "jpeg_quality": num(pc.struct_field(sig, "jpeg_quality").cast(pa.float64())),
+               "bits_per_pixel": num(pc.struct_field(sig, "bits_per_pixel").cast(pa.float64()))}
+    nflags = np.nan_to_num(num(pc.list_value_length(table.column("flags"))), nan=0.0)
+    return RowFacts(passes=passes, width=np.nan_to_num(num(table.column("width"))),
+                    height=np.nan_to_num(num(table.column("height"))),
+                    sharpness=np.nan_to_num(num(pc.struct_field(table.column("quality"), "sharpness")), nan=-1.0),
+                    nflags=nflags, **enc)
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -200,14 +226,13 @@ def curate(
         raise UserError(f"{dataset}: already has column(s) {clash}; curate the annotated dataset, not a curated one")
     attributes = attributes_of(features)
     has_embedding = "embedding" in features
-    cfg: CurateConfig = load_config(config, attributes, has_embedding)
-    if cfg.near is not None and "signature" not in features:
-        raise UserError(f"{dataset}: no 'signature' column for near duplicates; annotate with this version of "
-                        "charattr-hf, or set dedup.near: false in the config")
-    for f in cfg.filters:
-        missing = [c for c in f.columns() if c not in features]
-        if missing:
-            raise UserError(f"{cfg.source}: filter {f.name} needs column(s) {missing}, which the dataset lacks")
+    cfg: CurateConfig = load_config(config, attributes, has_embedding, columns=list(features))
+    for step, why in cfg.skipped:
+        logger.warning("curation step %s skipped: %s", step, why)
+    if cfg.near is not None and isinstance(features.get("signature"), dict) and \
+            features["signature"].get("thumb") != Value("string"):
+        raise UserError(f"{dataset}: its 'signature' column was written by an older version of charattr-hf; annotate "
+                        "again with this version for near duplicates, or set dedup.near: false in the config")
 
     # -- filters --------------------------------------------------------------------------------
     base_cols = ["id", "sha256", "error", "width", "height", "quality", "flags"]
@@ -232,14 +257,8 @@ def curate(
         removed_by[f.name] = count
     timings["filters"] = time.perf_counter() - t0
     ids = table.column("id").to_pylist()
-    width = np.nan_to_num(table.column("width").to_numpy(zero_copy_only=False).astype(np.float64))
-    height = np.nan_to_num(table.column("height").to_numpy(zero_copy_only=False).astype(np.float64))
-    pixels = width * height
-    sharp = np.nan_to_num(pc.struct_field(table.column("quality"), "sharpness")
-                          .to_numpy(zero_copy_only=False).astype(np.float64), nan=-1.0)
-    nflags = pc.list_value_length(table.column("flags")).to_numpy(zero_copy_only=False)
-    nflags = np.nan_to_num(nflags.astype(np.float64), nan=0.0)
     passes = np.array([not r for r in reasons])
+    facts = _facts(files, table, passes)
     sha = table.column("sha256").to_pylist()
     del table
 
@@ -249,21 +268,9 @@ def curate(
         pairs.append(exact_pairs(sha))
         timings["exact"] = pairs[-1].seconds
     if cfg.near is not None:
-        sig = _read(files, ["signature"]).column("signature")
-        ph = pc.struct_field(sig, "phash")
-        th = pc.struct_field(sig, "thumb")
-        from .signatures import THUMB_SIDE
-
-        v1, ph_arr = _fixed_bytes(ph, 8)
-        v2, th_arr = _fixed_bytes(th, THUMB_SIDE * THUMB_SIDE * 3)
-        if not np.array_equal(v1, v2):
-            common = np.intersect1d(v1, v2)
-            ph_arr, th_arr = ph_arr[np.searchsorted(v1, common)], th_arr[np.searchsorted(v2, common)]
-            v1 = common
-        del sig, ph, th
-        ok = np.array([errors[r] is None for r in v1], bool) if len(v1) else np.zeros(0, bool)
-        pairs.append(near_pairs(ph_arr[ok], th_arr[ok], v1[ok], cfg.near))
-        del ph_arr, th_arr
+        valid, ph_arr, th_arr, kp_arr, counts = _signatures(files, errors)
+        pairs.append(near_pairs(ph_arr, th_arr, valid, cfg.near, kp_arr, counts))
+        del ph_arr, th_arr, kp_arr, counts
         timings["near"] = pairs[-1].seconds
     if cfg.semantic is not None:
         valid, emb = _embeddings(_read(files, ["embedding"]).column("embedding"))
@@ -271,14 +278,14 @@ def curate(
         del emb
         timings["semantic"] = pairs[-1].seconds
     t1 = time.perf_counter()
-    group, rep, kind = assign_groups(n, pairs, passes, pixels, sharp, nflags)
+    group, rep, kind = assign_groups(n, pairs, facts)
     kind_names = ("exact_duplicate", "near_duplicate", "semantic_duplicate")
     dup_rows = np.flatnonzero((rep >= 0) & (rep != np.arange(n)))
     for k in range(3):
         removed_by[kind_names[k]] = 0
     for r in dup_rows:
         name = kind_names[kind[r]]
-        reasons[r].append(f"{name}: of {ids[rep[r]]}")
+        reasons[r].append(f"{name}: of {ids[rep[r]]} (kept: {compare(facts, int(rep[r]), int(r))[1]})")
         removed_by[name] += 1
     timings["grouping"] = time.perf_counter() - t1
 
@@ -294,13 +301,26 @@ def curate(
     timings["write"] = time.perf_counter() - t2
 
     result = CurateResult(output_dir, n, int(keep.sum()), int(n - keep.sum()), removed_by,
-                          groups=int(group.max() + 1) if n and group.max() >= 0 else 0, seconds=timings, files=written)
-    from .card import write_curation_card
-
+                          groups=int(group.max() + 1) if n and group.max() >= 0 else 0, seconds=timings, files=written,
+                          skipped=list(cfg.skipped))
     write_curation_card(output_dir, str(dataset), cfg, result, pairs, out_features, group=group, rep=rep, ids=ids,
                         files=files)
     timings["total"] = time.perf_counter() - t0
     return result
+
+
+def _without_error_images(tbl: pa.Table) -> pa.Table:
+    """Rows with a decode ``error`` keep no image (their ``sha256`` and ``error`` say what it was): an output
+    annotated by an older version may hold bytes that did not decode, and one such cell stops every reader that
+    decodes the split (``load_dataset`` iterating it, the review app)."""
+    if "image" not in tbl.column_names or not tbl.num_rows:
+        return tbl
+    bad = pc.is_valid(tbl.column("error"))
+    if not pc.any(bad).as_py():
+        return tbl
+    i = tbl.schema.get_field_index("image")
+    image = tbl.column(i)
+    return tbl.set_column(i, tbl.schema.field(i), pc.if_else(bad, pa.nulls(len(tbl), image.type), image))
 
 
 def _write_splits(files, output_dir: Path, features: Features, keep: np.ndarray, dup_group, duplicate_of,
@@ -342,7 +362,7 @@ def _write_splits(files, output_dir: Path, features: Features, keep: np.ndarray,
             tbl = pa.Table.from_batches([batch])
             tbl = tbl.append_column("dup_group", dup_group[sl]).append_column("duplicate_of", duplicate_of[sl])
             tbl = tbl.append_column("reasons", reasons[sl])
-            tbl = tbl.cast(schema)
+            tbl = _without_error_images(tbl.cast(schema))
             mask = keep[sl]
             if mask.any():
                 write("train", tbl.filter(pa.array(mask)))
@@ -353,8 +373,8 @@ def _write_splits(files, output_dir: Path, features: Features, keep: np.ndarray,
         if st["writer"] is not None:
             st["writer"].close()
         for path in tmp[split]:
-            if not path.exists():  # an empty split still gets a typed, empty file
-                pq.write_table(schema.empty_table(), path)
+            if not path.exists():  # an empty split still gets a typed file, without row groups: datasets reads
+                pq.ParquetWriter(path, schema).close()  # the other split of such a folder (one empty group breaks both)
         for t, final in zip(tmp[split], names[split]):
             os.replace(t, final)
     return names

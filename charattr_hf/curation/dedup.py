@@ -1,22 +1,30 @@
-"""Global duplicate grouping: exact (sha256), near (perceptual hash index, verified by a colour thumbnail) and
-semantic (CLIP embedding cosine within k-means clusters, as SemDeDup), over the whole dataset at once.
+"""Global duplicate grouping: exact (sha256), near (whole-picture thumbnails and local features, verified on
+aligned thumbnails) and semantic (CLIP embedding cosine within k-means clusters, as SemDeDup), over the whole
+dataset at once.
 
 Every kind yields pairs of rows (edges); the groups are the connected components of all edges together
 (:func:`connected_components`, vectorised union-find). Nothing here holds an all-pairs matrix:
 
 - exact: rows sorted by hash, equal neighbours linked (``O(n log n)``);
-- near: the colour thumbnails (luma-normalised) are first compared on 4x4-pixel block means (an orthogonal
-  projection: it never lengthens a distance, so it loses no pair) within k-means cells; a candidate within
-  ``thumb_threshold`` is verified on the full thumbnail and on the 64-bit ``phash`` (``phash_radius`` bits);
+- near (:func:`near_pairs`), two candidate paths, one check:
+
+  - whole picture: the colour thumbnails (luma-normalised) are compared on mirror-symmetric 4x4-pixel block
+    means (an orthogonal projection: it never lengthens a distance, and a mirror image lands on its original)
+    within k-means cells; candidates within ``phash_radius`` bits (direct or mirrored pHash) go on;
+  - local features (crops, zooms, borders): rows sharing ORB descriptors in hash buckets
+    (:func:`keypoint_candidates`, a sort of the keys) with at least ``min_inliers`` matches agreeing on one scale
+    and shift per axis (:func:`keypoint_fit`);
+  - the check: the thumbnails, aligned by the fit (or as they are, or mirrored), agree within
+    ``thumb_threshold`` on the 80 % of cells that agree best (:func:`aligned_thumb_distance`);
 - semantic: unit CLIP embeddings within k-means clusters (as SemDeDup); pairs at cosine ``>= threshold``.
 
-Both use :func:`cluster_pairs`: cells from :func:`partition` (k-means on a sample, split recursively until a
-cell holds about ``leaf`` rows, so the work grows linearly with the rows; ``rounds`` independent partitions, so
-a pair cut apart by one cell boundary is found in another), then BLAS products within cells in bounded blocks,
-at most ``neighbours`` partners per row. Measured in ``benchmarks/dedup.py``: on planted copies of synthetic
-characters, grey pHash candidates alone (a faiss binary index over ``phash``) are not selective (distinct
-characters of the same composition sit within a few bits), and a faiss binary IVF index over 1M random 64-bit
-codes took minutes on two cores with poor recall, so the colour thumbnail drives the candidates here.
+Thumbnails and embeddings use :func:`cluster_pairs`: cells from :func:`partition` (k-means on a sample, split
+recursively until a cell holds about ``leaf`` rows, so the work grows linearly with the rows; ``rounds``
+independent partitions, so a pair cut apart by one cell boundary is found in another), then BLAS products within
+cells in bounded blocks, at most ``neighbours`` partners per row. Measured in ``benchmarks/dedup.py``: grey pHash
+candidates alone are not selective (distinct characters of the same composition sit within a few bits), and a
+faiss binary IVF index over 1M random 64-bit codes took minutes on two cores with poor recall, so the colour
+thumbnail drives the whole-picture candidates.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .signatures import THUMB_SIDE, normalise_thumbs
+from ..stages.signatures import THUMB_SIDE, mirror_thumbs, normalise_thumbs
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +47,13 @@ __all__ = ["NearConfig", "SemanticConfig", "Pairs", "connected_components", "exa
 @dataclass
 class NearConfig:
     enabled: bool = True
-    #: candidate when the 64-bit luma phash differs in at most this many bits
-    phash_radius: int = 10
-    #: duplicate when the colour thumbnails' distance (see signatures.thumb_distance) is at most this
-    thumb_threshold: float = 10.0
+    #: whole-picture candidate when the 64-bit luma phash (direct or mirrored) differs in at most this many bits
+    phash_radius: int = 12
+    #: whole-picture candidate when the thumbnails' mirror-symmetric block means are this close (RMS)
+    candidate_radius: float = 10.0
+    #: duplicate when the robust distance of the (aligned) colour thumbnails is at most this (see
+    #: aligned_thumb_distance: RMS over the 80 % of cells that agree best)
+    thumb_threshold: float = 3.2
     #: most partners kept per row (its nearest); bounds the work on large clusters of look-alikes
     neighbours: int = 16
     #: rows per cell compared all-pairs (k-means cells, split recursively)
@@ -51,6 +62,12 @@ class NearConfig:
     rounds: int = 2
     #: nearest centroids looked at when a row near a cell boundary also joins the cell across it (1: only its own)
     assign: int = 1
+    #: duplicate when at least this many local features agree on one shift and scale (0: local features unused)
+    min_inliers: int = 13
+    #: bits of a descriptor (whole bytes) that key it in one hash table (local-feature candidates)
+    hash_bits: int = 32
+    #: hash tables; rows sharing features in at least two (table, bucket) places are compared
+    hash_tables: int = 2
 
 
 @dataclass
@@ -273,44 +290,304 @@ def cluster_pairs(get, m: int, dim: int, *, radius: float, leaf: int = 512, assi
     return i, j, d, nearest
 
 
-#: The thumbnails are compared first on 4x4-pixel block means (4x4 blocks x 3 channels = 48 numbers): an
-#: orthogonal projection, so a distance there never exceeds the full thumbnail distance and no pair is lost.
+#: The thumbnails are compared first on 4x4-pixel block means averaged with their mirror image (4x2 blocks x 3
+#: channels = 24 numbers): an orthogonal projection, so a distance there never exceeds the thumbnail distance of
+#: either orientation and no pair is lost, and a mirrored copy lands on its original.
 BLOCK = 4
 
 
 def _block_means(thumbs: np.ndarray) -> np.ndarray:
-    """Normalised thumbnails projected on block indicators, scaled so that distances are RMS over 768 values."""
-    t = normalise_thumbs(thumbs).reshape(len(thumbs), THUMB_SIDE // BLOCK, BLOCK, THUMB_SIDE // BLOCK, BLOCK, 3)
+    """Normalised thumbnails projected on mirror-symmetric block indicators, scaled so that distances are RMS over
+    768 values."""
+    side = THUMB_SIDE // BLOCK
+    t = normalise_thumbs(thumbs).reshape(len(thumbs), side, BLOCK, side, BLOCK, 3)
     coords = t.sum(axis=(2, 4)) / BLOCK  # block sum / sqrt(block size): orthonormal coordinates
-    return (coords.reshape(len(thumbs), -1) / math.sqrt(THUMB_SIDE * THUMB_SIDE * 3)).astype(np.float32)
+    sym = (coords[:, :, : side // 2] + coords[:, :, side // 2 :][:, :, ::-1]) / math.sqrt(2.0)
+    return (sym.reshape(len(thumbs), -1) / math.sqrt(THUMB_SIDE * THUMB_SIDE * 3)).astype(np.float32)
 
 
-def near_pairs(phash: np.ndarray, thumbs: np.ndarray, rows: np.ndarray, cfg: NearConfig) -> Pairs:
-    """Near-duplicate edges among ``rows`` (indices into the dataset) given their ``phash`` ``(m, 8)`` and
-    ``thumb`` ``(m, 768)`` arrays (``uint8``).
+def _phash_distances(phash: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Hamming distance of row ``i``'s hash to row ``j``'s hash or to its mirror's, the smaller (``phash`` is
+    ``(m, 16)``: the picture's 8 bytes, then its mirror image's)."""
+    if not len(i):
+        return np.zeros(0, np.int64)
+    a = phash[i, :8].view(np.uint64).ravel()
+    b = phash[j].view(np.uint64)
+    return np.minimum(np.bitwise_count(a ^ b[:, 0]), np.bitwise_count(a ^ b[:, 1])).astype(np.int64)
 
-    Candidates: the normalised colour thumbnails are projected on 4x4-pixel block means (a projection never
-    lengthens a distance, so no pair within the threshold is lost there) and compared within the cells of
-    :func:`partition` (:func:`cluster_pairs`). A candidate is a duplicate when its
-    full thumbnail distance is within ``thumb_threshold`` and its phash distance within ``phash_radius``."""
+
+def _thumb_distances(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray, block: int = 65536) -> np.ndarray:
+    """Thumbnail distance of each pair, the smaller of direct and mirrored (see signatures.thumb_distance)."""
+    out = np.empty(len(i), np.float32)
+    for s in range(0, len(i), block):
+        a = normalise_thumbs(thumbs[i[s : s + block]])
+        tb = thumbs[j[s : s + block]]
+        direct = np.sqrt(np.mean((a - normalise_thumbs(tb)) ** 2, axis=1))
+        mirrored = np.sqrt(np.mean((a - normalise_thumbs(mirror_thumbs(tb))) ** 2, axis=1))
+        out[s : s + block] = np.minimum(direct, mirrored)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ local features
+def keypoint_candidates(desc: np.ndarray, counts: np.ndarray, *, bits: int = 32, tables: int = 2,
+                        max_bucket: int = 8, min_shared: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of rows that share local features: locality-sensitive hashing of the descriptors.
+
+    Each table keys every descriptor by ``bits // 8`` fixed random bytes of it; rows whose descriptors fall in the
+    same bucket in at least ``min_shared`` (table, bucket) places are candidates. Buckets of more than
+    ``max_bucket`` rows (flat corners, text: features many pictures have) are left out, so the pairs stay linear in
+    the rows; the work is a sort of ``tables x features`` keys.
+    ``desc`` is ``(m, K, d)`` uint8, ``counts`` the valid features per row."""
+    m, k, d = desc.shape
+    valid = np.arange(k)[None, :] < counts[:, None]
+    rng = np.random.default_rng(seed)
+    codes = []
+    for _ in range(tables):
+        # whole bytes of the descriptor (each byte is 8 of ORB's binary tests): a gather, not a loop over bits;
+        # the key and the row share one uint64, so one sort groups the buckets (arrays kept to a few bytes a key)
+        v = np.repeat(np.arange(m, dtype=np.uint64), counts.astype(np.int64))
+        for b, p in enumerate(rng.choice(d, size=bits // 8, replace=False)):
+            v |= desc[:, :, p][valid].astype(np.uint64) << np.uint64(32 + 8 * b)
+        v.sort()
+        rows = (v & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+        v >>= np.uint64(32)
+        keys = v.astype(np.uint32)
+        del v
+        start = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        del keys
+        size = np.diff(np.r_[start, len(rows)])
+        pairable = (size >= 2) & (size <= max_bucket)
+        start, size = start[pairable], size[pairable]
+        del pairable
+        for sz in np.unique(size):
+            s0 = start[size == sz]
+            members = rows[s0[:, None] + np.arange(sz)[None, :]].astype(np.int64)
+            a, b = np.triu_indices(sz, 1)
+            lo, hi = members[:, a].ravel(), members[:, b].ravel()
+            keep = lo != hi
+            codes.append(lo[keep] * m + hi[keep])
+        del rows, start, size
+    if not codes:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    code, shared = np.unique(np.concatenate(codes), return_counts=True)
+    code = code[shared >= min_shared]
+    return code // m, code % m
+
+
+#: Relative scales allowed between two pictures' content along each axis (a crop of up to 40 % of a side, a zoom,
+#: a resize that changes the aspect ratio), and the width of the bins in which each scale is voted for (log).
+_SCALES = (0.6, 1.0 / 0.6)
+_SCALE_BIN = 0.02
+
+
+def _vote_scale(pa: np.ndarray, pb: np.ndarray, ok: np.ndarray, min_span: float) -> np.ndarray:
+    """Per pair, the most voted ratio of coordinate spans of two matches (``pa``, ``pb``: ``(p, K)`` one axis)."""
+    lo, hi = math.log(_SCALES[0]), math.log(_SCALES[1])
+    nbins = int(math.ceil((hi - lo) / _SCALE_BIN))
+    sa = pa[:, :, None] - pa[:, None, :]
+    sb = pb[:, :, None] - pb[:, None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ls = np.log(sb / sa)
+    vote = ok[:, :, None] & ok[:, None, :] & (sa >= min_span) & (ls >= lo) & (ls < hi)
+    p = len(pa)
+    pi = np.nonzero(vote)[0]
+    hist = np.bincount(pi * nbins + ((ls[vote] - lo) / _SCALE_BIN).astype(np.int64),
+                       minlength=p * nbins).reshape(p, nbins)
+    hist[:, :-1] += hist[:, 1:]  # a bin and its right neighbour
+    centre = lo + (hist.argmax(axis=1) + 1.0) * _SCALE_BIN
+    near = vote & (np.abs(ls - centre[:, None, None]) <= _SCALE_BIN)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.exp(np.where(near, ls, 0).sum(axis=(1, 2)) / near.sum(axis=(1, 2)))
+    return np.where(np.isfinite(scale), scale, 1.0).astype(np.float32)
+
+
+def _fit(pa: np.ndarray, pb: np.ndarray, ok: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+    """Best scale-and-shift per axis of matched points ``pa -> pb`` (``(p, M, 2)``, ``ok`` marks real matches):
+    ``(count, (p, 4) fit)`` as :func:`keypoint_fit` returns them."""
+    p = len(pa)
+    scale = np.stack([_vote_scale(pa[..., d], pb[..., d], ok, 24.0) for d in (0, 1)], axis=1)  # (p, 2)
+    t = pb - scale[:, None, :] * pa  # (p, M, 2): the shift each match proposes
+    tx, ty = t[..., 0], t[..., 1]
+    close = np.abs(tx[:, :, None] - tx[:, None, :]) <= tolerance
+    close &= np.abs(ty[:, :, None] - ty[:, None, :]) <= tolerance
+    close &= ok[:, :, None] & ok[:, None, :]
+    agree = close.sum(axis=2)
+    best = agree.argmax(axis=1)
+    members = close[np.arange(p), best]  # the matches that agree with the best shift: their mean shift
+    shift = (t * members[..., None]).sum(axis=1) / np.maximum(members.sum(axis=1, keepdims=True), 1)
+    return agree[np.arange(p), best], np.concatenate([scale, shift / 255.0], axis=1)
+
+
+def keypoint_fit(kp_a: np.ndarray, n_a: np.ndarray, kp_b: np.ndarray, n_b: np.ndarray, *,
+                 max_hamming: int = 28, tolerance: float = 4.0, need: int = 0, block: int = 2048):
+    """Per pair, the most local features that one scale-and-shift per axis maps from picture ``a`` onto ``b``.
+
+    ``kp_*`` are ``(P, K, 18)`` uint8 (``x, y`` in 1/255 of the content's width and height, then a 128-bit
+    descriptor), ``n_*`` the valid features per row. Features are matched to their mutual nearest neighbour by
+    Hamming distance (at most ``max_hamming`` bits of 128). Along each axis, every two matches far enough apart
+    vote for the ratio of their spans (the scale, within :data:`_SCALES`; no rotation or mirroring: the whole
+    picture path finds mirrors); at those scales each match proposes a shift, and the shift that the most matches
+    agree with (within ``tolerance``, in 1/255 of the side) gives the count. Pairs with fewer than ``need``
+    matches get their match count and no fit (it cannot reach ``need``).
+
+    Returns ``(count, fit)``: ``fit`` is ``(P, 4)`` float32 ``sx, sy, tx, ty`` with ``b = s * a + t`` in
+    content coordinates 0..1 (NaN without a fit)."""
+    count = np.zeros(len(kp_a), np.int64)
+    fit = np.full((len(kp_a), 4), np.nan, np.float32)
+    k = kp_a.shape[1]
+    ar = np.arange(k)
+    for s in range(0, len(kp_a), block):
+        a, b = kp_a[s : s + block], kp_b[s : s + block]
+        p = len(a)
+        da = np.ascontiguousarray(a[:, :, 2:]).view(np.uint64)  # (p, K, 2)
+        db = np.ascontiguousarray(b[:, :, 2:]).view(np.uint64)
+        ham = np.zeros((p, k, k), np.uint8)  # one 64-bit word at a time: long inner loops
+        for w in range(da.shape[2]):
+            ham += np.bitwise_count(da[:, :, w, None] ^ db[:, None, :, w])
+        ham[~(ar[None, :] < n_a[s : s + block, None])] = 255
+        ham.transpose(0, 2, 1)[~(ar[None, :] < n_b[s : s + block, None])] = 255
+        ab = ham.argmin(axis=2)  # (p, K): a's nearest in b
+        ba = ham.argmin(axis=1)  # (p, K): b's nearest in a
+        rows = np.arange(p)[:, None]
+        ok = (ba[rows, ab] == ar[None, :]) & (np.take_along_axis(ham, ab[:, :, None], axis=2)[:, :, 0] <= max_hamming)
+        count[s : s + p] = ok.sum(axis=1)
+        enough = np.flatnonzero(count[s : s + p] >= max(need, 2))  # fewer matches than needed: no fit can reach it
+        # the fit works on each pair's matches only, in groups of pairs with about as many matches
+        enough = enough[np.argsort(count[s + enough], kind="stable")]
+        for g in range(0, len(enough), 256):
+            sel = enough[g : g + 256]
+            m = int(count[s + sel].max())
+            order = np.argsort(~ok[sel], axis=1, kind="stable")[:, :m]  # matched features first
+            okc = np.take_along_axis(ok[sel], order, axis=1)
+            pa = np.take_along_axis(a[sel, :, :2], order[:, :, None], axis=1).astype(np.float32)
+            pb = b[sel[:, None], np.take_along_axis(ab[sel], order, axis=1), :2].astype(np.float32)
+            count[s + sel], fit[s + sel] = _fit(pa, pb, okc, tolerance)
+    return count, fit
+
+
+def _smooth(t: np.ndarray) -> np.ndarray:
+    """A [1, 2, 1] / 4 blur along both axes of ``(p, n, n, 3)`` thumbnails (edges repeated): sampling one
+    thumbnail between its cells, as an alignment does, then errs far less on sharp pictures."""
+    import os
+    if os.environ.get("NOSMOOTH"):
+        return t
+    for axis in (1, 2):
+        pad = np.concatenate([t.take([0], axis=axis), t, t.take([-1], axis=axis)], axis=axis)
+        n = t.shape[axis]
+        t = (pad.take(range(0, n), axis=axis) + 2 * pad.take(range(1, n + 1), axis=axis)
+             + pad.take(range(2, n + 2), axis=axis)) / 4.0
+    return t
+
+
+def aligned_thumb_distance(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray, fit: np.ndarray | None = None, *,
+                           mirror: bool = False, keep: float = 0.8, min_overlap: float = 0.5) -> np.ndarray:
+    """Robust thumbnail distance of each pair ``(i, j)``, with ``j``'s picture seen through ``fit``.
+
+    ``fit`` (``(P, 4)``: ``sx, sy, tx, ty``, ``j = s * i + t`` in content coordinates; None: the identity) says
+    where each of ``j``'s thumbnail cells lies in ``i``'s picture; ``i``'s thumbnail is sampled there (bilinear)
+    on the cells that fall inside it (at least ``min_overlap`` of them, else the distance is infinite). Luma is
+    normalised over those cells in both, and the distance is the RMS over the ``keep`` share of cells that agree
+    best, so a watermark or a stamp does not count while look-alike renders, which differ a little everywhere,
+    stay apart. ``mirror`` compares with ``j``'s mirror image (its fit must then be the identity)."""
+    from ..stages.signatures import MARGIN
+
+    n = THUMB_SIDE
+    out = np.full(len(i), np.inf, np.float32)
+    centres = MARGIN + (1 - 2 * MARGIN) * (np.arange(n, dtype=np.float32) + 0.5) / n
+    for s in range(0, len(i), 16384):
+        ti = _smooth(thumbs[i[s : s + 16384]].reshape(-1, n, n, 3).astype(np.float32))
+        tj = thumbs[j[s : s + 16384]]
+        tj = _smooth((mirror_thumbs(tj) if mirror else tj).reshape(-1, n, n, 3).astype(np.float32))
+        p = len(ti)
+        if fit is None:
+            sampled, inside = ti, np.ones((p, n, n), bool)
+        else:
+            f = np.nan_to_num(fit[s : s + 16384], nan=0.0)
+            # j's cell centres in i's content coordinates, then in i's cell units
+            cx = (centres[None, :] - f[:, 2:3]) / np.maximum(f[:, 0:1], 1e-3)
+            cy = (centres[None, :] - f[:, 3:4]) / np.maximum(f[:, 1:2], 1e-3)
+            ux = (cx - MARGIN) / (1 - 2 * MARGIN) * n - 0.5  # (p, n)
+            uy = (cy - MARGIN) / (1 - 2 * MARGIN) * n - 0.5
+            inside = ((uy >= -0.5) & (uy <= n - 0.5))[:, :, None] & ((ux >= -0.5) & (ux <= n - 0.5))[:, None, :]
+            x0 = np.clip(np.floor(ux), 0, n - 2).astype(np.int64)
+            y0 = np.clip(np.floor(uy), 0, n - 2).astype(np.int64)
+            fx = np.clip(ux - x0, 0, 1)[:, None, :, None]
+            fy = np.clip(uy - y0, 0, 1)[:, :, None, None]
+            r = np.arange(p)[:, None, None]
+            yy, xx = y0[:, :, None], x0[:, None, :]
+            sampled = ((ti[r, yy, xx] * (1 - fx) + ti[r, yy, xx + 1] * fx) * (1 - fy)
+                       + (ti[r, yy + 1, xx] * (1 - fx) + ti[r, yy + 1, xx + 1] * fx) * fy)
+        w = inside.reshape(p, -1).astype(np.float32)
+        cells = np.maximum(w.sum(axis=1), 1.0)
+        a, b = sampled.reshape(p, -1, 3), tj.reshape(p, -1, 3)
+        for x in (a, b):  # luma normalised over the shared cells (as normalise_thumbs over the whole thumbnail)
+            mean = (x[:, :, 0] * w).sum(axis=1) / cells
+            spread = np.sqrt((((x[:, :, 0] - mean[:, None]) ** 2) * w).sum(axis=1) / cells) + 8.0
+            x[:, :, 0] = (x[:, :, 0] - mean[:, None]) / spread[:, None] * 48.0
+        d2 = np.where(w > 0, ((a - b) ** 2).mean(axis=2), np.inf)
+        d2.sort(axis=1)
+        used = np.maximum((keep * cells).astype(np.int64), 1)
+        csum = np.cumsum(np.where(np.isfinite(d2), d2, 0.0), axis=1)
+        dist = np.sqrt(csum[np.arange(p), used - 1] / used)
+        out[s : s + p] = np.where(w.sum(axis=1) >= min_overlap * n * n, dist, np.inf)
+    return out
+
+
+def near_pairs(phash: np.ndarray, thumbs: np.ndarray, rows: np.ndarray, cfg: NearConfig,
+               keypoints: np.ndarray | None = None, counts: np.ndarray | None = None) -> Pairs:
+    """Near-duplicate edges among ``rows`` (indices into the dataset) given their ``phash`` ``(m, 16)``,
+    ``thumb`` ``(m, 768)`` and, when there are local features, ``keypoints`` ``(m, K, 18)`` with ``counts``
+    (all ``uint8``; see charattr_hf.stages.signatures).
+
+    Two paths, whose edges are merged; both end with the same check, the robust thumbnail distance
+    (:func:`aligned_thumb_distance`) within ``thumb_threshold``:
+
+    - *whole picture* (edits that keep the framing, mirrors): the normalised colour thumbnails, projected on
+      mirror-symmetric 4x4-pixel block means (a projection never lengthens a distance), are compared within the
+      cells of :func:`partition` (:func:`cluster_pairs`); a candidate within ``candidate_radius`` there whose
+      phash (direct or mirrored) is within ``phash_radius`` is checked with the thumbnails in the orientation that
+      matches best;
+    - *local features* (crops, zooms, borders, re-framing): rows that share features
+      (:func:`keypoint_candidates`) and have at least ``min_inliers`` features agreeing on one scale and shift
+      (:func:`keypoint_fit`) are checked with the thumbnails aligned by that fit.
+    """
     start = time.perf_counter()
     m = len(rows)
     if m < 2:
         return Pairs("near", seconds=time.perf_counter() - start)
-    projected = np.empty((m, 3 * (THUMB_SIDE // BLOCK) ** 2), np.float32)
+    projected = np.empty((m, 3 * (THUMB_SIDE // BLOCK) ** 2 // 2), np.float32)
     for s in range(0, m, 65536):
         projected[s : s + 65536] = _block_means(thumbs[s : s + 65536])
-    a, b, _, nearest = cluster_pairs(lambda r: projected[r], m, projected.shape[1], radius=cfg.thumb_threshold,
+    a, b, _, nearest = cluster_pairs(lambda r: projected[r], m, projected.shape[1], radius=cfg.candidate_radius,
                                      leaf=cfg.leaf, assign=cfg.assign, rounds=cfg.rounds, neighbours=cfg.neighbours)
     del projected
-    td = _thumb_distances(thumbs, a, b)
-    x = np.bitwise_xor(phash[a].view(np.uint64), phash[b].view(np.uint64)).ravel()
-    hd = np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1) if len(x) else np.zeros(0, np.int64)
-    keep = (td <= cfg.thumb_threshold) & (hd <= cfg.phash_radius)
+    hashed = _phash_distances(phash, a, b) <= cfg.phash_radius
+    a, b = a[hashed], b[hashed]
+    td = aligned_thumb_distance(thumbs, a, b)
+    other = np.flatnonzero(td > cfg.thumb_threshold)  # the mirrored comparison only where the direct one fails
+    td[other] = np.minimum(td[other], aligned_thumb_distance(thumbs, a[other], b[other], mirror=True))
+    keep = td <= cfg.thumb_threshold
+    i, j, dist = [a[keep]], [b[keep]], [td[keep]]
+    if keypoints is not None and cfg.min_inliers > 0 and len(keypoints):
+        ka, kb = keypoint_candidates(keypoints[:, :, 2:], counts, bits=cfg.hash_bits, tables=cfg.hash_tables)
+        if len(ka) and keep.any():  # pairs the whole-picture path has linked need no fit
+            lo, hi = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
+            new = ~np.isin(np.minimum(ka, kb) * m + np.maximum(ka, kb), lo * m + hi)
+            ka, kb = ka[new], kb[new]
+        for s in range(0, len(ka), 65536):
+            x, y = ka[s : s + 65536], kb[s : s + 65536]
+            count, fit = keypoint_fit(keypoints[x], counts[x], keypoints[y], counts[y], need=cfg.min_inliers)
+            good = count >= cfg.min_inliers
+            x, y, fit = x[good], y[good], fit[good]
+            d = aligned_thumb_distance(thumbs, x, y, fit)
+            ok = d <= cfg.thumb_threshold
+            i.append(x[ok])
+            j.append(y[ok])
+            dist.append(d[ok])
+    i, j, d = _unique_pairs(np.concatenate(i), np.concatenate(j), np.concatenate(dist))
     # for the picture: each row's nearest other row (block-mean distance, a lower bound of the thumbnail distance)
     near = nearest[np.isfinite(nearest)]
-    return Pairs("near", rows[a[keep]], rows[b[keep]], td[keep], candidates=near.astype(np.float32),
-                 seconds=time.perf_counter() - start)
+    return Pairs("near", rows[i], rows[j], d, candidates=near.astype(np.float32), seconds=time.perf_counter() - start)
 
 
 def semantic_pairs(emb: np.ndarray, rows: np.ndarray, cfg: SemanticConfig) -> Pairs:
@@ -331,5 +608,3 @@ def semantic_pairs(emb: np.ndarray, rows: np.ndarray, cfg: SemanticConfig) -> Pa
     return Pairs("semantic", rows[i], rows[j], d, candidates=near.astype(np.float32),
                  seconds=time.perf_counter() - start)
 
-
-THUMB_BYTES = THUMB_SIDE * THUMB_SIDE * 3

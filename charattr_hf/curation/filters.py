@@ -21,6 +21,9 @@ Filters (YAML names; :data:`FILTERS`):
 ``label_rules``      a list of rules ``{attribute: a, in: [labels]}`` (remove rows whose label is listed) or
                      ``{attribute: a, not_in: [labels]}`` (keep only the listed labels); a multi-label
                      attribute matches when any of its labels is listed (``in``) or none is (``not_in``)
+``rating``           the WD tagger's rating (``tagger_rating``) above ``max_rating`` on the scale general <
+                     sensitive < questionable < explicit (a rating outside the scale is removed too; rows the
+                     tagger did not rate pass)
 ==================  =====================================================================================
 
 Rows whose image could not be decoded (``error`` set) are always quarantined with reason ``"error: ..."``.
@@ -35,7 +38,12 @@ import numpy as np
 
 from ..errors import UserError
 
-__all__ = ["FILTERS", "Filter", "build_filters", "AttributeInfo"]
+__all__ = ["FILTERS", "Filter", "build_filters", "AttributeInfo", "Unavailable"]
+
+
+class Unavailable(UserError):
+    """A filter names an attribute or label the dataset does not have: it cannot apply to this dataset (a config
+    with ``skip_unavailable: true`` skips it; see :mod:`charattr_hf.curation.config`)."""
 
 
 @dataclass(frozen=True)
@@ -83,14 +91,14 @@ class Filter:
     # -- helpers -------------------------------------------------------------------------------
     def _attribute(self, name: str) -> AttributeInfo:
         if name not in self.attributes:
-            raise UserError(f"{self.where}: {self.name} names attribute {name!r}, which the dataset does not have; "
+            raise Unavailable(f"{self.where}: {self.name} names attribute {name!r}, which the dataset does not have; "
                             f"its attributes: {sorted(self.attributes) or 'none'}")
         return self.attributes[name]
 
     def _labels(self, attr: AttributeInfo, labels: Sequence[str]) -> list[str]:
         bad = [lab for lab in labels if lab not in attr.labels]
         if bad:
-            raise UserError(f"{self.where}: {self.name}: {attr.name!r} has no label(s) {bad}; "
+            raise Unavailable(f"{self.where}: {self.name}: {attr.name!r} has no label(s) {bad}; "
                             f"its labels: {list(attr.labels)}")
         return list(labels)
 
@@ -347,10 +355,45 @@ class LabelRules(Filter):
         return out
 
 
+#: the WD taggers' rating tags (and the names other taggers use for the same levels), least explicit first
+RATING_LEVELS = {"general": 0, "safe": 0, "sensitive": 1, "questionable": 2, "explicit": 3, "nsfw": 3}
+_RATING_NAMES = ("general", "sensitive", "questionable", "explicit")
+
+
+def _rating_name(v) -> str | None:
+    return None if v in _RATING_NAMES else f"must be one of {', '.join(_RATING_NAMES)}"
+
+
+class Rating(Filter):
+    """The tagger's rating above ``max_rating``: what a dataset for a general audience leaves out. Only the top
+    rating is recorded (``tagger_rating``), so the threshold is a level of the rating scale, not a score."""
+
+    name = "rating"
+    params = {"max_rating": ("sensitive", _rating_name)}
+    #: what to do when the dataset lacks the column
+    hint = "annotate with the WD tagger (--tagger) to get it"
+
+    def columns(self):
+        return ["tagger_rating"]
+
+    def apply(self, table):
+        limit = RATING_LEVELS[self.options["max_rating"]]
+        out: list[str | None] = []
+        for rating in table.column("tagger_rating").to_pylist():
+            level = RATING_LEVELS.get(rating, 99) if rating is not None else None
+            if level is None or level <= limit:
+                out.append(None)
+            elif level == 99:
+                out.append(f"rating: {rating!r} is not on the scale {' < '.join(_RATING_NAMES)}")
+            else:
+                out.append(f"rating: {rating} > {self.options['max_rating']}")
+        return out
+
+
 FILTERS: dict[str, type[Filter]] = {
     f.name: f
     for f in (TooSmall, AspectRatio, Monochrome, LowContrast, Blurry, SeveralCharacters, NoCharacter,
-              NotIllustration, LowConfidence, LabelRules)
+              NotIllustration, LowConfidence, LabelRules, Rating)
 }
 
 

@@ -20,8 +20,8 @@ from datasets import Dataset
 
 from ..models.fusion import CharattrFusionConfig, CharattrFusionModel, encode_columns
 from ..reader import read_dataset
-from ..schema import SOURCES, Schema, load_schema, probs_sources
-from ..sources import order_sources
+from ..schema import Schema, load_schema, probs_sources
+from ..sources import builtin_sources, order_sources
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def build_config(
     if sources is None:
         # every probs_<source> column present: the registered sources in their order, then any other (a user's
         # own precomputed one) by name
-        sources = order_sources(probs_sources(names)) or list(SOURCES)
+        sources = order_sources(probs_sources(names)) or builtin_sources()
     flag_vocab: list[str] = []
     if data is not None and "flags" in names:
         counts: dict[str, int] = {}

@@ -2,8 +2,9 @@
 lazy per-process set-up, and row-level fault isolation.
 
 A stage is a top-level, picklable callable: ``stage(batch) -> dict of new columns``. The runner calls
-``dataset.map(stage, batched=True, new_fingerprint=...)``; ``num_proc`` is used for stages that declare
-``cpu_bound = True`` (they must not touch torch, so that forked workers are safe).
+``dataset.map(stage, batched=True, new_fingerprint=...)``; stages that declare ``cpu_bound = True`` run with
+``num_proc`` in worker processes started by a forkserver (:mod:`charattr_hf.workers`), and must not touch torch
+(the workers stay light and start fast).
 
 Failures are sorted by whose fault they are:
 

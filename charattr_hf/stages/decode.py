@@ -1,8 +1,9 @@
-"""Decode and normalise images: content hash, RGB pixels at the model's input size, quality and flags.
+"""Decode and normalise images: content hash, the pixels every model reads, quality and flags.
 
-This is the first stage of a run and the only one that touches image files. It is CPU-bound and runs in
-forked ``datasets.map(num_proc=N)`` workers, so it uses PIL, numpy and hashlib only: no torch, no
-torchvision (importing them in forked workers is slow and unsafe).
+This is the first stage of a run and the only one that touches image files: it reads each image once and decodes
+it once, for every source (:class:`~charattr_hf.stages.pixels.PixelSpec`). It is CPU-bound and runs with
+``num_proc`` in the forkserver workers of :mod:`charattr_hf.workers`, so it uses PIL, numpy and hashlib only: no
+torch, no torchvision (importing them there is slow, and the workers must stay light).
 
 What a row gets (see :meth:`DecodeStage.features`):
 
@@ -35,23 +36,26 @@ What a row gets (see :meth:`DecodeStage.features`):
       [0, 1) by ``v / (v + SHARPNESS_SCALE)`` (0.5 means ``v == SHARPNESS_SCALE``). On a fixed-size
       thumbnail it measures blur relative to the image's size, the scale a 224-px model sees.
 ``signature``
-    near-duplicate signatures of the decoded image (struct of ``phash`` and ``thumb`` bytes; see
-    :mod:`charattr_hf.curation.signatures`), for ``recipes/curate.py``. ``signatures=False`` leaves it null.
-``_pixels``
-    only when ``image_size`` is set: ``uint8`` RGB, ``height x width x 3``, C order, resized and cropped
-    exactly as open_clip's eval transform would (``open_clip.transform.image_transform(size,
-    is_train=False, resize_mode=..., interpolation=..., fill_color=...)`` before ``ToTensor``/``Normalize``).
-other working columns from ``extra_pixels``
-    the same for another model's input size and resize (BLIP-2's processor: ``squash`` to its size), from the
-    same decode: every model sees the image with the same size limit, EXIF orientation, 16-bit handling,
-    transparency and remote-file reading.
+    near-duplicate signatures of the decoded image and its file's encoding (struct of strings and numbers;
+    see :mod:`charattr_hf.stages.signatures`), for ``recipes/curate.py``. ``signatures=False`` leaves it null.
+``_prompt``, ``_prompt_kind``
+    only with ``prompts=True`` (the tags source asks for them): the positive prompt the image file carries and
+    the tool that wrote it (``a1111``, ``novelai``, ``comfyui``...), read by :func:`charattr_hf.prompts.
+    embedded_prompt` from the metadata of the same open file; null when it has none.
+the pixel columns of ``pixels``
+    one working column per :class:`~charattr_hf.stages.pixels.PixelSpec`: ``uint8`` RGB, ``height x width x 3``,
+    C order. ``shortest``/``longest``/``squash`` are resized and cropped exactly as open_clip's eval transform
+    would (``open_clip.transform.image_transform(size, is_train=False, resize_mode=..., interpolation=...,
+    fill_color=...)`` before ``ToTensor``/``Normalize``); ``pad_square`` as the WD taggers' reference code
+    (padded to a square with the fill colour, then resized). Every model sees the image from the same decode:
+    the same size limit, EXIF orientation, 16-bit handling, transparency and remote-file reading.
 
 Colour handling, before any resizing:
 
 - alpha (``RGBA``, ``LA``, ``PA``, ``P``/``L``/``RGB`` with a ``transparency`` key) is composited over
   ``background`` (white by default). open_clip's own preprocess resizes the RGBA image and then drops
   alpha, which leaves whatever colour hides under transparent pixels (often black); compositing first is
-  deliberate. The ``_pixels`` equal open_clip's transform applied to the composited image.
+  deliberate. The pixels equal open_clip's transform applied to the composited image.
 - ``I;16`` is scaled by its value range (``/ 257``: 0..65535 -> 0..255), not clipped at 255 as PIL's
   ``convert("L")`` does. ``I`` (32-bit) and ``F`` have no fixed range: values already in 0..255 (``I``)
   or 0..1 (``F``) are used as such, 0..65535 (``I``) is scaled like ``I;16``, anything else is stretched
@@ -68,12 +72,12 @@ needed, never going below twice the size that the final resize produces:
 - any image at least 4 times the resized size along a side is first shrunk by a whole factor (PIL's
   ``reducing_gap=2``: a box average) before the bicubic/bilinear resize.
 
-Either step changes ``_pixels`` by about half a level of 255 on average and a few levels at most on sharp
+Either step changes the pixels by about half a level of 255 on average and a few levels at most on sharp
 edges (photos at 224: mean 0.2-0.5, max 9), less than JPEG compression itself, and makes large images
 4-6 times faster (a 4000x3000 JPEG: 5x). Images under 4 times the resized size (a 1024x768 photo for a
 224 model) are not affected. ``draft=False`` reproduces open_clip exactly (the same PIL calls on the same
-pixels). With ``draft``, quality is also measured on the reduced decode; without ``image_size``, JPEGs are
-decoded just large enough for the thumbnail.
+pixels, for ``pad_square`` the reference's). With ``draft``, quality is also measured on the reduced decode;
+without pixel columns, JPEGs are decoded just large enough for the thumbnail.
 
 Decompression bombs: an image with more than ``max_pixels`` pixels (from its header, before decoding)
 becomes an error row. PIL's own process-wide limit (``PIL.Image.MAX_IMAGE_PIXELS``; it refuses images
@@ -91,12 +95,16 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
+from datasets import Image as ImageFeature
 from datasets import List, Value
 from PIL import Image, ImageColor, UnidentifiedImageError
 
-from ..curation.signatures import SIGNATURE_FEATURES, SIGNATURE_VERSION, compute_signature
-from ..schema import QUALITY_FEATURES, QUALITY_FIELDS
+from ..image_access import ANY, ImageAccess, ImageAccessError
+from ..prompts import PROMPT_COLUMN, PROMPT_KIND_COLUMN, PROMPTS_VERSION, embedded_prompt
+from ..schema import QUALITY_FEATURES, QUALITY_FIELDS, SIGNATURE_FEATURES
 from .base import ERROR, Stage
+from .pixels import RESIZE_MODES, PixelSpec
+from .signatures import SIGNATURE_VERSION, compute_signature
 
 __all__ = ["DecodeStage", "FlagThresholds", "FLAGS", "resize_plan", "SHARPNESS_SCALE"]
 
@@ -128,7 +136,6 @@ _RESAMPLING = {
     "box": Image.Resampling.BOX,
     "hamming": Image.Resampling.HAMMING,
 }
-_RESIZE_MODES = ("shortest", "longest", "squash")
 
 # EXIF orientation -> (transpose method, which output axes run backwards relative to the file).
 _ORIENT: dict[int, tuple[Image.Transpose, bool, bool]] = {
@@ -155,7 +162,9 @@ _REDUCING_GAP = 2.0
 class FlagThresholds:
     """Where the quality flags switch on. Quality values are those of the ``quality`` column."""
 
-    #: ``low_resolution`` when the shorter side (pixels) is below this.
+    #: ``low_resolution`` when the shorter side (pixels) is below this. A fixed size, not the models' input size: the
+    #: fusion policies read the flag (the shipped demo policy was trained with it on every 64 px synthetic image),
+    #: so its meaning must not change with the models of a run.
     min_side: int = 128
     #: ``dark`` when brightness is below this.
     dark: float = 0.15
@@ -176,7 +185,7 @@ class DecodeError(Exception):
 
 # ------------------------------------------------------------------------------------------------ geometry
 def resize_plan(
-    width: int, height: int, image_size: tuple[int, int], resize_mode: str
+    width: int, height: int, image_size: tuple[int, int], resize_mode: str, crop_pct: float = 1.0
 ) -> tuple[tuple[int, int], tuple[int, int], bool]:
     """Resized size and placement of open_clip's eval transform, computed as open_clip/torchvision do.
 
@@ -184,10 +193,17 @@ def resize_plan(
     ``image_size`` window starts at ``(left, top)`` in the resized image; a negative offset means padding
     on that side (``CenterCropOrPad``), a positive one cropping (``CenterCrop``). ``force_bicubic`` is True
     where open_clip ignores the configured interpolation (``shortest`` with a non-square size uses
-    ``ResizeKeepRatio`` with its bicubic default).
+    ``ResizeKeepRatio`` with its bicubic default). For ``pad_square`` (padded before it is resized, see
+    :meth:`DecodeStage._pad_square`) the size the image itself is resized to, and the offset of the output window
+    in the resized square.
     """
     th, tw = image_size
     force_bicubic = False
+    if resize_mode == "pad_square":
+        side = max(width, height)
+        sh, sw = (math.floor(th / crop_pct), math.floor(tw / crop_pct)) if crop_pct < 1.0 else (th, tw)
+        rw, rh = max(1, round(width * sw / side)), max(1, round(height * sh / side))
+        return (rw, rh), (int(round((sw - tw) / 2.0)), int(round((sh - th) / 2.0))), False
     if resize_mode == "squash":
         rw, rh = tw, th
     elif resize_mode == "shortest" and th == tw:
@@ -202,7 +218,7 @@ def resize_plan(
         rh, rw = round(height / ratio), round(width / ratio)
         force_bicubic = resize_mode == "shortest"
     else:
-        raise ValueError(f"resize_mode must be one of {_RESIZE_MODES}, got {resize_mode!r}")
+        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
     # an extreme aspect ratio can round a side to 0, where open_clip itself fails; keep one pixel
     rw, rh = max(1, rw), max(1, rh)
     # torchvision center_crop / open_clip center_crop_or_pad: pad (split floor/ceil), then round() crop
@@ -211,20 +227,6 @@ def resize_plan(
     left = int(round((max(rw, tw) - tw) / 2.0)) - pad_l
     top = int(round((max(rh, th) - th) / 2.0)) - pad_t
     return (rw, rh), (left, top), force_bicubic
-
-
-def _as_size(image_size: Any) -> tuple[int, int] | None:
-    if image_size is None:
-        return None
-    if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
-        size = (int(image_size), int(image_size))
-    elif isinstance(image_size, Sequence) and not isinstance(image_size, str) and len(image_size) in (1, 2):
-        size = (int(image_size[0]), int(image_size[-1]))
-    else:
-        raise ValueError(f"image_size must be None, an int or (height, width), got {image_size!r}")
-    if min(size) < 1:
-        raise ValueError(f"image_size must be positive, got {image_size!r}")
-    return size
 
 
 def _as_color(value: Any, what: str) -> tuple[int, int, int]:
@@ -242,26 +244,27 @@ def _as_color(value: Any, what: str) -> tuple[int, int, int]:
 
 # ------------------------------------------------------------------------------------------------ stage
 class DecodeStage(Stage):
-    """Decode image cells into hash, size, flags, quality and (optionally) model-ready RGB pixels.
+    """Decode image cells into hash, size, flags, quality and the pixels each model reads.
 
     Args:
-        image_size: model input size, ``int`` or ``(height, width)``; ``None`` skips ``_pixels``.
-        resize_mode: ``"shortest"``, ``"longest"`` or ``"squash"``, as open_clip's ``resize_mode``.
-        interpolation: ``"bicubic"`` (open_clip's default), ``"bilinear"``; also ``"lanczos"``,
-            ``"nearest"``, ``"box"``, ``"hamming"``, which open_clip does not offer. Like open_clip,
-            ``"shortest"`` with a non-square size always uses bicubic (its ``ResizeKeepRatio`` default).
-        fill_color: padding colour of ``"longest"`` (open_clip's ``fill_color``, 0 = black).
+        pixels: ``{column: PixelSpec}``: the working columns of model-ready RGB pixels to write (names start with
+            ``_``: dropped before writing); see :mod:`charattr_hf.stages.pixels`. Like open_clip, ``"shortest"``
+            with a non-square size always uses bicubic (its ``ResizeKeepRatio`` default).
         background: colour under transparent pixels (name, gray level or RGB tuple).
         max_pixels: images with more pixels become error rows (``None``: only PIL's own limit).
         draft: decode large JPEGs at reduced scale and shrink large images by whole factors before
             resizing, never below twice the resized size (about 0.5/255 mean difference; the module
-            docstring has the details). ``False`` matches open_clip exactly.
+            docstring has the details). ``False`` matches open_clip (and the WD taggers' reference) exactly.
         thumbnail_size: longest side of the thumbnail on which quality is measured.
         thresholds: :class:`FlagThresholds` or a mapping of its fields.
         column: the input column holding the images.
-        extra_pixels: more pixel columns for other models, ``{column: {"image_size": ..., "resize_mode": ...,
-            "interpolation": ...}}`` (column names start with ``_``: working columns, dropped before writing).
         signatures: compute the near-duplicate ``signature`` column (cheap: two small resizes of the image).
+        access: where the files that cells name by path may be read from (:class:`~charattr_hf.image_access.
+            ImageAccess`; a path outside it is an error row, never read). Default: anywhere.
+        keep_image: also write the ``image`` column: the bytes this stage read and decoded, named by the file's
+            base name; null for a row it could not decode. What ``--keep_images`` stores: an output never holds
+            bytes that were not decoded as an image here, nor any file the row had no right to name.
+        prompts: also write ``_prompt`` and ``_prompt_kind``: the prompt embedded in the image's metadata.
     """
 
     name = "decode"
@@ -272,28 +275,25 @@ class DecodeStage(Stage):
 
     def __init__(
         self,
-        image_size: int | Sequence[int] | None = None,
-        resize_mode: str = "shortest",
-        interpolation: str = "bicubic",
-        fill_color: Any = 0,
+        pixels: Mapping[str, PixelSpec] | None = None,
+        *,
         background: Any = "white",
         max_pixels: int | None = 100_000_000,
         draft: bool = True,
         thumbnail_size: int = 128,
         thresholds: FlagThresholds | Mapping[str, Any] | None = None,
         column: str = "image",
-        extra_pixels: Mapping[str, Mapping[str, Any]] | None = None,
         signatures: bool = True,
+        access: ImageAccess = ANY,
+        keep_image: bool = False,
+        prompts: bool = False,
     ):
-        self.image_size = _as_size(image_size)
-        if resize_mode not in _RESIZE_MODES:
-            raise ValueError(f"resize_mode must be one of {_RESIZE_MODES}, got {resize_mode!r}")
-        self.resize_mode = resize_mode
-        interpolation = "bicubic" if interpolation == "random" else interpolation  # as open_clip at eval
-        if interpolation not in _RESAMPLING:
-            raise ValueError(f"interpolation must be one of {sorted(_RESAMPLING)}, got {interpolation!r}")
-        self.interpolation = interpolation
-        self.fill_color = _as_color(fill_color, "fill_color")
+        self.pixels: dict[str, PixelSpec] = {}
+        for name, spec in (pixels or {}).items():
+            if not name.startswith("_") or not isinstance(spec, PixelSpec):
+                raise ValueError(f"pixels: a working column name (starting with '_') -> PixelSpec; got {name!r}: "
+                                 f"{spec!r}")
+            self.pixels[name] = spec
         self.background = _as_color(background, "background")
         if max_pixels is not None and int(max_pixels) < 1:
             raise ValueError(f"max_pixels must be positive or None, got {max_pixels!r}")
@@ -312,51 +312,41 @@ class DecodeStage(Stage):
             thresholds = FlagThresholds(**thresholds)
         self.thresholds: FlagThresholds = thresholds
         self.column = column
-        self.extra_pixels: dict[str, tuple[tuple[int, int], str, str]] = {}
-        for name, spec in (extra_pixels or {}).items():
-            unknown = set(spec) - {"image_size", "resize_mode", "interpolation"}
-            if not name.startswith("_") or name == "_pixels" or unknown:
-                raise ValueError(f"extra_pixels: a working column name (starting with '_', not '_pixels') -> "
-                                 f"image_size, resize_mode, interpolation; got {name!r}: {dict(spec)}")
-            size = _as_size(spec.get("image_size"))
-            mode = spec.get("resize_mode", "squash")
-            interp = spec.get("interpolation", "bicubic")
-            if size is None or mode not in _RESIZE_MODES or interp not in _RESAMPLING:
-                raise ValueError(f"extra_pixels[{name!r}]: need an image_size, a resize_mode in {_RESIZE_MODES} and "
-                                 f"an interpolation in {sorted(_RESAMPLING)}; got {dict(spec)}")
-            self.extra_pixels[name] = (size, mode, interp)
         self.signatures = bool(signatures)
+        self.access = access
+        self.keep_image = bool(keep_image)
+        self.prompts = bool(prompts)
 
     # -- description --------------------------------------------------------------------------
     def params(self) -> dict:
         return {
             "version": self.VERSION,
-            "image_size": list(self.image_size) if self.image_size else None,
-            "resize_mode": self.resize_mode,
-            "interpolation": self.interpolation,
-            "fill_color": list(self.fill_color),
+            "pixels": {name: spec.geometry() for name, spec in sorted(self.pixels.items())},
             "background": list(self.background),
             "max_pixels": self.max_pixels,
             "draft": self.draft,
             "thumbnail_size": self.thumbnail_size,
             "thresholds": asdict(self.thresholds),
             "column": self.column,
-            # only when there are some, so that a stage without them keeps its fingerprint
-            **({"extra_pixels": {k: [list(v[0]), v[1], v[2]] for k, v in sorted(self.extra_pixels.items())}}
-               if self.extra_pixels else {}),
             # near-duplicate signatures (curation, #11)
             "signatures": SIGNATURE_VERSION if self.signatures else None,
+            # which rows' files may be read, and whether their bytes are kept (#17); only when not the default,
+            # so that a stage without them keeps its fingerprint
+            **({"access": self.access.params()} if self.access != ANY else {}),
+            **({"keep_image": True} if self.keep_image else {}),
+            # the prompt embedded in the image (#17); only when asked, so that other stages keep their fingerprint
+            **({"prompts": PROMPTS_VERSION} if self.prompts else {}),
         }
 
-    def with_extra_pixels(self, **columns: Mapping[str, Any]) -> "DecodeStage":
-        """A copy that also writes the given pixel columns (see ``extra_pixels``); ``_pixels`` is unchanged."""
+    def configured(self, *, access: ImageAccess | None = None, keep_image: bool | None = None) -> "DecodeStage":
+        """A copy with another file access and/or ``keep_image``."""
         import copy
 
         other = copy.copy(self)
-        merged = {k: {"image_size": v[0], "resize_mode": v[1], "interpolation": v[2]}
-                  for k, v in self.extra_pixels.items()}
-        merged.update(columns)
-        other.extra_pixels = DecodeStage(extra_pixels=merged).extra_pixels
+        if access is not None:
+            other.access = access
+        if keep_image is not None:
+            other.keep_image = bool(keep_image)
         return other
 
     def features(self) -> dict:
@@ -369,10 +359,13 @@ class DecodeStage(Stage):
             "quality": dict(QUALITY_FEATURES),
             "signature": dict(SIGNATURE_FEATURES),  # curation (#11)
         }
-        if self.image_size is not None:
-            feats["_pixels"] = Value("binary")
-        for name in self.extra_pixels:
+        for name in self.pixels:
             feats[name] = Value("binary")
+        if self.keep_image:
+            feats[self.column] = ImageFeature(decode=False)
+        if self.prompts:
+            feats[PROMPT_COLUMN] = Value("string")
+            feats[PROMPT_KIND_COLUMN] = Value("string")
         return feats
 
     def input_columns(self) -> list[str]:
@@ -401,6 +394,8 @@ class DecodeStage(Stage):
                     try:
                         source, sha = self._read(cell)
                         row, error = self._decode(source, sha), None
+                        if self.keep_image:
+                            row[self.column] = _kept_image(cell, source)
                     except DecodeError as exc:
                         row, error = self._error_row(sha), str(exc)
                     except Exception as exc:  # noqa: BLE001 - any failure of one file is that row's error
@@ -410,11 +405,6 @@ class DecodeStage(Stage):
                         values.append(row[col])
                 out[ERROR].append(error)
         return out
-
-    def decode_one(self, cell: Any) -> dict[str, Any]:
-        """Outputs for one cell; raises :class:`DecodeError` (or anything else) for a bad one."""
-        source, sha = self._read(cell)
-        return self._decode(source, sha)
 
     def _error_row(self, sha: str | None) -> dict[str, Any]:
         """Null outputs; the file's hash stays when its bytes could be read, to find and group bad files."""
@@ -454,16 +444,14 @@ class DecodeStage(Stage):
         if method:
             flags.add("exif_rotated")
 
-        plan = None
-        if self.image_size is not None:
-            plan = resize_plan(width, height, self.image_size, self.resize_mode)
-        extra_plans = {name: resize_plan(width, height, size, mode) for name, (size, mode, _) in self.extra_pixels.items()}
+        plans = {name: resize_plan(width, height, spec.size, spec.resize, spec.crop_pct)
+                 for name, spec in self.pixels.items()}
 
         # draft decoding: reduced DCT scale, at least twice what the resize and the thumbnail need
         scale = 1.0
         if draftable:
             need_w, need_h = _thumb_size(width, height, self.thumbnail_size)
-            for p in ([plan] if plan is not None else []) + list(extra_plans.values()):
+            for p in plans.values():
                 need_w, need_h = max(need_w, p[0][0]), max(need_h, p[0][1])
             if swapped:
                 need_w, need_h = need_h, need_w
@@ -473,18 +461,20 @@ class DecodeStage(Stage):
                     scale = fw / res[1][2]
 
         rgb = self._to_rgb(im, flags)  # decodes; truncated data raises here
+        # the prompt in the file's metadata (PNG text after the pixel data is read by the decoding above)
+        prompt = embedded_prompt(im) if self.prompts else None
         if method:
             rgb = rgb.transpose(method[0])
 
         row: dict[str, Any] = {"sha256": sha, "width": width, "height": height}
-        if plan is not None:
-            row["_pixels"] = self._pixels(rgb, plan, scale, width, height, method)
-        for name, extra_plan in extra_plans.items():
-            row[name] = self._pixels(rgb, extra_plan, scale, width, height, method, self.extra_pixels[name])
+        if self.prompts:
+            row[PROMPT_COLUMN], row[PROMPT_KIND_COLUMN] = prompt or (None, None)
+        for name, spec in self.pixels.items():
+            row[name] = self._pixels(rgb, spec, plans[name], scale, width, height, method)
 
         quality, gray, sharpness_measured = self._quality(rgb)
         row["quality"] = quality
-        row["signature"] = compute_signature(rgb) if self.signatures else None  # curation (#11)
+        row["signature"] = compute_signature(rgb, im, source, (width, height)) if self.signatures else None  # curation
         if gray:
             flags.add("grayscale")
         th = self.thresholds
@@ -506,7 +496,7 @@ class DecodeStage(Stage):
         """File bytes and their hash, or an image object (hashed later, from its pixels)."""
         if isinstance(cell, Image.Image):
             return cell, None
-        data = _read_bytes(cell)
+        data = _read_bytes(cell, self.access)
         return data, hashlib.sha256(data).hexdigest()  # an empty file too: its row keeps the hash of b""
 
     def _open(self, source: "bytes | Image.Image", sha: str | None) -> tuple[Image.Image, str]:
@@ -567,29 +557,31 @@ class DecodeStage(Stage):
     def _pixels(
         self,
         rgb: Image.Image,
+        spec: PixelSpec,
         plan: tuple[tuple[int, int], tuple[int, int], bool],
         scale: float,
         width: int,
         height: int,
         method: tuple[Image.Transpose, bool, bool] | None,
-        target: tuple[tuple[int, int], str, str] | None = None,
     ) -> bytes:
-        """Resize + centre crop/pad as open_clip's eval transform; uint8 RGB bytes. ``target``: (size, resize
-        mode, interpolation) of an extra pixel column instead of the stage's own."""
+        """``spec``'s pixels of the decoded image, uint8 RGB bytes: resize + centre crop/pad as open_clip's eval
+        transform, or :meth:`_pad_square`."""
         (rw, rh), (left, top), force_bicubic = plan
-        image_size, resize_mode, interpolation = target or (self.image_size, self.resize_mode, self.interpolation)
-        th, tw = image_size  # type: ignore[misc]
-        resample = Image.Resampling.BICUBIC if force_bicubic else _RESAMPLING[interpolation]
+        th, tw = spec.size
+        resample = Image.Resampling.BICUBIC if force_bicubic else _RESAMPLING[spec.interpolation]
         # draft: shrink by an integer factor first (box average, PIL's reduce), keeping at least twice
         # the output size for the final resampling
         gap = _REDUCING_GAP if self.draft else None
+        # the full-resolution frame in the (possibly draft-decoded) image. libjpeg rounds the reduced size up, so
+        # the extra fraction of a pixel sits at the right/bottom of the file, which is at the left/top of an axis
+        # that the EXIF orientation reverses.
+        ex_w, ex_h = width / scale, height / scale
+        off_x = (rgb.width - ex_w) if method and method[1] else 0.0
+        off_y = (rgb.height - ex_h) if method and method[2] else 0.0
+        if spec.resize == "pad_square":
+            return self._pad_square(rgb, spec, (off_x, off_y), scale, width, height, resample, gap)
         if scale != 1.0:
-            # draft-decoded: map the full-resolution frame onto the reduced image exactly. libjpeg rounds
-            # the reduced size up, so the extra fraction of a pixel sits at the right/bottom of the file,
-            # which is at the left/top of an axis that the EXIF orientation reverses.
-            ex_w, ex_h = width / scale, height / scale
-            off_x = (rgb.width - ex_w) if method and method[1] else 0.0
-            off_y = (rgb.height - ex_h) if method and method[2] else 0.0
+            # draft-decoded: map the full-resolution frame onto the reduced image exactly
             box = (off_x, off_y, min(off_x + ex_w, rgb.width), min(off_y + ex_h, rgb.height))
             resized = rgb.resize((rw, rh), resample, box=box, reducing_gap=gap)
         elif (rw, rh) != rgb.size:
@@ -599,10 +591,40 @@ class DecodeStage(Stage):
         else:
             resized = rgb
         if left < 0 or top < 0:
-            canvas = Image.new("RGB", (tw, th), self.fill_color if resize_mode == "longest" else (0, 0, 0))
+            canvas = Image.new("RGB", (tw, th), spec.fill if spec.resize == "longest" else (0, 0, 0))
             canvas.paste(resized, (-left, -top))  # pads one axis; a positive offset on the other crops it
             return canvas.tobytes()
         if (rw, rh) != (tw, th):
+            resized = resized.crop((left, top, left + tw, top + th))
+        return resized.tobytes()
+
+    @staticmethod
+    def _pad_square(rgb: Image.Image, spec: PixelSpec, frame: tuple[float, float], scale: float,
+                    width: int, height: int, resample, gap) -> bytes:
+        """``pad_square`` pixels as the WD taggers' reference code makes them (wd-tagger Space ``prepare_image``,
+        wdv3-timm ``pil_pad_square`` + timm's eval transform): the image pasted on a square of its longer side
+        filled with ``spec.fill``, at ``((side - w) // 2, (side - h) // 2)``, the square resized to the size (to
+        ``size / crop_pct`` then centre-cropped when ``crop_pct`` < 1). On a draft-decoded image the square is laid
+        out in the reduced image's pixels (offsets rounded to its grid) and resized from its exact sub-pixel box."""
+        th, tw = spec.size
+        sh, sw = (math.floor(th / spec.crop_pct), math.floor(tw / spec.crop_pct)) if spec.crop_pct < 1.0 else (th, tw)
+        side = max(width, height)
+        off_x, off_y = frame
+        pad_x, pad_y = (side - width) // 2, (side - height) // 2
+        if scale == 1.0:
+            square = rgb
+            if rgb.size != (side, side):
+                square = Image.new("RGB", (side, side), spec.fill)
+                square.paste(rgb, (pad_x, pad_y))
+            resized = square if (side, side) == (sw, sh) else square.resize((sw, sh), resample, reducing_gap=gap)
+        else:
+            reduced = side / scale
+            at = (round(pad_x / scale - off_x), round(pad_y / scale - off_y))
+            square = Image.new("RGB", (math.ceil(reduced), math.ceil(reduced)), spec.fill)
+            square.paste(rgb, at)  # the reduced image's fraction of a pixel past the frame lies in the padding
+            resized = square.resize((sw, sh), resample, box=(0.0, 0.0, reduced, reduced), reducing_gap=gap)
+        if (sw, sh) != (tw, th):
+            left, top = int(round((sw - tw) / 2.0)), int(round((sh - th) / 2.0))
             resized = resized.crop((left, top, left + tw, top + th))
         return resized.tobytes()
 
@@ -651,8 +673,8 @@ def _thumb_size(width: int, height: int, size: int) -> tuple[int, int]:
     return max(1, round(width * size / longest)), max(1, round(height * size / longest))
 
 
-def _read_bytes(cell: Any) -> bytes:
-    """File bytes of a cell: ``{"bytes", "path"}``, raw bytes, or a path."""
+def _read_bytes(cell: Any, access: ImageAccess = ANY) -> bytes:
+    """File bytes of a cell: ``{"bytes", "path"}``, raw bytes, or a path (read only when ``access`` allows it)."""
     if isinstance(cell, (bytes, bytearray, memoryview)):
         return bytes(cell)
     if isinstance(cell, Mapping):
@@ -662,22 +684,27 @@ def _read_bytes(cell: Any) -> bytes:
         path = cell.get("path")
         if path is None:
             raise DecodeError("no image: the cell has neither bytes nor a path")
-        return _read_path(path)
+        return _read_path(path, access)
     if isinstance(cell, (str, os.PathLike)):
-        return _read_path(cell)
+        return _read_path(cell, access)
     if cell is None:
         raise DecodeError("no image: the cell is empty")
     raise DecodeError(f"no image: unsupported cell type {type(cell).__name__}")
 
 
-def _read_path(path: str | os.PathLike) -> bytes:
+def _read_path(path: str | os.PathLike, access: ImageAccess = ANY) -> bytes:
     path = os.fspath(path)
+    try:
+        access.check(path)
+    except ImageAccessError as exc:
+        raise DecodeError(str(exc)) from None
     if "://" in path or "::" in path:
-        # remote or archive member (streaming datasets): same opener as datasets' Image feature
-        from datasets.utils.file_utils import xopen
+        # remote or archive member (streaming datasets: "zip://member::hf://datasets/..."): fsspec, as datasets opens
+        # them
+        import fsspec
 
         try:
-            with xopen(path, "rb") as fh:
+            with fsspec.open(path, "rb") as fh:
                 return fh.read()
         except FileNotFoundError:
             raise DecodeError(f"file not found: {path}") from None
@@ -690,6 +717,25 @@ def _read_path(path: str | os.PathLike) -> bytes:
         raise DecodeError(f"not a file: {path}") from None
     except OSError as exc:
         raise DecodeError(f"cannot read file: {path}: {exc.strerror or exc}") from None
+
+
+def _kept_image(cell: Any, source: "bytes | Image.Image") -> dict[str, Any]:
+    """The ``image`` cell an output keeps: the bytes that were decoded, named by the file's base name (as
+    ``datasets`` names embedded files), never a local path."""
+    path = cell.get("path") if isinstance(cell, Mapping) else os.fspath(cell) if isinstance(cell, (str, os.PathLike)) \
+        else None
+    if isinstance(source, Image.Image):  # an in-memory image: stored losslessly
+        buf = io.BytesIO()
+        try:
+            source.save(buf, "PNG")
+        except (OSError, ValueError):  # a mode PNG cannot hold (CMYK...)
+            buf = io.BytesIO()
+            source.convert("RGBA").save(buf, "PNG")
+        source, path = buf.getvalue(), None
+    name = None
+    if path:
+        name = os.path.basename(str(path).split("::", 1)[0].split("://", 1)[-1].rstrip("/")) or None
+    return {"bytes": bytes(source), "path": name}
 
 
 def _header_size(data: bytes) -> tuple[int, int] | None:

@@ -12,12 +12,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..constants import FUSION_METHODS
 from ..schema import Attribute, Schema, load_schema, probs_column
 from .base import Stage
 
 __all__ = ["FusionStage", "SimpleFusion", "decide", "fit_source_weights", "FUSION_METHODS"]
-
-FUSION_METHODS = ("confidence", "mean", "vote")
 
 
 def decide(attr: Attribute, probs: np.ndarray | None) -> tuple[Any, Any]:

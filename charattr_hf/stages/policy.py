@@ -5,9 +5,10 @@ columns and the context columns (``quality``, ``flags``, and ``embedding`` when 
 policy, and writes ``<attr>`` / ``<attr>_confidence`` through :meth:`FusionStage.process` (``decide``), exactly
 like the fixed rules, so the two are interchangeable in a run.
 
-Loading: only the small ``config.json`` is read when the stage is built (it defines the output columns); the
-weights are loaded lazily by :meth:`setup`, once per process (a module-level cache shared by every copy of the
-stage in that process). A pickled stage never carries weights loaded from a path or hub id, so ``datasets``
+Loading: the policy's files are found by :func:`charattr_hf.loading.resolve_model` (a folder, or a Hub repository at
+the commit its revision points to, pinned when the stage is built); only the small ``config.json`` is read when the
+stage is built (it defines the output columns); the weights are loaded lazily by :meth:`setup`, once per process
+(a module-level cache shared by every copy of the stage in that process). A pickled stage never carries weights loaded from a path or hub id, so ``datasets``
 hashing and worker start-up stay cheap.
 
 Attributes of the schema the policy does not know are fused with the ``confidence`` rule (logged once), so a
@@ -17,7 +18,6 @@ error: its probabilities would be misread.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..loading import ModelRef, ResolvedModel, resolve_model
 from ..schema import Schema, load_schema, probs_column
 from .fusion import FusionStage, SimpleFusion
 
@@ -53,33 +54,27 @@ def resolve_policy(model: "str | os.PathLike") -> str:
     return str(folder)
 
 
+def resolved_policy(model: "str | os.PathLike", revision: str | None = None) -> ResolvedModel:
+    """The files of a saved policy: a folder, ``"demo"``, or a Hub id at the commit ``revision`` points to (cached
+    per process: every stage built in it loads the same commit)."""
+    name = str(model)
+    if name == DEMO_POLICY:
+        ref = ModelRef.local(resolve_policy(name), what="fusion policy", name=DEMO_POLICY)
+    else:
+        ref = ModelRef.parse(name, revision, what="fusion policy", flag="--fusion")
+    return resolve_model(ref, required=("config.json", "model.safetensors"), optional=("*.json",))
+
+
 def load_policy_config(model: "str | os.PathLike", revision: str | None = None):
     """The policy's config only (``config.json``: small, no weights), from a folder, a Hub id or ``"demo"``."""
     from ..models.fusion import CharattrFusionConfig
 
-    return CharattrFusionConfig.from_pretrained(resolve_policy(model), revision=revision)
+    return CharattrFusionConfig.from_pretrained(str(resolved_policy(model, revision).folder))
 
 
 def policy_uses_embedding(model: "str | os.PathLike", revision: str | None = None) -> bool:
     """Whether the policy reads the ``embedding`` column (the pipeline must then keep it for fusion)."""
     return load_policy_config(model, revision).embedding_dim > 0
-
-
-def _resolve_commit(repo_id: str, revision: str | None) -> str:
-    """The commit a Hub revision points to (the snapshot folder of the cached ``config.json``).
-
-    A policy is pinned to a commit when the stage is built, so that every process loads the same weights even
-    if the branch moves mid-run; a revision that cannot be resolved is an error, never a silent fallback to a
-    moving branch."""
-    from huggingface_hub import hf_hub_download
-
-    from ..errors import ModelLoadError
-
-    path = Path(hf_hub_download(repo_id, "config.json", revision=revision))
-    if path.parent.parent.name != "snapshots":
-        raise ModelLoadError(f"cannot tell which commit {repo_id}@{revision or 'main'} is: {path} is not in a Hub "
-                             "snapshot folder; pass --fusion_revision <commit>")
-    return path.parent.name
 
 
 class PolicyFusion(FusionStage):
@@ -118,16 +113,18 @@ class PolicyFusion(FusionStage):
             self._model = model.eval()
             self.model_name = None
             self.model_ref = None
+            self._weights: str | None = None  # the model's own weights fingerprint, when first asked
             config = model.config
         elif isinstance(model, (str, os.PathLike)):
             self._model = None
             self.model_name = str(model)
-            self.model_ref = resolve_policy(model)
-            if not Path(self.model_ref).is_dir():
-                # pin the commit now: every process loads the same weights even if the branch moves mid-run,
-                # and the fingerprint names the weights that ran
-                revision = _resolve_commit(self.model_ref, revision)
-            config = load_policy_config(self.model_ref, revision)
+            # the commit is pinned now: every process loads the same weights even if the branch moves mid-run, and
+            # the fingerprint names the weights that ran
+            resolved = resolved_policy(model, revision)
+            self.model_ref = str(resolved.folder)
+            self._weights = resolved.fingerprint
+            revision = resolved.commit
+            config = load_policy_config(self.model_ref)
         else:
             raise TypeError(f"model must be a path, a hub id or a CharattrFusionModel, got {type(model).__name__}")
         self.revision = revision
@@ -150,7 +147,6 @@ class PolicyFusion(FusionStage):
                         fallback_method)
             keep = {a: None for a in self.fallback_attributes}
             self._fallback = SimpleFusion(self.schema.restrict(keep), run_sources, fallback_method)
-        self._weights_id: str | None = None
 
     # ------------------------------------------------------------------ description
     def params(self) -> dict:
@@ -168,26 +164,16 @@ class PolicyFusion(FusionStage):
         alone (``weights_id``), so a moved or copied folder changes nothing."""
         if self.model_ref is None:
             return "<in-memory>"
-        if self.model_name != DEMO_POLICY and Path(self.model_ref).is_dir():
+        if self.model_name != DEMO_POLICY and self.revision is None:
             return "<local folder>"
         return self.model_name
 
     def weights_id(self) -> str:
-        """What identifies the weights in the fingerprint: a content hash for local files and in-memory models,
-        the resolved commit for a Hub id."""
-        if self._weights_id is None:
-            if self.model_ref is None:
-                self._weights_id = self._model.weights_fingerprint()
-            elif Path(self.model_ref).is_dir():
-                digest = hashlib.sha256()
-                for path in sorted(Path(self.model_ref).glob("*.safetensors")) + [Path(self.model_ref, "config.json")]:
-                    if path.is_file():
-                        digest.update(path.name.encode())
-                        digest.update(path.read_bytes())
-                self._weights_id = digest.hexdigest()[:16]
-            else:
-                self._weights_id = f"hub:{self.revision or 'main'}"  # a commit sha once resolved
-        return self._weights_id
+        """What identifies the weights in the fingerprint: a content hash for local files and in-memory models
+        (``dir-...``), the resolved commit for a Hub id (``hub-<repo>@<commit>``)."""
+        if self._weights is None:
+            self._weights = self._model.weights_fingerprint()
+        return self._weights
 
     def input_columns(self) -> list[str]:
         cols = [probs_column(s) for s in self.run_sources] + ["quality", "flags"]
@@ -221,7 +207,7 @@ class PolicyFusion(FusionStage):
             model = _CACHE.get(key)
             if model is None:
                 logger.info("loading fusion policy %s (revision %s)", self.model_ref, self.revision or "default")
-                model = CharattrFusionModel.from_pretrained(self.model_ref, revision=self.revision)
+                model = CharattrFusionModel.from_pretrained(self.model_ref)
                 model = model.to(self._device()).eval()
                 _CACHE[key] = model
         if model.config.to_diff_dict().get("attributes") != self.config.to_diff_dict().get("attributes"):

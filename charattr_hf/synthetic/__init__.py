@@ -90,7 +90,7 @@ the work over processes. Typical use::
 Modules, along the seams of the work: :mod:`.character` (palettes, styles, :class:`Character`, sampling),
 :mod:`.drawing` (:func:`render`), :mod:`.text` (tags and captions), :mod:`.datasets` (:func:`generate`,
 :func:`build_benchmark`, :func:`sample_dataset`); every public name is importable from this package.
-They use PIL and numpy only (they run in forked ``datasets`` workers; no torch).
+They use PIL and numpy only (they run in ``datasets`` worker processes; no torch).
 """
 
 from .character import (

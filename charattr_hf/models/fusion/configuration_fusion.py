@@ -17,7 +17,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from transformers import PretrainedConfig
 
-from ...sources import BUILTIN_SOURCES as DEFAULT_SOURCES  # the one list of the built-in sources (a light module)
+#: The sources of a config made without naming any (transformers makes one to find which values differ from the
+#: defaults). Frozen: a saved config whose sources equal it leaves them out of config.json, and loads them from here.
+DEFAULT_SOURCES = ("clip", "tagger", "tags", "blip2")
 
 __all__ = ["CharattrFusionConfig", "DEFAULT_SOURCES", "DEFAULT_QUALITY_FIELDS"]
 

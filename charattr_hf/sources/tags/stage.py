@@ -10,8 +10,15 @@ where the text says nothing.
 How text becomes evidence
 -------------------------
 * :func:`split_tags` normalises any of the tag-list dialects to Danbooru's form (lower case, spaces to
-  underscores), strips prompt syntax (weights, brackets, escapes, LoRA calls) and drops rating/quality
-  tags (``rating:general``, ``score_9``, ``masterpiece``), which say nothing about the character.
+  underscores), strips prompt syntax (weights ``(x:1.2)`` ``{x:1.15}`` ``[x]`` ``((x))``, escapes ``\\(``,
+  LoRA and embedding calls ``<lora:x:0.8>``, ``BREAK``/``AND``, prompt editing ``[from:to:0.5]`` (``to`` is
+  kept), alternation ``[a|b]`` (both), NovelAI's ``1.2::x::``) and drops rating/quality tags
+  (``rating:general``, ``score_9``, ``masterpiece``), which say nothing about the character.
+* A text in Stable Diffusion's parameters layout (positive prompt, ``Negative prompt:`` line, ``Steps: ...``
+  settings line; :mod:`charattr_hf.prompts`), as a tags or caption column may hold it, is read for its
+  positive prompt only: the negative prompt says what the image is *not*.
+* Rows without tags or caption text are read from the prompt embedded in the image file, when the decode
+  stage found one (see :class:`TagStage`).
 * Each tag is looked up in an alias table built once from the schema: every label's ``tags`` and
   ``phrases``. Unknown tags (artists, characters, copyrights, anything outside the schema) are ignored.
 * Counting tags (``1girl``, ``2boys``, ``6+girls``, ``multiple_girls``, ``1other``, ``solo``,
@@ -59,11 +66,18 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
+from datasets import Value
+
+from charattr_hf.prompts import PROMPT_COLUMN, PROMPT_KIND_COLUMN, PROMPTS_VERSION, positive_prompt, reads_as_prose
 from charattr_hf.schema import Attribute, Schema, load_schema, probs_column
 from charattr_hf.stages.base import Stage, stable_hash
 
+#: The output column naming where a row's tags text came from (see :class:`TagStage`).
+TAGS_FROM = "tags_from"
+
 __all__ = [
     "TagStage",
+    "TAGS_FROM",
     "alias_table",
     "split_tags",
     "normalize_tag_text",
@@ -92,6 +106,8 @@ _QUALITY_TAGS = frozenset(
         "bad_quality", "very_aesthetic", "aesthetic", "displeasing", "very_displeasing",
         "highres", "absurdres", "incredibly_absurdres", "lowres", "ultra_detailed", "extremely_detailed",
         "highly_detailed", "very_detailed", "detailed", "ultra-detailed", "8k", "4k", "hd", "uhd",
+        "best_aesthetic", "great_aesthetic", "normal_aesthetic", "bad_aesthetic", "worst_aesthetic", "very_awa",
+        "exceptional", "extremely_detailed_cg", "extremely_detailed_cg_unity_8k_wallpaper",
         "newest", "recent", "mid", "early", "oldest", "source_anime", "source_cartoon", "source_furry",
         "source_pony", "official_art", "commentary", "commentary_request", "translated",
         "translation_request", "bad_id", "bad_pixiv_id", "md5_mismatch",
@@ -100,7 +116,7 @@ _QUALITY_TAGS = frozenset(
 _META_PATTERN = re.compile(r"^(?:rating[:_].*|score_\d+(?:_up)?|year_\d{4})$")
 
 #: Danbooru tag prefixes seen in some exports (``artist:name``); only ``general:`` keeps its tag.
-_CATEGORY_PREFIXES = frozenset({"general", "artist", "character", "copyright", "meta", "species", "by"})
+_CATEGORY_PREFIXES = frozenset({"general", "artist", "character", "copyright", "meta", "species", "by", "embedding"})
 
 #: Counting tags that are not of the ``<n>girls`` form: (kind, lower bound).
 COUNT_TAGS: Mapping[str, tuple[str, int]] = {
@@ -170,7 +186,7 @@ _TABLES_VERSION = stable_hash(
     sorted(_COUNT_FLAGS), _COUNT_RE.pattern, sorted(ABSENCE_SYNONYMS.items()), sorted(_NEGATION_CUES),
     _NEGATION_WINDOW, sorted(_SCOPE_BREAKERS), sorted(_GAP_BLOCKERS), sorted(_CAPTION_STOPWORDS),
     sorted(_PERSON_NOUNS.items()), sorted(_NUMBER_WORDS.items()), sorted(_DEFINITE), sorted(_SOLO_WORDS),
-    sorted(_AGE_UNITS), "parser-v1",
+    sorted(_AGE_UNITS), "parser-v2", PROMPTS_VERSION,
 )
 
 # ---------------------------------------------------------------------------------------------------
@@ -178,6 +194,16 @@ _TABLES_VERSION = stable_hash(
 # ---------------------------------------------------------------------------------------------------
 
 _EXTRA_NETWORK = re.compile(r"<[^<>]*>")  # <lora:name:0.8>, <hypernet:x:1>, <embedding:x>
+# A1111 prompt editing: [from:to:when] draws "to" for the rest of the steps, [from::when] drops "from"
+_PROMPT_EDIT = re.compile(r"\[([^\[\]:|]*):([^\[\]:|]*):\s*(?:\d+\.?\d*|\.\d+)\s*\]")
+# NovelAI v4 numeric emphasis: 1.5::blue hair:: and -1::hat::
+_NAI_WEIGHT = re.compile(r"(?<![\w.:])-?(?:\d+\.?\d*|\.\d+)::|::")
+# a weight of zero or below asks the renderer to leave the text out, as a negative prompt does: (hat:-1),
+# {x:0}, -1::hat::
+_NON_POSITIVE = re.compile(
+    r"[(\[{][^()\[\]{}]*:\s*(?:-\s*(?:\d+\.?\d*|\.\d+)|0*\.?0+)\s*[)\]}]"
+    r"|(?<![\w.:])(?:-\s*(?:\d+\.?\d*|\.\d+)|0*\.?0+)::[^:]*(?:::|$)"
+)
 _WEIGHT = re.compile(r"(?<=[^\s,:(\[{|])\s*:\s*[-+]?(?:\d+\.?\d*|\.\d+)\s*(?=[)\]},|\n]|$)")
 _KEYWORD_SEPARATORS = re.compile(r"\b(?:BREAK|AND)\b")
 _TRAILING_DOTS = re.compile(r"(?<=[a-z0-9)])\.+$")
@@ -285,8 +311,18 @@ def split_tags(text: "str | Sequence[str] | None", *, keep_meta: bool = False) -
 def _split(text: str, keep_meta: bool, one_tag_per_item: bool) -> list[str]:
     if not text:
         return []
+    text = positive_prompt(text)  # a whole parameters block: its negative prompt and settings are no evidence
     if "<" in text:
         text = _EXTRA_NETWORK.sub(",", text)
+    if ":" in text:
+        if "-" in text or "0" in text:
+            text = _NON_POSITIVE.sub(",", text)
+        if "[" in text:
+            text = _PROMPT_EDIT.sub(r"\2", text)
+    if "::" in text:
+        text = _NAI_WEIGHT.sub(",", text)
+    if "|" in text:  # alternation [a|b]: the render mixes both
+        text = text.replace("|", ",")
     if "BREAK" in text or "AND" in text:
         text = _KEYWORD_SEPARATORS.sub(",", text)
     comma_mode = one_tag_per_item or "," in text or "\n" in text
@@ -475,7 +511,15 @@ class _Evidence:
 
 
 class TagStage(Stage):
-    """Evidence from the ``tags`` and ``caption`` columns, as ``probs_tags``.
+    """Evidence from the ``tags`` and ``caption`` columns, else from the prompt embedded in the image, as
+    ``probs_tags``; where the text came from, as ``tags_from``.
+
+    Per row, the input's own text wins: the tags and/or caption columns when either has text (a tags column may
+    come from ``--tags_column``, ``metadata.jsonl`` or the ``.txt`` files beside the images), else the positive
+    prompt the decode stage found in the image file (:func:`charattr_hf.prompts.embedded_prompt`; working columns
+    ``_prompt`` and ``_prompt_kind``), read as tags, or as a caption when it is written as sentences
+    (:func:`~charattr_hf.prompts.reads_as_prose`). ``tags_from`` is ``tags``, ``caption``, ``tags+caption``, the
+    prompt's kind (``a1111``, ``fooocus``, ``novelai``, ``comfyui``), or null when the row had no text at all.
 
     Parameters are described in the module docstring; every one of them is returned by
     :meth:`params` and so changes the fingerprint. ``count_attribute``/``gender_attribute`` name the
@@ -573,10 +617,10 @@ class TagStage(Stage):
         }
 
     def features(self) -> dict:
-        return {self.output_column: self.schema.probs_feature()}
+        return {self.output_column: self.schema.probs_feature(), TAGS_FROM: Value("string")}
 
     def input_columns(self) -> list[str]:
-        return [self.tags_column, self.caption_column]
+        return [self.tags_column, self.caption_column, PROMPT_COLUMN, PROMPT_KIND_COLUMN]
 
     def __repr__(self) -> str:  # the full params are long; the fingerprint identifies them
         return f"TagStage(schema={self.schema.name!r}, fingerprint={self.fingerprint()!r})"
@@ -842,6 +886,8 @@ class TagStage(Stage):
             tags = [t for t in tags if isinstance(t, str)] if isinstance(tags, (list, tuple)) else None
         if isinstance(caption, (list, tuple)):
             caption = ". ".join(c for c in caption if isinstance(c, str))
+        if isinstance(caption, str):
+            caption = positive_prompt(caption)
         tag_ev = self._from_tags(tags) if tags else None
         cap_ev = self._from_caption(caption) if isinstance(caption, str) and caption.strip() else None
         if tag_ev is not None and self._counting:
@@ -880,16 +926,34 @@ class TagStage(Stage):
         return out
 
     # -- execution --------------------------------------------------------------------------
+    @staticmethod
+    def texts(tags: Any, caption: Any, prompt: Any = None, kind: Any = None) -> tuple[Any, Any, "str | None"]:
+        """``(tags, caption, tags_from)`` a row is read from: its own tags/caption when either has text, else its
+        embedded ``prompt`` (as tags, or as the caption when it is prose), else nothing."""
+        has_tags, has_caption = _has_text(tags), _has_text(caption)
+        if has_tags or has_caption:
+            return tags, caption, "tags+caption" if has_tags and has_caption else "tags" if has_tags else "caption"
+        if isinstance(prompt, str) and prompt.strip():
+            origin = kind if isinstance(kind, str) and kind else "prompt"
+            return (None, prompt, origin) if reads_as_prose(prompt) else (prompt, None, origin)
+        return None, None, None
+
     def process(self, batch: dict[str, list]) -> dict[str, list]:
         n = len(next(iter(batch.values()))) if batch else 0
-        tags = batch.get(self.tags_column)
-        captions = batch.get(self.caption_column)
-        if tags is None:
-            tags = [None] * n
-        if captions is None:
-            captions = [None] * n
-        row = self.row
-        return {self.output_column: [row(t, c) for t, c in zip(tags, captions)]}
+        none = [None] * n
+        columns = [batch.get(c) or none for c in self.input_columns()]
+        probs, origins = [], []
+        for t, c, p, k in zip(*columns):
+            t, c, origin = self.texts(t, c, p, k)
+            probs.append(self.row(t, c))
+            origins.append(origin)
+        return {self.output_column: probs, TAGS_FROM: origins}
+
+
+def _has_text(value: Any) -> bool:
+    if isinstance(value, str):
+        return bool(value.strip())
+    return isinstance(value, (list, tuple)) and any(isinstance(v, str) and v.strip() for v in value)
 
 
 def alias_table(
@@ -898,7 +962,7 @@ def alias_table(
     """The schema's alias table: tag (or phrase in tag form) -> ``((attribute index, label index), ...)``.
 
     Built from every label's ``tags`` and ``phrases``; the one table the tag parser and the tagger source
-    (:mod:`charattr_hf.stages.tagger`) read. Counting tags (``1girl``, ``solo``, ...) listed under the attributes
+    (:mod:`charattr_hf.sources.tagger`) read. Counting tags (``1girl``, ``solo``, ...) listed under the attributes
     whose indices are in ``skip_counting`` are left out (the tag parser interprets them instead)."""
     schema = load_schema(schema)
     skip = set(skip_counting)

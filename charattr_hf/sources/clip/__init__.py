@@ -1,8 +1,9 @@
 """The CLIP zero-shot source (``probs_clip``): an open_clip model scores each attribute's label prompts.
 
-CLIP is built first: its preprocessing defines the shared decode stage (``_pixels``), which the other sources'
-pixels come from. A model folder may ship the schema it was trained for (``charattr_schema.yaml``): it is the
-run's schema when ``--schema`` is not given. Stages: :class:`~charattr_hf.stages.clip.ClipZeroShot`.
+Its pixels are those of the model's eval preprocessing (:meth:`~.stage.ClipZeroShot.pixel_spec`), from the shared
+decode stage. A model folder may ship the schema it was trained for (``charattr_schema.yaml``): it is the run's
+schema when ``--schema`` is not given. Model resolution and loading: :mod:`.model`; the stage:
+:class:`~.stage.ClipZeroShot`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from . import Source, register_source
+from ..base import Source, register_source
 
 REAL_MODEL_HINT = "--model ViT-B-32 --pretrained laion2b_s34b_b79k"
 
@@ -37,7 +38,7 @@ class ClipOptions:
 
 def check(opts: ClipOptions) -> None:
     """A ``local-dir:`` model folder exists."""
-    from ..errors import UserError
+    from ...errors import UserError
 
     model = opts.model or ""
     if model.startswith("local-dir:"):
@@ -47,10 +48,10 @@ def check(opts: ClipOptions) -> None:
 
 
 def clip_spec(opts: ClipOptions):
-    """The :class:`~charattr_hf.openclip.ClipSpec` of ``--model``, resolved (a hf-hub: name to a commit, its config
+    """The :class:`~.model.ClipSpec` of ``--model``, resolved (a hf-hub: name to a commit, its config
     fetched); a name that does not parse or resolve is the user's to fix."""
-    from ..loading import model_load_error
-    from ..openclip import ClipSpec
+    from ...loading import model_load_error
+    from .model import ClipSpec
 
     try:
         spec = ClipSpec.parse(opts.model, opts.pretrained, opts.model_revision)
@@ -70,7 +71,7 @@ def spec_schema(spec) -> str | None:
 
 def model_schema(opts: ClipOptions) -> str | None:
     """The schema the ``--model`` folder ships, if any."""
-    from ..openclip import demo_model_dir
+    from .model import demo_model_dir
 
     if not opts.model or (opts.model == "demo" and demo_model_dir() is None):
         return None
@@ -78,8 +79,8 @@ def model_schema(opts: ClipOptions) -> str | None:
 
 
 def build(ctx, opts) -> None:
-    from ..openclip import demo_model_dir
-    from ..stages.clip import ClipZeroShot
+    from .model import demo_model_dir
+    from .stage import ClipZeroShot
 
     if not opts.model:
         ctx.skip("--model is empty")
@@ -89,16 +90,16 @@ def build(ctx, opts) -> None:
     run = ctx.options  # the options every source shares (batch size, precision, device, cache)
     clip = ClipZeroShot(ctx.schema, spec, batch_size=run.batch_size, precision=run.precision,
                         embedding=ctx.embedding, device=run.device)
+    ctx.pixels(clip.pixel_spec)  # the shared decode stage makes them, into clip.pixels_column
     if run.use_cache:
-        from ..cache import default_cache_dir
-        from ..cache_redis import open_feature_cache
+        from ...cache import default_cache_dir
+        from ...cache_redis import open_feature_cache
 
         root = Path(run.cache_dir).expanduser() if run.cache_dir else default_cache_dir()
         clip.cache = open_feature_cache(run.cache_url, root, clip.cache_namespace(), writer=ctx.writer)
-    ctx.decode = clip.decode
     ctx.device.append(clip)
     ctx.description["model"] = spec.describe()
 
 
 SOURCE = register_source(Source("clip", build, options=ClipOptions, check=check, shipped_schema=model_schema,
-                                title="CLIP"))
+                                title="CLIP", order=10))

@@ -1,7 +1,7 @@
 """The BLIP-2 question-answering source (``probs_blip2``), on with ``--blip2 MODEL``: slow, for small sets or a
 GPU. It reads its pixels from the shared decode stage (one decode per image, the same size limit, EXIF, 16-bit
 and remote-file handling as every other source), in a working column of its own size. Stage:
-:class:`~charattr_hf.stages.blip2.Blip2Source`.
+:class:`~.stage.Blip2Source`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from . import Source, register_source
+from ..base import Source, register_source
 
 
 @dataclass
@@ -28,16 +28,16 @@ def requires(opts: Blip2Options) -> str | None:
 
 
 def build(ctx, opts) -> None:
-    from ..loading import model_load_error
-    from ..stages.blip2 import Blip2Source
+    from ...loading import model_load_error
+    from .stage import Blip2Source
 
     try:
-        spec = Blip2Source(ctx.schema, model_id=opts.blip2, revision=opts.blip2_revision).decode_spec()
+        spec = Blip2Source(ctx.schema, model_id=opts.blip2, revision=opts.blip2_revision).pixel_spec()
     except Exception as exc:  # noqa: BLE001 - the processor names the image size; a bad name fails here
         raise model_load_error("BLIP-2 model", opts.blip2, exc) from exc
-    ctx.decode = ctx.decode.with_extra_pixels(_pixels_blip2=spec)
     ctx.device.append(Blip2Source(ctx.schema, model_id=opts.blip2, revision=opts.blip2_revision,
-                                  pixel_shape=spec["image_size"], pixels_column="_pixels_blip2"))
+                                  pixel_shape=spec.size, pixels_column=ctx.pixels(spec)))
 
 
-SOURCE = register_source(Source("blip2", build, options=Blip2Options, requires=requires, title="BLIP-2"))
+SOURCE = register_source(Source("blip2", build, options=Blip2Options, requires=requires, title="BLIP-2",
+                                order=40))

@@ -3,8 +3,8 @@
 - The model is loaded lazily, once per process, and kept in a module-level registry, so the stage object
   that ``datasets`` pickles and fingerprints stays small.
 - Label embeddings are computed once per (model, schema) and reused for every batch.
-- Images come pre-decoded and pre-resized from the decode stage (``_pixels``, uint8); normalisation runs on
-  the device (4x less host-to-device traffic than float input).
+- Images come pre-decoded and pre-resized from the shared decode stage (the column of :attr:`ClipZeroShot.pixel_spec`,
+  uint8); normalisation runs on the device (4x less host-to-device traffic than float input).
 - Images already seen (same sha256, same model, same schema) are read from the :class:`FeatureCache`.
 - On CUDA the next micro-batch is prepared on the host while the device computes the current one.
 """
@@ -19,11 +19,11 @@ from typing import Any, Sequence
 import numpy as np
 from datasets import List, Value
 
-from ..cache import FeatureCache
-from ..openclip import ClipSpec, PreprocessConfig, label_embeddings, load_model, preprocess_config
-from ..schema import Schema, load_schema, probs_column
-from .base import Stage, code_version, stable_hash
-from .decode import DecodeStage
+from ...cache import FeatureCache
+from ...schema import Schema, load_schema, probs_column
+from ...stages.base import Stage, code_version, stable_hash
+from ...stages.decode import DecodeStage
+from .model import ClipSpec, PreprocessConfig, label_embeddings, load_model, preprocess_config
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class ClipZeroShot(Stage):
         embedding: bool = False,
         cache: FeatureCache | None = None,
         device: str | None = None,
+        pixels_column: str | None = None,
     ):
         self.schema = load_schema(schema)
         self.spec = spec
@@ -55,12 +56,9 @@ class ClipZeroShot(Stage):
         self.device = device
         self.preprocess: PreprocessConfig = preprocess_config(spec)
         self.model_fingerprint = spec.fingerprint()
-        # the pixels this stage sees come from this decode stage: its settings are part of our identity
-        self.decode = DecodeStage(
-            image_size=self.preprocess.image_size,
-            resize_mode=self.preprocess.resize_mode,
-            interpolation=self.preprocess.interpolation,
-        )
+        #: what the model reads, made by the shared decode stage into ``pixels_column``
+        self.pixel_spec = self.preprocess.pixel_spec()
+        self.pixels_column = pixels_column or self.pixel_spec.column
         self.cache = cache
         if cache is not None and cache.namespace != self.cache_namespace():
             raise ValueError("cache namespace does not match this stage")
@@ -72,7 +70,8 @@ class ClipZeroShot(Stage):
             "model": self.model_fingerprint,
             "precision": self._precision_name(),
             "preprocess": self.preprocess.__dict__,
-            "decode": self.decode.fingerprint(),
+            # how the decode stage made the pixels: part of what a cached output depends on
+            "pixels": {**self.pixel_spec.geometry(), "decode": DecodeStage.VERSION},
         }
 
     def cache_namespace(self) -> str:
@@ -81,7 +80,7 @@ class ClipZeroShot(Stage):
         return f"clip-{stable_hash(code_version(), self.params())}"
 
     def input_columns(self) -> list[str]:
-        return ["_pixels", "sha256"]
+        return [self.pixels_column, "sha256"]
 
     @cached_property
     def embed_dim(self) -> int:
@@ -117,7 +116,7 @@ class ClipZeroShot(Stage):
         try:
             self.setup()
         except Exception as exc:  # noqa: BLE001 - whatever it is, the model did not load: one clear line
-            from ..loading import model_load_error
+            from ...loading import model_load_error
 
             raise model_load_error("CLIP model", self.spec.describe(), exc) from exc
 
@@ -129,7 +128,7 @@ class ClipZeroShot(Stage):
 
         device = self.device
         if device is None:
-            from ..distributed import get_state
+            from ...distributed import get_state
 
             device = str(get_state().device)
         model, tokenizer = load_model(self.spec, device, self._precision_name())
@@ -192,7 +191,7 @@ class ClipZeroShot(Stage):
         return sum(a.num_labels for a in self.schema)
 
     def process(self, batch: dict[str, list]) -> dict[str, list]:
-        pixels: Sequence[bytes | None] = batch["_pixels"]
+        pixels: Sequence[bytes | None] = batch[self.pixels_column]
         shas: Sequence[str | None] = batch["sha256"]
         errors = batch.get("error") or [None] * len(pixels)
         n = len(pixels)

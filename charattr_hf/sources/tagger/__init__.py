@@ -1,6 +1,6 @@
 """The WD tagger source (``probs_tagger``, ``tagger_tags``, ``tagger_characters``, ``tagger_rating``), on with
-``--tagger ID``. Its preprocessing runs in the CPU part after decode (on decode's pixels); the model runs batched
-on the accelerator. Stages: :class:`~charattr_hf.stages.tagger.TaggerStage` and its ``preprocess``.
+``--tagger ID``. Its pixels (the reference preprocessing: padded to a white square, resized) come from the shared
+decode stage, in the CPU part; the model runs batched on the accelerator. Stage: :class:`~.stage.TaggerStage`.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from . import Source, register_source
+from ..base import Source, register_source
 
 
 @dataclass
@@ -41,18 +41,18 @@ def requires(opts: TaggerOptions) -> str | None:
 
 def check(opts: TaggerOptions) -> None:
     """Thresholds in [0, 1]; the tagger id parses and a local folder exists."""
-    from ..errors import UserError
+    from ...errors import UserError
 
     for flag in ("tagger_threshold", "tagger_character_threshold"):
         if not 0.0 <= getattr(opts, flag) <= 1.0:
             raise UserError(f"--{flag} must be in [0, 1], got {getattr(opts, flag)}")
-    from ..stages.tagger import TaggerSpec
+    from .stage import TaggerSpec
 
     TaggerSpec.parse(opts.tagger, opts.tagger_revision)  # a missing folder or a bad id ends here
 
 
 def build(ctx, opts) -> None:
-    from ..stages.tagger import TaggerSpec, TaggerStage
+    from .stage import TaggerSpec, TaggerStage
 
     run = ctx.options
     tagger = TaggerStage(
@@ -65,10 +65,10 @@ def build(ctx, opts) -> None:
         precision=run.precision,
         device=run.device,
     )
-    ctx.cpu.append(tagger.preprocess)  # after decode: rows it quarantined are skipped
+    ctx.pixels(tagger.pixel_spec)  # the shared decode stage makes them, into tagger.pixels_column
     ctx.device.append(tagger)
     ctx.columns.update(tagger.output_features())
     ctx.description["tagger"] = tagger.spec.describe()
 
 
-SOURCE = register_source(Source("tagger", build, options=TaggerOptions, requires=requires, check=check))
+SOURCE = register_source(Source("tagger", build, options=TaggerOptions, requires=requires, check=check, order=20))

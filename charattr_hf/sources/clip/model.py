@@ -9,35 +9,37 @@ Model specs (``--model``):
 - ``local-dir:/path/to/folder``: a folder with ``open_clip_config.json`` and safetensors weights.
 
 Nothing here loads weights until :func:`load_model`; :func:`preprocess_config` and
-:meth:`ClipSpec.fingerprint` read configs only, so the CPU stages can be set up without torch work.
+:meth:`ClipSpec.fingerprint` read configs only, so the CPU stages can be set up without torch work. Folders and Hub
+repositories are resolved by :func:`charattr_hf.loading.resolve_model` (safetensors weights only).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ...loading import ModelRef, ResolvedModel, resolve_model
+from ...stages.pixels import PixelSpec
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "ClipSpec", "DEMO_MODEL", "PRECISIONS", "check_precision", "demo_model_dir", "preprocess_config", "load_model",
-    "label_embeddings", "quantize_int8",
+    "ClipSpec", "DEMO_MODEL", "demo_model_dir", "preprocess_config", "load_model", "label_embeddings",
+    "quantize_int8",
 ]
-
-#: ``--precision`` values: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16, and int8 (CPU only: dynamic int8
-#: quantization of the image tower's Linear layers).
-PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 
 DEMO_MODEL = "demo"
 _LOCAL = "local-dir:"
 _HUB = "hf-hub:"
-_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "model.safetensors")
+#: An open_clip model folder: its config, one weights file (the first of these that exists), and what its tokenizer
+#: and schema need.
+_REQUIRED = ("open_clip_config.json",
+             ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "model.safetensors"))
+_OPTIONAL = ("*.json", "*.txt", "*.yaml", "tokenizer*", "vocab*", "merges*", "*.model")
 
 
 def demo_model_dir() -> Path | None:
@@ -93,25 +95,30 @@ class ClipSpec:
     def is_random(self) -> bool:
         return not (self.model.startswith((_LOCAL, _HUB)) or self.pretrained)
 
+    def resolved(self) -> ResolvedModel | None:
+        """The model's files (an ``hf-hub:`` repo is fetched once, at the commit its revision points to); None for a
+        built-in architecture, whose weights open_clip fetches by its pretrained tag."""
+        if not self.model.startswith((_LOCAL, _HUB)):
+            return None
+        ref = ModelRef.parse(self.model, self.revision, what="CLIP model", flag="--model")
+        return resolve_model(ref, required=_REQUIRED, optional=_OPTIONAL)
+
     def local_dir(self) -> Path | None:
-        """The folder holding config and weights (downloads ``hf-hub:`` repos once, at a pinned revision)."""
-        if self.model.startswith(_LOCAL):
-            return Path(self.model[len(_LOCAL) :])
-        if self.model.startswith(_HUB):
-            return _hub_snapshot(self.model[len(_HUB) :], self.revision)
-        return None
+        """The folder holding config and weights (None for a built-in architecture)."""
+        resolved = self.resolved()
+        return resolved.folder if resolved is not None else None
 
     def fingerprint(self) -> str:
         """Identifies the weights: content hash for local folders and files, commit for Hub repos, tag for
         built-ins (open_clip pins each tag to one file)."""
-        if self.model.startswith(_HUB):
-            return f"hub-{self.model[len(_HUB):]}@{self.local_dir().name}"
-        folder = self.local_dir()
-        if folder is not None:
-            return "dir-" + _folder_digest(str(folder))
+        resolved = self.resolved()
+        if resolved is not None:
+            return resolved.fingerprint
         pretrained = self.pretrained or "random"
         if self.pretrained and Path(self.pretrained).is_file():
-            pretrained = "file-" + _file_digest(str(Path(self.pretrained).resolve()))
+            from ...loading import file_digest
+
+            pretrained = "file-" + file_digest(str(Path(self.pretrained).resolve()))
         return json.dumps({"name": self.model, "pretrained": pretrained}, sort_keys=True)
 
     def describe(self) -> str:
@@ -123,53 +130,6 @@ class ClipSpec:
         return f"{self.model} ({self.pretrained or 'random weights'})"
 
 
-@lru_cache(maxsize=None)
-def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
-    """Config, tokenizer and schema files of the repo, plus the one weights file open_clip would load.
-
-    Repositories often hold the same weights in several formats (several GB each); only one is fetched, and
-    safetensors is preferred. The folder is ``.../snapshots/<commit>``, which pins what was loaded.
-    """
-    from huggingface_hub import hf_hub_download, snapshot_download
-
-    folder = Path(
-        snapshot_download(
-            repo_id,
-            revision=revision,
-            allow_patterns=["open_clip_config.json", "*.txt", "*.yaml", "tokenizer*", "vocab*", "merges*",
-                            "special_tokens_map.json", "*.model"],
-        )
-    )
-    for name in (*_WEIGHT_FILES, "open_clip_pytorch_model.bin"):
-        try:
-            hf_hub_download(repo_id, name, revision=folder.name)
-            break
-        except Exception:  # noqa: BLE001 - try the next format
-            continue
-    else:
-        raise FileNotFoundError(f"hf-hub:{repo_id}: no open_clip weights file ({', '.join(_WEIGHT_FILES)}, .bin)")
-    return folder
-
-
-@lru_cache(maxsize=None)
-def _folder_digest(folder: str) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(Path(folder).iterdir()):
-        if path.is_file() and path.suffix in (".json", ".safetensors", ".bin", ".txt", ".yaml"):
-            digest.update(path.name.encode())
-            digest.update(_file_digest(str(path)).encode())
-    return digest.hexdigest()[:16]
-
-
-@lru_cache(maxsize=None)
-def _file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class PreprocessConfig:
     image_size: tuple[int, int]
@@ -177,6 +137,11 @@ class PreprocessConfig:
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"
+
+    def pixel_spec(self) -> PixelSpec:
+        """What the decode stage makes for the model: open_clip's eval transform (its padding colour is black: the
+        configs' ``fill_color`` default, which no shipped config changes)."""
+        return PixelSpec(self.image_size, self.resize_mode, self.interpolation, mean=self.mean, std=self.std)
 
 
 # open_clip.transform.PreprocessCfg's defaults (tests/test_user_errors.py checks they agree)
@@ -221,20 +186,6 @@ def preprocess_config(spec: ClipSpec) -> PreprocessConfig:
         interpolation=cfg.get("interpolation", "bicubic"),
         resize_mode=cfg.get("resize_mode", "shortest"),
     )
-
-
-def check_precision(precision: str, device: str | None = None) -> None:
-    """Raise :class:`~charattr_hf.errors.UserError` for a precision that cannot run (checked before any work)."""
-    from .errors import UserError
-
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if precision == "int8":
-        import torch
-
-        target = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if not str(target).startswith("cpu"):
-            raise UserError("--precision int8 runs on CPU only (dynamic int8 quantization); on a GPU use fp16")
 
 
 def quantize_int8(model):
@@ -291,7 +242,8 @@ def _linear_self_attention(mha):
 
         def __init__(self, mha: torch.nn.MultiheadAttention):
             super().__init__()
-            if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn:
+            separate_kv = mha.kdim != mha.embed_dim or mha.vdim != mha.embed_dim
+            if separate_kv or mha.bias_k is not None or mha.add_zero_attn:
                 raise ValueError("unsupported MultiheadAttention layout")
             d = mha.embed_dim
             self.num_heads, self.batch_first = mha.num_heads, mha.batch_first
@@ -361,7 +313,8 @@ def load_model(spec: ClipSpec, device: Any, precision: str = "auto"):
         precision = "fp16" if device.type == "cuda" else "fp32"
     int8 = precision == "int8"
     if int8:
-        check_precision("int8", str(device))
+        if device.type != "cpu":
+            raise ValueError("--precision int8 runs on CPU only (dynamic int8 quantization); on a GPU use fp16")
         precision = "fp32"
     folder = spec.local_dir()
     name = f"{_LOCAL}{folder}" if folder is not None else spec.model

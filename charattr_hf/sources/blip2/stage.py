@@ -31,9 +31,12 @@ model runs once per image batch and pack (one pack for the default schema), and 
 predict an answer token are projected onto the vocabulary (``logits_to_keep``).
 
 Inputs: a pixel column written by the shared decode stage (uint8 RGB, ``pixel_shape`` = (H, W), the processor's
-image size, see :meth:`Blip2Source.expected_pixel_shape` and :meth:`Blip2Source.decode_spec`), so that BLIP-2
+image size, see :meth:`Blip2Source.expected_pixel_shape` and :meth:`Blip2Source.pixel_spec`), so that BLIP-2
 sees each image exactly as decoded for every other source (size limit, EXIF, 16-bit, transparency, remote
-files). Without ``pixel_shape`` (standalone use), the raw ``image`` column is decoded here.
+files): the decode stage is the only code that reads images.
+
+The checkpoint's files are found by :func:`charattr_hf.loading.resolve_model` (a folder, or a Hub repository at the
+commit its revision points to; safetensors weights only).
 
 A row whose pixels cannot be used keeps everything the other sources found: its ``probs_blip2`` is null and its
 ``flags`` gain ``"blip2_failed"`` (with no ``flags`` column, standalone, the message goes to ``error``).
@@ -44,7 +47,6 @@ variants are refused with a clear error.
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 from dataclasses import dataclass
@@ -52,8 +54,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..schema import Attribute, Schema, load_schema, probs_column
-from .base import ERROR, FLAGS, Stage
+from ...schema import Attribute, Schema, load_schema, probs_column
+from ...stages.base import ERROR, FLAGS, Stage
+from ...stages.pixels import PixelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +134,8 @@ class Blip2Source(Stage):
         yes, no: the answers compared for multi-label presence questions.
         length_normalize: score answers by mean instead of total token log-likelihood (favours long label
             texts less, at the cost of no longer being the probability of the answer string).
-        pixel_shape: (H, W) of the pixel column; None to read the ``image`` column instead.
-        pixels_column: the pixel column (``_pixels``, or the decode stage's extra column for BLIP-2).
+        pixel_shape: (H, W) of the pixel column; None: the processor's size.
+        pixels_column: the decode stage's column of :meth:`pixel_spec` (default: the spec's own name).
         dtype: "float16", "bfloat16" or "float32"; default float16 with CUDA, float32 without.
         batch_size: images per forward pass (memory only; does not change the numbers).
         max_pack_tokens: upper bound on the text tokens packed into one language-model sequence; a schema
@@ -158,7 +161,7 @@ class Blip2Source(Stage):
         dtype: str | None = None,
         batch_size: int = 16,
         max_pack_tokens: int = 1024,
-        pixels_column: str = "_pixels",
+        pixels_column: str | None = None,
     ):
         import torch  # imported here so that building a stage description never needs torch at import time
 
@@ -255,15 +258,27 @@ class Blip2Source(Stage):
         return {probs_column(self.name): self.schema.probs_feature()}
 
     def input_columns(self) -> list[str]:
-        return [self.pixels_column] if self.pixel_shape is not None else ["image"]
+        return [self.pixels_column or self.pixel_spec().column]
 
-    def decode_spec(self) -> dict:
+    def pixel_spec(self) -> PixelSpec:
         """What the decode stage must write for this source: the processor's size, squashed (as the processor
-        resizes) with its filter."""
-        resample = getattr(self.processor().image_processor, "resample", None)
+        resizes) with its filter; normalised by the processor on the device side."""
+        proc = self.processor().image_processor
+        resample = getattr(proc, "resample", None)
         names = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
-        return {"image_size": self.expected_pixel_shape(), "resize_mode": "squash",
-                "interpolation": names.get(int(resample) if resample is not None else 3, "bicubic")}
+        return PixelSpec(self.pixel_shape or self.expected_pixel_shape(), "squash",
+                         names.get(int(resample) if resample is not None else 3, "bicubic"),
+                         mean=tuple(getattr(proc, "image_mean", None) or (0.0, 0.0, 0.0)),
+                         std=tuple(getattr(proc, "image_std", None) or (1.0, 1.0, 1.0)))
+
+    def _files(self) -> Any:
+        """The checkpoint's folder (a Hub repository fetched once, at its revision's commit)."""
+        from ...loading import ModelRef, resolve_model
+
+        ref = ModelRef.parse(self.model_id, self.revision, what="BLIP-2 model", flag="--blip2")
+        return resolve_model(ref, required=("config.json", ("model.safetensors", "model.safetensors.index.json")),
+                             optional=("*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*", "vocab*",
+                                       "merges*", "spiece*")).folder
 
     # ------------------------------------------------------------------------------------------ loading
     def _model_key(self) -> tuple:
@@ -271,7 +286,7 @@ class Blip2Source(Stage):
 
     @staticmethod
     def _device():
-        from ..distributed import get_state
+        from ...distributed import get_state
 
         return get_state().device
 
@@ -282,7 +297,7 @@ class Blip2Source(Stage):
             if key not in _PROCESSORS:
                 from transformers import AutoProcessor
 
-                proc = AutoProcessor.from_pretrained(self.model_id, revision=self.revision, trust_remote_code=False)
+                proc = AutoProcessor.from_pretrained(self._files(), trust_remote_code=False)
                 if not (hasattr(proc, "image_processor") and hasattr(proc, "tokenizer")):
                     raise TypeError(
                         f"{self.model_id!r}: expected a BLIP-2 processor with an image processor and a tokenizer, "
@@ -305,11 +320,11 @@ class Blip2Source(Stage):
         try:
             self.setup()
         except NotImplementedError as exc:  # a Flan-T5 checkpoint: the message says what to use instead
-            from ..errors import ModelLoadError
+            from ...errors import ModelLoadError
 
             raise ModelLoadError(str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - whatever it is, the model did not load: one clear line
-            from ..loading import model_load_error
+            from ...loading import model_load_error
 
             raise model_load_error("BLIP-2 model", self.model_id, exc) from exc
 
@@ -329,9 +344,7 @@ class Blip2Source(Stage):
 
         self.processor()
         logger.info("loading %s (revision %s, %s) on %s", self.model_id, self.revision, self.dtype, key[-1])
-        model = Blip2ForConditionalGeneration.from_pretrained(
-            self.model_id, revision=self.revision, dtype=getattr(torch, self.dtype)
-        )
+        model = Blip2ForConditionalGeneration.from_pretrained(self._files(), dtype=getattr(torch, self.dtype))
         if not model.config.use_decoder_only_language_model:
             raise NotImplementedError(
                 f"{self.model_id!r} uses an encoder-decoder language model ({model.config.text_config.model_type}); "
@@ -396,19 +409,15 @@ class Blip2Source(Stage):
 
     def _row_image(self, batch: dict[str, list], i: int) -> np.ndarray:
         """Row ``i`` as a uint8 RGB array at the processor's image size."""
-        pixels = batch.get(self.pixels_column) if self.pixel_shape is not None else None
-        if pixels is not None and pixels[i] is not None:
-            h, w = self.pixel_shape  # type: ignore[misc]
-            buf = np.frombuffer(pixels[i], dtype=np.uint8)
-            if buf.size != h * w * 3:
-                raise ValueError(f"{self.pixels_column} holds {buf.size} bytes, expected {h}x{w}x3 = {h * w * 3}")
-            arr = buf.reshape(h, w, 3).copy()  # writable: torch refuses read-only buffers
-        else:
-            images = batch.get("image")
-            if images is None or images[i] is None:
-                raise ValueError("row has neither _pixels nor an image")
-            arr = _decode_image(images[i])
-        return self._resize(arr)
+        column = self.input_columns()[0]
+        pixels = batch.get(column)
+        if pixels is None or pixels[i] is None:
+            raise ValueError(f"row has no pixels in {column}")
+        h, w = self.pixel_shape or self.expected_pixel_shape()
+        buf = np.frombuffer(pixels[i], dtype=np.uint8)
+        if buf.size != h * w * 3:
+            raise ValueError(f"{column} holds {buf.size} bytes, expected {h}x{w}x3 = {h * w * 3}")
+        return self._resize(buf.reshape(h, w, 3).copy())  # writable: torch refuses read-only buffers
 
     def _resize(self, arr: np.ndarray) -> np.ndarray:
         """Resize one image to the model size with the processor's filter (a no-op when already there).
@@ -454,38 +463,6 @@ class Blip2Source(Stage):
                 p_yes = 1.0 / (1.0 + np.exp(-(scores[0] - scores[1])))  # P(yes) / (P(yes) + P(no))
                 result[q.attribute][q.label] = float(np.float32(p_yes))  # type: ignore[index]
         return result
-
-
-def _decode_image(value: Any) -> np.ndarray:
-    """An ``image`` cell (datasets ``Image(decode=False)`` dict, PIL image, path or bytes) as uint8 RGB.
-
-    Follows the decode stage's conventions, so that standalone use sees the same picture: EXIF orientation
-    applied, transparency composited over white (dropping alpha would show whatever colour hides under it).
-    """
-    from PIL import Image, ImageOps
-
-    if isinstance(value, Image.Image):
-        img = value
-    elif isinstance(value, Mapping):
-        if value.get("bytes"):
-            img = Image.open(io.BytesIO(value["bytes"]))
-        elif value.get("path"):
-            img = Image.open(value["path"])
-        else:
-            raise ValueError("image cell has neither bytes nor path")
-    elif isinstance(value, (bytes, bytearray)):
-        img = Image.open(io.BytesIO(value))
-    elif isinstance(value, str):
-        img = Image.open(value)
-    else:
-        raise TypeError(f"cannot read an image from {type(value).__name__}")
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode in ("P", "L", "RGB") and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGB", rgba.size, "white")
-        canvas.paste(rgba, (0, 0), rgba.getchannel("A"))
-        img = canvas
-    return np.array(img.convert("RGB"))
 
 
 def _image_prefix(model: Any, pixel_values: Any) -> Any:

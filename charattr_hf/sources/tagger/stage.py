@@ -5,10 +5,11 @@ waifuc and imgutils all tag with one). The v3 taggers are timm checkpoints publi
 (``architecture``, ``model_args``, ``pretrained_cfg``), ``model.safetensors`` and ``selected_tags.csv``
 (``tag_id,name,category,count``; category 0 general, 4 character, 9 rating).
 
-``--tagger`` takes (:meth:`TaggerSpec.parse`):
+``--tagger`` takes (:meth:`TaggerSpec.parse`, resolved by :func:`charattr_hf.loading.resolve_model`):
 
 - ``SmilingWolf/wd-vit-tagger-v3`` or ``hf-hub:SmilingWolf/wd-vit-tagger-v3`` (with ``--tagger_revision``; the three
-  files are fetched once, at a pinned commit, and only those: safetensors weights, never a pickle);
+  files are fetched once, at the commit the revision points to, and only those: safetensors weights, never a
+  pickle);
 - ``local-dir:/path`` (or an existing folder path) of the same layout;
 - ``demo``: the small tagger shipped in the package (``charattr_hf/assets/demo-tagger``, synthetic characters only).
 
@@ -17,15 +18,16 @@ Preprocessing follows the reference implementations exactly; each step names its
 - [Space] the wd-tagger Space (huggingface.co/spaces/SmilingWolf/wd-tagger, ``app.py``, ``Predictor.prepare_image``);
 - [timm] the WD v3 timm inference script (github.com/neggles/wdv3-timm, ``wdv3_timm.py`` at 2f49e85).
 
-CPU part (:func:`prepare_image`, in the ``num_proc`` decode map, no torch): alpha composited over white, padded to a
-square with white, bicubic resize to the checkpoint's input size; uint8 RGB. Device part (:class:`TaggerStage`):
-scale to [0, 1], normalise with the checkpoint's ``pretrained_cfg`` mean/std, RGB -> BGR, the model in batches
-(fp16 on GPU), sigmoid.
+Pixels (:attr:`TaggerStage.pixel_spec`, made by the shared decode stage in the ``num_proc`` decode map, from the one
+decode of each image): alpha composited over white, padded to a square with white, bicubic resize to the
+checkpoint's input size; uint8 RGB (``pad_square`` in :mod:`charattr_hf.stages.pixels`). Device part
+(:class:`TaggerStage`): scale to [0, 1], normalise with the checkpoint's ``pretrained_cfg`` mean/std, RGB -> BGR, the
+model in batches (fp16 on GPU), sigmoid.
 
 Outputs, per row:
 
 - ``probs_tagger``: per attribute of the schema, through the schema's tag aliases (the alias table the tag parser
-  reads, :func:`charattr_hf.stages.tags.alias_table`): the score of ``blonde_hair`` is evidence for
+  reads, :func:`charattr_hf.sources.tags.stage.alias_table`): the score of ``blonde_hair`` is evidence for
   hair_color = blonde. A label's score is the highest score among its tags in the tagger's vocabulary. Single-label
   attributes: ``p_i`` proportional to ``odds(s_i) + prior_odds`` (a label whose tags all score low keeps the prior
   share, so a tagger that sees no hair gives a flat hair colour, not a confident guess); multi-label attributes: the
@@ -41,35 +43,32 @@ Outputs, per row:
 
 from __future__ import annotations
 
-import hashlib
+import csv
 import json
 import logging
-import math
 import os
-import re
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from datasets import List, Value
-from PIL import Image, ImageOps
 
-from ..errors import ModelLoadError, UserError
-from ..schema import Schema, load_schema, probs_column
-from .base import ERROR, Stage
+from ...errors import ModelLoadError, UserError
+from ...loading import ModelRef, ResolvedModel, resolve_model
+from ...schema import Schema, load_schema, probs_column
+from ...stages.base import ERROR, Stage
+from ...stages.pixels import PixelSpec
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "TaggerSpec",
     "TaggerConfig",
-    "TaggerPreprocess",
     "TaggerStage",
-    "prepare_image",
     "mcut_threshold",
     "select_tags",
+    "read_selected_tags",
     "demo_tagger_dir",
     "DEMO_TAGGER",
     "TAGGER_FILES",
@@ -81,12 +80,6 @@ TAGGER_FILES = ("config.json", "model.safetensors", "selected_tags.csv")
 #: Output columns of the tagger source besides ``probs_tagger``.
 TAGGER_COLUMNS = ("tagger_tags", "tagger_characters", "tagger_rating")
 GENERAL, CHARACTER, RATING = 0, 4, 9
-_LOCAL = "local-dir:"
-_HUB = "hf-hub:"
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-_PIXELS = "_tagger_pixels"
-_RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-               "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 # timm's defaults when a pretrained_cfg gives no mean/std (timm.data.constants IMAGENET_DEFAULT_*)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -105,93 +98,59 @@ def demo_tagger_dir() -> Path | None:
 class TaggerSpec:
     """What ``--tagger``/``--tagger_revision`` name, before anything is loaded."""
 
-    source: str  # "local-dir:/abs/path" or "hf-hub:org/repo"
-    revision: str | None = None
-    name: str | None = None  # what the user wrote ("demo", a repo id...), for messages and the card
+    ref: ModelRef
 
     @classmethod
     def parse(cls, value: str, revision: str | None = None) -> "TaggerSpec":
+        """A Hub id, ``hf-hub:``, ``local-dir:``, a folder or ``demo``; a folder's files are checked now."""
         value = str(value).strip()
         if value == DEMO_TAGGER:
             folder = demo_tagger_dir()
             if folder is None:
-                raise UserError("--tagger demo: this installation ships no demo tagger (charattr_hf/assets/demo-tagger)")
-            return cls(_LOCAL + str(folder), None, DEMO_TAGGER)
-        if value.startswith(_LOCAL) or (not value.startswith(_HUB) and Path(value).expanduser().is_dir()):
-            if revision:
-                raise UserError("--tagger_revision applies to Hub taggers only, not to a local folder")
-            folder = Path(value[len(_LOCAL):] if value.startswith(_LOCAL) else value).expanduser().resolve()
-            _check_folder(folder, value)
-            return cls(_LOCAL + str(folder), None, value)
-        repo = value[len(_HUB):] if value.startswith(_HUB) else value
-        if not _REPO_ID.match(repo):
-            raise UserError(
-                f"--tagger {value!r}: not a folder and not a Hub id; give 'org/repo' (e.g. SmilingWolf/wd-vit-tagger-v3), "
-                "'hf-hub:org/repo', 'local-dir:/path' (config.json, model.safetensors, selected_tags.csv) or 'demo'"
-            )
-        return cls(_HUB + repo, revision, value)
+                raise UserError("--tagger demo: this installation ships no demo tagger "
+                                "(charattr_hf/assets/demo-tagger)")
+            ref = ModelRef.local(folder, what="tagger", name=DEMO_TAGGER)
+        else:
+            try:
+                ref = ModelRef.parse(value, revision, what="tagger", flag="--tagger")
+            except UserError as exc:
+                raise UserError(f"{exc} (a WD tagger, e.g. SmilingWolf/wd-vit-tagger-v3, or a folder with "
+                                f"{', '.join(TAGGER_FILES)}; 'demo': the shipped one)") from None
+        spec = cls(ref)
+        if ref.is_local:
+            spec.resolved()  # a folder that lacks a file ends here
+        return spec
 
     @property
     def is_local(self) -> bool:
-        return self.source.startswith(_LOCAL)
+        return self.ref.is_local
+
+    def resolved(self) -> ResolvedModel:
+        """The three files (a Hub repo's fetched once, at the commit its revision points to)."""
+        return resolve_model(self.ref, required=TAGGER_FILES)
 
     def local_dir(self) -> Path:
-        """The folder with the three files (a Hub repo is fetched once, at a pinned commit)."""
-        if self.is_local:
-            return Path(self.source[len(_LOCAL):])
-        return _hub_snapshot(self.source[len(_HUB):], self.revision)
+        return self.resolved().folder
 
     def fingerprint(self) -> str:
         """Identifies the weights and tags: a content hash for a folder, the commit for a Hub repo."""
-        if self.is_local:
-            return "dir-" + _folder_digest(str(self.local_dir()))
-        return f"hub-{self.source[len(_HUB):]}@{self.local_dir().name}"
+        return self.resolved().fingerprint
 
     def describe(self) -> str:
-        if self.name == DEMO_TAGGER:
-            return DEMO_TAGGER
-        if self.is_local:
-            return self.source
-        return self.source[len(_HUB):] + (f"@{self.revision}" if self.revision else "")
+        return self.ref.describe()
 
 
-def _check_folder(folder: Path, what: str) -> None:
-    if not folder.is_dir():
-        raise ModelLoadError(f"--tagger {what}: no such folder {str(folder)!r}; check the path after 'local-dir:'")
-    missing = [f for f in TAGGER_FILES if not (folder / f).is_file()]
-    if not missing:
-        return
-    hint = ""
-    if "model.safetensors" in missing and any((folder / f).exists() for f in ("pytorch_model.bin", "model.onnx")):
-        hint = " (only safetensors weights are loaded: pickled .bin files can run code, and .onnx is not a timm model)"
-    raise ModelLoadError(f"--tagger {what}: {folder} lacks {', '.join(missing)}{hint}; a WD tagger folder has "
-                         f"{', '.join(TAGGER_FILES)}")
-
-
-@lru_cache(maxsize=None)
-def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
-    """``config.json``, ``selected_tags.csv`` and ``model.safetensors`` of a Hub repo, at one commit; nothing else
-    (the v3 repos also hold an ONNX export of the same weights)."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(TAGGER_FILES)))
-    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, bad revision: one clear line
-        raise ModelLoadError(f"--tagger {repo_id}{'@' + revision if revision else ''}: cannot fetch it from the Hub "
-                             f"({type(exc).__name__}: {exc})") from exc
-    _check_folder(folder, repo_id)
-    return folder
-
-
-@lru_cache(maxsize=None)
-def _folder_digest(folder: str) -> str:
-    digest = hashlib.sha256()
-    for name in TAGGER_FILES:
-        digest.update(name.encode())
-        with open(Path(folder) / name, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
+def read_selected_tags(path: str | Path) -> tuple[list[str], list[int]]:
+    """Names and categories of a ``selected_tags.csv`` (columns ``tag_id,name,category,count``)."""
+    names, cats = [], []
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or not {"name", "category"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: expected the columns tag_id,name,category,count (got {reader.fieldnames})")
+        for row in reader:
+            names.append(row["name"])
+            cats.append(int(row["category"]))
+    return names, cats
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -236,118 +195,6 @@ class TaggerConfig:
         )
 
 
-# ------------------------------------------------------------------------------------------------ CPU part
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """RGB with alpha composited over white.
-
-    [timm] ``pil_ensure_rgb``: a mode other than RGB/RGBA becomes RGBA when it has a ``transparency`` key, else RGB;
-    RGBA is ``alpha_composite``d onto a white RGBA canvas and converted to RGB. [Space] ``prepare_image`` does the
-    same composite (its input is RGBA). Modes that carry alpha in another form (LA, PA, La, RGBa) are composited too
-    (the reference would drop their alpha); 16-bit and float gray is scaled by its range, not clipped at 255.
-    """
-    if im.mode in ("LA", "PA", "La", "RGBa") or (im.mode not in ("RGB", "RGBA") and "transparency" in im.info):
-        im = im.convert("RGBA")
-    elif im.mode.startswith("I;16") or im.mode in ("I", "F"):
-        a = np.nan_to_num(np.asarray(im, dtype=np.float64))
-        hi = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else (1.0 if im.mode == "F" and a.max(initial=0) <= 1 else 255.0)
-        im = Image.fromarray(np.clip(np.rint(a * (255.0 / hi)), 0, 255).astype(np.uint8), "L")
-    if im.mode == "RGBA":
-        canvas = Image.new("RGBA", im.size, (255, 255, 255))
-        canvas.alpha_composite(im)
-        return canvas.convert("RGB")
-    return im if im.mode == "RGB" else im.convert("RGB")
-
-
-def prepare_image(
-    image: Image.Image, size: int | Sequence[int], interpolation: str = "bicubic", crop_pct: float = 1.0
-) -> np.ndarray:
-    """A WD tagger's input pixels for one image: ``(H, W, 3)`` uint8, RGB (the device part flips to BGR).
-
-    1. alpha over white: see :func:`_to_rgb` ([timm] ``pil_ensure_rgb``, [Space] ``prepare_image``);
-    2. pad to a square of the longer side with white, the image at ``((side - w) // 2, (side - h) // 2)``
-       ([timm] ``pil_pad_square``, [Space] ``prepare_image``);
-    3. resize to the checkpoint's input size with its interpolation (bicubic for every WD v3 config; [Space] resizes
-       with ``Image.BICUBIC`` unless the side already matches, [timm] through timm's eval transform, a torchvision
-       ``Resize`` of the square image with PIL's resampling); when ``crop_pct`` < 1 (not so for WD v3), timm's eval
-       transform resizes to ``floor(size / crop_pct)`` and centre-crops, and so does this.
-    """
-    h, w = (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[-1]))
-    rgb = _to_rgb(image)
-    side = max(rgb.size)
-    if rgb.size != (side, side):
-        canvas = Image.new("RGB", (side, side), (255, 255, 255))
-        canvas.paste(rgb, ((side - rgb.width) // 2, (side - rgb.height) // 2))
-        rgb = canvas
-    resample = _RESAMPLING.get(interpolation, Image.Resampling.BICUBIC)
-    if crop_pct and crop_pct < 1.0:
-        scale = (math.floor(h / crop_pct), math.floor(w / crop_pct))
-        if (side, side) != (scale[1], scale[0]):
-            rgb = rgb.resize((scale[1], scale[0]), resample)
-        top, left = int(round((scale[0] - h) / 2.0)), int(round((scale[1] - w) / 2.0))
-        rgb = rgb.crop((left, top, left + w, top + h))
-    elif (side, side) != (w, h):
-        rgb = rgb.resize((w, h), resample)
-    return np.asarray(rgb, dtype=np.uint8)
-
-
-def _open_cell(cell: Any) -> Image.Image:
-    """The image of a dataset cell (``{"bytes", "path"}``, bytes, a path or a PIL image), EXIF orientation applied.
-
-    EXIF orientation is applied as in the rest of the pipeline (and as gradio's image input does for [Space]); [timm]
-    opens the file as stored."""
-    import io
-
-    if isinstance(cell, Image.Image):
-        im = cell
-    else:
-        from .decode import _read_bytes
-
-        im = Image.open(io.BytesIO(_read_bytes(cell)))
-    try:
-        return ImageOps.exif_transpose(im)
-    except Exception:  # noqa: BLE001 - corrupt EXIF: keep the image as stored, as decode does
-        return im
-
-
-class TaggerPreprocess(Stage):
-    """CPU part of the tagger source: ``_tagger_pixels`` (uint8 RGB at the input size) for every decodable row.
-
-    Runs in the forked ``num_proc`` map beside the decode stage (PIL and numpy only). Rows the decode stage
-    quarantined (``error`` set) are left alone."""
-
-    name = "tagger_preprocess"
-    cpu_bound: ClassVar[bool] = True
-
-    def __init__(self, image_size: Sequence[int], interpolation: str = "bicubic", crop_pct: float = 1.0,
-                 column: str = "image"):
-        self.image_size = (int(image_size[0]), int(image_size[-1]))
-        self.interpolation = interpolation
-        self.crop_pct = float(crop_pct)
-        self.column = column
-
-    def params(self) -> dict:
-        return {"size": list(self.image_size), "interpolation": self.interpolation, "crop_pct": self.crop_pct,
-                "column": self.column, "version": 1}
-
-    def features(self) -> dict:
-        return {_PIXELS: Value("binary")}
-
-    def input_columns(self) -> list[str]:
-        return [self.column]
-
-    def process(self, batch: dict[str, list]) -> dict[str, list]:
-        cells = batch[self.column]
-        errors = batch.get(ERROR) or [None] * len(cells)
-        out = []
-        for cell, err in zip(cells, errors):
-            if err is not None or cell is None:
-                out.append(None)
-                continue
-            px = prepare_image(_open_cell(cell), self.image_size, self.interpolation, self.crop_pct)
-            out.append(px.tobytes())
-        return {_PIXELS: out}
-
-
 # ------------------------------------------------------------------------------------------------ thresholds
 def mcut_threshold(probs: np.ndarray) -> float:
     """Maximum Cut thresholding ([Space] ``mcut_threshold``; Largeron et al., 2012): sort the scores in decreasing
@@ -378,7 +225,7 @@ def select_tags(names: Sequence[str], scores: np.ndarray, threshold: float, mcut
 def _attribute_map(schema: Schema, names: Sequence[str]) -> list[list[list[int]]]:
     """For each attribute and label, the vocabulary indices of its tags: the schema's alias table, plus the counting
     tags for the count and gender attributes (which the tag parser interprets rather than looks up)."""
-    from .tags import _COUNT_FLAGS, alias_table, parse_count_tag
+    from ..tags.stage import _COUNT_FLAGS, alias_table, parse_count_tag
 
     aliases = alias_table(schema)
     out = [[[] for _ in attr.labels] for attr in schema]
@@ -466,6 +313,7 @@ class TaggerStage(Stage):
         threshold / character_threshold / mcut: see the module docstring.
         prior_odds: added to every label's odds for single-label attributes (see the module docstring).
         batch_size: images per forward pass. precision: ``auto`` (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16.
+        pixels_column: the decode stage's column of :attr:`pixel_spec` (default: the spec's own name).
     """
 
     name = "tagger"
@@ -483,6 +331,7 @@ class TaggerStage(Stage):
         batch_size: int = 32,
         precision: str = "auto",
         device: str | None = None,
+        pixels_column: str | None = None,
     ):
         for name, v in (("threshold", threshold), ("character_threshold", character_threshold)):
             if not 0.0 <= float(v) <= 1.0:
@@ -493,8 +342,6 @@ class TaggerStage(Stage):
         self.spec = spec if isinstance(spec, TaggerSpec) else TaggerSpec.parse(spec)
         folder = self.spec.local_dir()
         self.config = TaggerConfig.read(folder)
-        from ..demo_tagger import read_selected_tags
-
         try:
             self.tag_names, self.categories = read_selected_tags(folder / "selected_tags.csv")
         except (OSError, ValueError) as exc:
@@ -515,7 +362,12 @@ class TaggerStage(Stage):
         self.precision = precision
         self.device = device
         self.model_fingerprint = self.spec.fingerprint()
-        self.preprocess = TaggerPreprocess(self.config.image_size, self.config.interpolation, self.config.crop_pct)
+        # the reference preprocessing ([Space], [timm]), made by the shared decode stage; BGR and the checkpoint's
+        # mean/std applied on the device
+        self.pixel_spec = PixelSpec(self.config.image_size, "pad_square", self.config.interpolation, fill="white",
+                                    crop_pct=self.config.crop_pct, order="BGR", mean=self.config.mean,
+                                    std=self.config.std)
+        self.pixels_column = pixels_column or self.pixel_spec.column
         unmapped = [a.name for a, labels in zip(self.schema, self._amap) if not any(labels)]
         if unmapped:
             logger.info("tagger %s knows no tag of %s: probs_tagger is null there", self.spec.describe(), unmapped)
@@ -526,7 +378,7 @@ class TaggerStage(Stage):
             "schema": self.schema.fingerprint(),
             "model": self.model_fingerprint,
             "precision": self._precision_name(),
-            "preprocess": self.preprocess.fingerprint(),
+            "pixels": self.pixel_spec.geometry(),
             "mean": list(self.config.mean),
             "std": list(self.config.std),
             "threshold": self.threshold,
@@ -548,7 +400,7 @@ class TaggerStage(Stage):
         }
 
     def input_columns(self) -> list[str]:
-        return [_PIXELS]
+        return [self.pixels_column]
 
     def __repr__(self) -> str:
         return f"TaggerStage({self.spec.describe()!r}, fingerprint={self.fingerprint()!r})"
@@ -578,14 +430,14 @@ class TaggerStage(Stage):
         device = torch.device(self._device_name())
         model = _load_model(self.spec.local_dir(), self.config, str(device), self._precision_name())
         dtype = next(model.parameters()).dtype
-        mean = torch.tensor(self.config.mean, device=device, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(self.config.std, device=device, dtype=torch.float32).view(1, 3, 1, 1)
+        mean = torch.tensor(self.pixel_spec.mean, device=device, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.pixel_spec.std, device=device, dtype=torch.float32).view(1, 3, 1, 1)
         _REGISTRY[key] = {"model": model, "device": device, "dtype": dtype, "mean": mean, "std": std}
         logger.info("loaded tagger %s on %s (%s)", self.spec.describe(), device, dtype)
 
     # -- processing -------------------------------------------------------------------------------
     def scores(self, pixel_blobs: Sequence[bytes]) -> np.ndarray:
-        """Sigmoid scores ``(n, num_tags)`` float32 for prepared images (``_tagger_pixels``), in batches."""
+        """Sigmoid scores ``(n, num_tags)`` float32 for prepared images (:attr:`pixel_spec`'s), in batches."""
         import torch
 
         self.setup()
@@ -604,7 +456,9 @@ class TaggerStage(Stage):
                 # ``inputs[:, [2, 1, 0]]`` (RGB -> BGR); [Space] feeds BGR too (``image_array[:, :, ::-1]``), its
                 # ONNX graph normalising inside. Normalising before the flip uses each channel's own mean/std.
                 x = x.permute(0, 3, 1, 2).float().div_(255.0).sub_(reg["mean"]).div_(reg["std"])
-                x = x[:, [2, 1, 0]].to(reg["dtype"])
+                if self.pixel_spec.order == "BGR":
+                    x = x[:, [2, 1, 0]]
+                x = x.to(reg["dtype"])
                 logits = reg["model"](x)
                 # [timm]: ``F.sigmoid(outputs)``; the WD models output logits
                 out.append(torch.sigmoid(logits.float()).cpu().numpy())
@@ -625,7 +479,7 @@ class TaggerStage(Stage):
         }
 
     def process(self, batch: dict[str, list]) -> dict[str, list]:
-        pixels = batch[_PIXELS]
+        pixels = batch[self.pixels_column]
         errors = batch.get(ERROR) or [None] * len(pixels)
         todo = [i for i, (p, e) in enumerate(zip(pixels, errors)) if p is not None and e is None]
         cols = list(self.features())
