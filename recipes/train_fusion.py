@@ -67,6 +67,11 @@ class DataArguments:
         default=0.2, metadata={"help": "Share of images (by id) held out for the final metrics; 0 to skip."}
     )
     max_rows: Optional[int] = field(default=None, metadata={"help": "Use only the first N rows (quick runs)."})
+    group_column: Optional[str] = field(
+        default="style",
+        metadata={"help": "Column naming the kind of each image (e.g. its style), when the data has it: a feedback "
+                  "round's card states before/after per group (otherwise for images with and without events)."},
+    )
     simulate: bool = field(
         default=False, metadata={"help": "Use the simulated test bed instead of --dataset (and simulate feedback)."}
     )
@@ -154,7 +159,8 @@ def main(argv: Optional[list[str]] = None) -> Path:
         model = ft.build_model(config, seed=train_args.seed)
     model = model.to(accelerator.device)
     config = model.config
-    train_data = ft.build_features(train_ds, config)
+    group = data_args.group_column if data_args.group_column in train_ds.column_names else None
+    train_data = ft.build_features(train_ds, config, group_column=group)
 
     def log(record: dict) -> None:
         say(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))

@@ -342,7 +342,15 @@ def test_one_policy_round_at_a_time(served, tmp_path):
     from charattr_hf.models.fusion import CharattrFusionModel
 
     for r in done:
-        assert CharattrFusionModel.from_pretrained(r["saved_to"]).config.policy_version == Path(r["saved_to"]).name
+        saved = CharattrFusionModel.from_pretrained(r["saved_to"]).config
+        assert saved.policy_version == Path(r["saved_to"]).name
+        if len(saved.training_info) > 1:
+            # a continued policy (the library's defaults, as benchmarked) keeps its earlier answers on the pool's
+            # images without feedback, and the round states what it changed there
+            kinds = {k["group"]: k for k in r["before_after"]}
+            assert r["anchored_images"] > 0 and r["given_images"] >= 24
+            assert kinds["images without events"]["images"] > 0 and kinds["images with events"]["events"] >= 1
+            assert kinds["images without events"]["events"] == 0 and kinds["all"]["images"] == r["given_images"]
     holder = subprocess.Popen(
         [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
          "print('locked', flush=True); time.sleep(120)", str(state.policy_dir / ".lock")],

@@ -252,6 +252,15 @@ def test_continue_from_saved_policy_gets_smarter(bed, tmp_path):
     assert acc_v2 >= acc_v1 + 0.03, (acc_v1, acc_v2)
     assert [r["policy_version"] for r in loaded.config.training_info] == ["v1", "v2"]
     assert loaded.config.training_info[1]["logged_by"] == ["v1"]
+    # a fresh policy steps through its events in large batches; a continued round, usually small, in the smaller,
+    # faster steps of the continued defaults, and keeps its earlier answers on the images without events
+    first_round, second_round = loaded.config.training_info
+    assert (first_round["events_per_step"], first_round["learning_rate"]) == (FAST.feedback_batch_size,
+                                                                              FAST.learning_rate)
+    assert first_round["anchored_images"] == 0 and first_round["anchor_weight"] == 0.0
+    assert (second_round["events_per_step"], second_round["learning_rate"]) == (FAST.continued_batch_size,
+                                                                                FAST.continued_learning_rate)
+    assert second_round["anchored_images"] > 0 and second_round["anchor_weight"] == FAST.anchor_weight
     # context scaling comes from the first round and is kept when continuing
     assert torch.equal(loaded.quality_mean, CharattrFusionModel.from_pretrained(tmp_path / "v1").quality_mean)
 
@@ -280,5 +289,12 @@ def test_recipe_config_file_and_continuation(tmp_path):
     v2 = CharattrFusionModel.from_pretrained(out2)
     assert [r["kind"] for r in v2.config.training_info] == ["supervised", "feedback"]
     assert v2.config.training_info[1]["logged_by"] == ["v1"]
+    # the new policy's card states before/after per style on the data it was given (the test bed has styles and
+    # labels, so its label accuracy too)
+    card2 = (out2 / "README.md").read_text()
+    assert "Before -> after of round 2" in card2 and "| **all** |" in card2
+    for style in ft.SIM_STYLES:
+        assert f"| {style} |" in card2
+    assert "| accuracy before % |" in card2
     with pytest.raises(SystemExit):
         recipe.main(["--config", str(cfg), "--mode", "bandit"])

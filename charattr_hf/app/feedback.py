@@ -364,7 +364,8 @@ def continue_policy(
 ) -> tuple[Any, dict]:
     """Train a copy of ``model`` (a ``CharattrFusionModel``; None: a fresh policy for ``schema`` and ``sources``)
     on the feedback log; ``tables``: annotated rows (with ``id``, ``probs_*``, ``quality``, ``flags``) covering
-    the logged ids. Returns the new model and a summary of the round."""
+    the logged ids, and other rows, on which a trained ``model`` keeps its earlier answers (the library's
+    defaults, ``args`` None). Returns the new model and a summary of the round."""
     import copy
 
     events = log.read()
@@ -385,7 +386,7 @@ def continue_policy(
     else:
         model = copy.deepcopy(model)
     data = ft.build_features(data_ds, model.config, label_column=None)
-    args = args or ft.FusionTrainingConfig(max_epochs=100, patience=10, seed=0)
+    args = args or ft.FusionTrainingConfig()
     result = ft.train_from_feedback(model, data, events, args=args, data_name=log.path.name, command=command,
                                     policy_version=policy_version)
     model.eval()

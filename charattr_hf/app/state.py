@@ -43,8 +43,8 @@ class AppConfig:
     pool_size: int = 10000
     page_size: int = 24
     reviewer: str = "app"
-    train_epochs: int = 300
-    train_patience: int = 30
+    train_epochs: int | None = None  # None: the library's default (FusionTrainingConfig), as benchmarked
+    train_patience: int | None = None
     seed: int = 0
     pipeline: PipelineOptions = field(default_factory=PipelineOptions)
 
@@ -244,14 +244,17 @@ class AppState:
         ids = {i for i, _ in self.log.decided()}
         tables = []
         if self.store is not None:
-            tables.append(rows_with_ids(self.store, ids, columns))
+            # the review pool's other rows too: continued training keeps the earlier answers on images without
+            # feedback (fusion_training.feedback), and without them it would have none to keep
+            pool = set(self.queue.ids) if self.queue is not None else set()
+            tables.append(rows_with_ids(self.store, ids | pool, columns))
         uploads = self.log.read_rows()
         if uploads is not None:
             tables.append(uploads)
         current = self.policy
         version = _free_version(self.policy_dir, _next_version(current))
-        args = ft.FusionTrainingConfig(max_epochs=self.config.train_epochs, patience=self.config.train_patience,
-                                       seed=self.config.seed)
+        limits = {"max_epochs": self.config.train_epochs, "patience": self.config.train_patience}
+        args = ft.FusionTrainingConfig(seed=self.config.seed, **{k: v for k, v in limits.items() if v is not None})
         model, info = continue_policy(current, self.schema, self.log, tables, sources, args=args,
                                       policy_version=version, command=command)
         out_dir = self.policy_dir / version

@@ -33,6 +33,7 @@ from .data import (
 )
 from .feedback import (
     FEEDBACK_FEATURES,
+    round_report,
     simulate_feedback,
     train_from_feedback,
     unlike_feedback_weights,
@@ -61,6 +62,7 @@ __all__ = [
     "train_supervised",
     "train_from_feedback",
     "unlike_feedback_weights",
+    "round_report",
     "simulate_feedback",
     "simulate_annotated",
     "validate_feedback",

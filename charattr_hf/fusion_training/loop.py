@@ -29,6 +29,15 @@ class FusionTrainingConfig:
     )
     batch_size: int = field(default=256, metadata={"help": "Labelled rows per step (supervised training)."})
     feedback_batch_size: int = field(default=1024, metadata={"help": "Feedback events per step (feedback training)."})
+    continued_learning_rate: float | None = field(
+        default=1e-2,
+        metadata={"help": "AdamW learning rate when continuing a trained policy from feedback (None: learning_rate)."},
+    )
+    continued_batch_size: int = field(
+        default=128,
+        metadata={"help": "Feedback events per step when continuing a trained policy: a round of reviews is small, "
+                  "and smaller steps let the change settle on the reviewed kind of image (see feedback.py)."},
+    )
     learning_rate: float = field(default=3e-3, metadata={"help": "AdamW learning rate."})
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay."})
     patience: int = field(default=15, metadata={"help": "Stop after this many epochs without validation improvement."})
@@ -54,7 +63,7 @@ class FusionTrainingConfig:
         default=0.0, metadata={"help": "Assumed probability that a reviewer's accept/reject is wrong."}
     )
     anchor_weight: float = field(
-        default=1.0,
+        default=1.5,
         metadata={"help": "Continued feedback training: weight of keeping the policy's earlier answers on the "
                   "images without feedback (learning without forgetting; 0 = off)."},
     )
@@ -76,6 +85,10 @@ class FusionTrainingConfig:
             raise ValueError("propensity_floor must be in (0, 1]")
         if not self.anchor_weight >= 0.0:
             raise ValueError("anchor_weight must be >= 0")
+        if self.continued_learning_rate is not None and not self.continued_learning_rate > 0:
+            raise ValueError("continued_learning_rate must be > 0 (or None: learning_rate)")
+        if self.feedback_batch_size < 1 or self.continued_batch_size < 1 or self.batch_size < 1:
+            raise ValueError("batch sizes must be >= 1")
         if self.anchor_rows not in ("unlike_feedback", "all"):
             raise ValueError(f"anchor_rows must be 'unlike_feedback' or 'all', got {self.anchor_rows!r}")
 

@@ -18,7 +18,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from ...markdown import markdown_table
 from .configuration_fusion import CharattrFusionConfig
 
-__all__ = ["MODEL_CARD_TEMPLATE", "render_model_card", "render_metrics_table", "card_data", "eval_results"]
+__all__ = ["MODEL_CARD_TEMPLATE", "render_model_card", "render_metrics_table", "render_round_changes", "card_data",
+           "eval_results"]
 
 #: The card template: ``charattr_hf/assets/<this name>``, a package resource.
 MODEL_CARD_TEMPLATE = "model_card.md"
@@ -128,8 +129,54 @@ def _training_data(rounds: Sequence[Mapping[str, Any]]) -> str:
     table = markdown_table(
         ["round", "kind", "training images", "events", "data", "seed", "policy version"], rows, align="llrrlrl"
     )
-    return (table + "\n\nTraining images: the rows trained on, after the evaluation hold-out and the early-stopping "
+    text = (table + "\n\nTraining images: the rows trained on, after the evaluation hold-out and the early-stopping "
             "validation share are set aside.")
+    last = len(rounds) - next((i for i, r in enumerate(reversed(rounds)) if r.get("before_after")), len(rounds))
+    if last:
+        text += "\n\n" + render_round_changes(rounds[last - 1], last)
+    return text
+
+
+def render_round_changes(round_info: Mapping[str, Any], number: int | None = None) -> str:
+    """What a feedback round changed, per group of the images it was given (its ``before_after`` rows, see
+    :func:`charattr_hf.fusion_training.round_report`), as Markdown: a sentence naming the data, then a table."""
+    rows = list(round_info.get("before_after") or [])
+    if not rows:
+        return ""
+
+    def pct(value: Any) -> str | None:
+        return None if value is None else f"{100.0 * float(value):.1f}"
+
+    labelled = any(r.get("accuracy_before") is not None for r in rows)
+    header = ["images", "count", "events", "answers changed %", "est. accuracy before %", "after %",
+              "held-out events"]
+    if labelled:
+        header += ["accuracy before %", "after %"]
+    body = []
+    for r in rows:
+        line = [f"**{r['group']}**" if r["group"] == "all" else r["group"], r.get("images"), r.get("events"),
+                pct(r.get("changed")), pct(r.get("estimated_before")), pct(r.get("estimated_after")),
+                r.get("held_out_events")]
+        if labelled:
+            line += [pct(r.get("accuracy_before")), pct(r.get("accuracy_after"))]
+        body.append(line)
+    name = f"round {number}" if number else "the last feedback round"
+    anchored = round_info.get("anchored_images")
+    intro = (f"Before -> after of {name} (policy `{round_info.get('policy_version', '')}`) on the data it was given: "
+             f"{round_info.get('given_images', '?')} images of `{round_info.get('data') or 'unnamed data'}`, "
+             f"{round_info.get('events', '?')} reviewer events on {round_info.get('images', '?')} of them")
+    intro += (f"; the earlier answers were kept on the {anchored} images without events, each weighted by how unlike "
+              "the reviewed images it looks." if anchored else "; no image without events was given, so nothing "
+              "held the earlier answers elsewhere.")
+    notes = ("`answers changed`: share of the answers (image x attribute) whose label changed, with no labels "
+             "needed; on images without events it is what the round moved that nobody asked for. `est. accuracy`: "
+             "of the top label of the single-label attributes, estimated from the held-out reviewer events that "
+             "showed it (importance weighted, weights clipped; empty without such events; the same events chose "
+             "when training stopped, so the after figure leans optimistic).")
+    if labelled:
+        notes += (" `accuracy`: against the labels the data carries (never used for training), mean over attributes, "
+                  "on every image given, the reviewed ones included.")
+    return f"{intro}\n\n{markdown_table(header, body, align='lr', missing='–')}\n\n{notes}"
 
 
 def template_values(config: CharattrFusionConfig, model_id: str) -> dict[str, str]:
