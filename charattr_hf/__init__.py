@@ -5,7 +5,7 @@ anything heavy is imported, and the pipeline's decode workers (started by a fork
 Every public name is imported on first use.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = ["Attribute", "Label", "Schema", "annotate", "annotate_to_disk", "list_schemas", "load_schema", "__version__"]
 
