@@ -76,13 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     removed = ", ".join(f"{k} {v}" for k, v in result.removed_by.items() if v) or "nothing"
     print(f"  removed by: {removed}")
     if not result.train:
-        print("  no row was kept (see 'removed by' and the card); load split='quarantine' (datasets cannot load an "
-              "empty split)")
+        print("  no row was kept (see 'removed by' and the card); datasets cannot load an empty split")
+    everything = [k for k, v in result.removed_by.items() if result.rows and v == result.rows]
+    for step in everything:
+        print(f"  {step} removed every row: its threshold does not suit this data (the shipped config's are for real "
+              f"images); change or remove it in the config")
     if result.skipped:
         print(f"  skipped (the dataset cannot take them): {', '.join(step for step, _ in result.skipped)}")
     times = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
     print(f"  time: {times}")
-    print(f"  load it with: datasets.load_dataset({str(args.output_dir)!r}, split='train')")
+    split = "train" if result.train else "quarantine"
+    print(f"  load it with: datasets.load_dataset({str(args.output_dir)!r}, split={split!r})")
     if args.push_to_hub:
         from charattr_hf.hub import push_dataset
 

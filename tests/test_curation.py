@@ -765,8 +765,13 @@ def test_curate_recipe_with_the_shipped_config_on_the_default_annotate_output(de
                          env=_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "skipped (the dataset cannot take them): dedup.semantic, several_characters, not_illustration" in run.stdout
-    assert "curation step several_characters skipped" in run.stderr and "load split='quarantine'" in run.stdout
+    assert "curation step several_characters skipped" in run.stderr
+    # the 64 px sample keeps nothing: the summary names the filter that removed every row and loads what there is
+    assert "too_small removed every row" in run.stdout and "low_confidence removed every row" not in run.stdout
+    assert "split='quarantine')" in run.stdout and "split='train'" not in run.stdout
     assert len(load_dataset(str(tmp_path / "curated"), split="quarantine")) == 16
+    curate(default_annotated, tmp_path / "small", write_config(tmp_path, "filters:\n  too_small: {min_side: 32}\n"))
+    assert load_dataset(str(tmp_path / "small"), split="train").num_rows > 0  # the remedy the line gives works
 
 
 @pytest.mark.slow
