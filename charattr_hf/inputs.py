@@ -16,7 +16,7 @@ from typing import Sequence, Union
 
 from datasets import Dataset, Image, IterableDataset, Value
 
-from .image_access import NOTHING, ImageAccess
+from .image_access import ANY, NOTHING, ImageAccess
 from .options import InputSpec
 from .reader import read_dataset
 
@@ -158,7 +158,7 @@ def _normalise(ds: AnyDataset, spec: InputSpec) -> AnyDataset:
     ds = ds.select_columns(selected)
     ds = ds.rename_columns({k: v for k, v in renames.items() if k != v})
     if sidecars:
-        ds = _add_sidecar_tags(ds, sidecars, spec.read_written_captions)
+        ds = _add_sidecar_tags(ds, sidecars, spec.read_written_captions, image_access(spec))
     if _is_image_folder(ds, spec) and _has_kohya_folders(Path(spec.dataset).expanduser()):
         ds = _add_kohya_columns(ds)
     return ds
@@ -170,7 +170,15 @@ def _is_image_folder(ds: AnyDataset, spec: InputSpec) -> bool:
 
 
 def _sidecar_files(spec: InputSpec) -> list[Path]:
-    return sorted(p for p in Path(spec.dataset).expanduser().rglob("*.txt") if p.is_file())
+    """The ``.txt`` files of an image folder that belong to it: a link to a file outside the folder (and outside
+    ``--image_root``) is not read, as an image there would not be."""
+    access = image_access(spec)
+    files = sorted(p for p in Path(spec.dataset).expanduser().rglob("*.txt") if p.is_file())
+    inside = [p for p in files if access.refusal(str(p)) is None]
+    if len(inside) < len(files):
+        logger.warning("%d .txt file(s) in %s link to files outside the input's folder: not read as tags (give "
+                       "--image_root to allow their folder)", len(files) - len(inside), spec.dataset)
+    return inside
 
 
 def _exported_metadata(spec: InputSpec) -> bool:
@@ -187,7 +195,8 @@ def _exported_metadata(spec: InputSpec) -> bool:
     return False
 
 
-def _add_sidecar_tags(ds: AnyDataset, sidecars: list[Path], read_written: bool = False) -> AnyDataset:
+def _add_sidecar_tags(ds: AnyDataset, sidecars: list[Path], read_written: bool = False,
+                      access: ImageAccess = ANY) -> AnyDataset:
     """A ``tags`` column from the ``.txt`` file beside each image (None where an image has none). Caption files
     charattr-hf wrote and nobody edited since are not a person's tags (:mod:`charattr_hf.provenance`) unless
     ``read_written``: they give the person's own text recorded with them, or nothing."""
@@ -211,20 +220,22 @@ def _add_sidecar_tags(ds: AnyDataset, sidecars: list[Path], read_written: bool =
                 "--tags_column or a metadata.jsonl/csv column takes precedence)", own)
     features = ds.features.copy()
     features["tags"] = Value("string")
-    kwargs = {"read_written": read_written}
+    kwargs = {"read_written": read_written, "access": access}
     if isinstance(ds, IterableDataset):
         return ds.map(read_sidecar_tags, batched=True, features=features, fn_kwargs=kwargs)
     # the rows' identity (resume, caching) must change when a caption file (or what is known of its origin) does:
     # name it by their contents
     stats = [*sidecars, *(f / MANIFEST_NAME for f in folders)]
-    digest = stable_hash([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in stats], read_written)
+    digest = stable_hash([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in stats], read_written,
+                         access.params())
     return ds.map(read_sidecar_tags, batched=True, features=features, desc="reading caption files", fn_kwargs=kwargs,
                   new_fingerprint=stable_hash(ds._fingerprint, "sidecar-tags", digest))
 
 
-def read_sidecar_tags(batch: dict, read_written: bool = False) -> dict:
+def read_sidecar_tags(batch: dict, read_written: bool = False, access: ImageAccess = ANY) -> dict:
     """Batched map: the text of ``<image stem>.txt`` beside each image file, stripped, or None. A file charattr-hf
-    wrote and nobody edited gives the person's text recorded with it (or None), unless ``read_written``."""
+    wrote and nobody edited gives the person's text recorded with it (or None), unless ``read_written``. A file
+    ``access`` refuses (a link out of the input's folder) gives None."""
     from .provenance import written_entry
 
     manifests: dict = {}
@@ -234,7 +245,7 @@ def read_sidecar_tags(batch: dict, read_written: bool = False) -> dict:
         text = None
         if path:
             side = Path(path).with_suffix(".txt")
-            if side.is_file():
+            if side.is_file() and access.refusal(str(side)) is None:
                 data = side.read_bytes()
                 entry = None if read_written else written_entry(side, data, manifests)
                 text = entry["person"] if entry is not None else data.decode("utf-8", errors="replace")

@@ -34,6 +34,7 @@ __all__ = [
     "DatasetNotFoundError",
     "SplitNotFoundError",
     "UnsupportedFileError",
+    "LinkOutsideError",
 ]
 
 AnyDataset = Union[Dataset, IterableDataset]
@@ -52,6 +53,33 @@ class SplitNotFoundError(UserError, ValueError):
 
 class UnsupportedFileError(UserError, ValueError):
     """A file that is not a table ``datasets`` can read."""
+
+
+class LinkOutsideError(UserError, ValueError):
+    """A folder whose tables or metadata files are links to files outside it."""
+
+
+def _tables_linked_outside(root: Path) -> list[str]:
+    """The table and metadata files ``datasets`` would read from the folder ``root`` (it follows links, to files and
+    to folders) that are links, or lie in linked folders, resolving outside ``root``: their rows would come from
+    elsewhere. Images in such places are refused row by row (:mod:`charattr_hf.image_access`)."""
+    real_root = os.path.realpath(root)
+
+    def outside(p: str) -> bool:
+        real = os.path.realpath(p)
+        return os.path.commonpath([real, real_root]) != real_root
+
+    found: list[str] = []
+    for folder, dirs, names in os.walk(root):  # links to folders are listed, not entered
+        for name in dirs:
+            link = os.path.join(folder, name)
+            if os.path.islink(link) and outside(link):
+                for inner, _, inner_names in os.walk(os.path.realpath(link)):
+                    found += [os.path.join(link, os.path.relpath(os.path.join(inner, n), os.path.realpath(link)))
+                              for n in inner_names if Path(n).suffix.lower() in TABLE_BUILDERS]
+        found += [os.path.join(folder, n) for n in names if Path(n).suffix.lower() in TABLE_BUILDERS
+                  and os.path.islink(os.path.join(folder, n)) and outside(os.path.join(folder, n))]
+    return sorted(found)
 
 
 def is_saved_dataset(path: "str | os.PathLike") -> bool:
@@ -137,6 +165,11 @@ def read_dataset(
             loaded = _pick_split(loaded, split, name)
         return _streamed(loaded, streaming)
     if path.is_dir():
+        linked = _tables_linked_outside(path)
+        if linked:
+            more = f" (and {len(linked) - 1} more)" if len(linked) > 1 else ""
+            raise LinkOutsideError(f"{linked[0]} is a link to a file outside {name}{more}: its rows would come from "
+                                   "elsewhere; copy the file into the folder, or give it as --dataset itself")
         files = [p for p in path.rglob("*") if p.is_file()]
         tables = sorted(p for p in files if p.suffix.lower() in TABLE_BUILDERS)
         # a repository layout (README configs, or split names from the file names): tables and no images, or

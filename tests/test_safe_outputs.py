@@ -175,6 +175,83 @@ def test_image_access_rules(tmp_path):
     assert access.refusal(f"zip://a.png::{root}/sub/x.zip") is None
     assert access.plus(["https://example.org/img"]).refusal("https://example.org/img/a.png") is None
     assert NOTHING.refusal(str(root / "sub" / "a.png")) and ANY.refusal("/etc/passwd") is None
+    # a chained URL: only archive members may come before the input's own file, and a local file never does
+    assert access.refusal(f"file://{tmp_path}/secret::hf://datasets/org/name/x.png")
+    assert access.refusal(f"simplecache::file://{tmp_path}/secret")
+    assert access.refusal(f"file://{tmp_path}/secret") and access.refusal(f"file://{root}/sub/a.png") is None
+    # dot segments would let a server or fsspec resolve the URL into another repository
+    assert access.refusal("hf://datasets/org/name/../../me/private/a.png")
+    assert access.refusal("hf://datasets/org/name/%2E%2E/other/a.png")
+    # a relative path is the input folder's, never the working directory's
+    assert access.resolve("sub/a.png") == str(root.resolve() / "sub" / "a.png")
+    assert "not found in the input's folder" in access.refusal("sub/missing.png")
+    assert access.refusal("up/x.png")  # relative, through the link out of the folder
+
+
+def test_a_row_cannot_hold_a_run_with_a_device_or_a_pipe(tmp_path):
+    """Only regular files are read, without blocking and up to a size: /dev/zero or a named pipe that a row (or a
+    link in the input folder) names gives an error row at once; the readers of an output get nothing."""
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    cells = [{"bytes": None, "path": "/dev/zero"}, {"bytes": None, "path": str(fifo)}, str(tmp_path)]
+    out = DecodeStage(access=ANY)({"image": cells})
+    assert [e.split(",")[0].split(":")[0] for e in out["error"]] == ["not a regular file"] * 2 + ["not a file"]
+    assert read_verified("/dev/zero", "0" * 64) is None and read_verified(str(fifo), "0" * 64) is None
+    out = DecodeStage(access=ImageAccess.within([str(tmp_path)]))({"image": [str(tmp_path / "zero.png")]})
+    assert "outside the input's own folder" in out["error"][0]  # a link to the device resolves outside
+
+
+def test_another_file_of_the_input_folder_gets_no_hash(tmp_path):
+    """A row naming a file of the input's folder that is no image (a key, a document) gets an error and no hash:
+    the output cannot confirm a guess of what it holds. A damaged image keeps its hash; so do given bytes."""
+    (tmp_path / "notes.txt").write_text(SECRET)
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    cells = [str(tmp_path / "notes.txt"), {"bytes": None, "path": str(tmp_path / "broken.jpg")},
+             {"bytes": SECRET.encode(), "path": "notes.txt"}]
+    out = DecodeStage(access=ImageAccess.within([str(tmp_path)]))({"image": cells})
+    assert all(e.startswith("unreadable image") for e in out["error"])
+    assert out["sha256"] == [None, hashlib.sha256(b"not a jpeg").hexdigest(), hashlib.sha256(SECRET.encode()).hexdigest()]
+
+
+def test_caption_and_metadata_files_linked_out_of_an_image_folder_are_not_read(tmp_path):
+    """A `.txt` beside an image, or the folder's metadata.jsonl, that links to a file elsewhere is not read: its text
+    would become the row's tags and, through the captions, an export."""
+    from charattr_hf.errors import UserError
+    from charattr_hf.inputs import InputSpec, open_dataset
+
+    outside = tmp_path / "home"
+    outside.mkdir()
+    (outside / "secret.txt").write_text(SECRET)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(_png(1))
+    (folder / "b.png").write_bytes(_png(2))
+    (folder / "a.txt").symlink_to(outside / "secret.txt")
+    (folder / "b.txt").write_text("1girl, smile")
+    ds = open_dataset(InputSpec(dataset=str(folder)))
+    tags = dict(zip([os.path.basename(c["path"]) for c in ds["image"]], ds["tags"]))
+    assert tags == {"a.png": None, "b.png": "1girl, smile"}
+    (outside / "meta.jsonl").write_text('{"file_name": "a.png", "caption": "%s"}\n' % SECRET)
+    (folder / "metadata.jsonl").symlink_to(outside / "meta.jsonl")
+    with pytest.raises(UserError, match="metadata.jsonl is a link to a file outside"):
+        open_dataset(InputSpec(dataset=str(folder)))
+    (folder / "metadata.jsonl").unlink()
+    (outside / "tables").mkdir()
+    (outside / "tables" / "metadata.jsonl").write_text('{"file_name": "a.png", "caption": "x"}\n')
+    (folder / "more").symlink_to(outside / "tables")  # a linked folder of tables
+    with pytest.raises(UserError, match="is a link to a file outside"):
+        open_dataset(InputSpec(dataset=str(folder)))
+
+
+def test_a_damaged_parquet_shard_is_one_line(tmp_path):
+    from charattr_hf.curation.curate import annotated_files
+    from charattr_hf.errors import UserError
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train-00000-of-00001.parquet").write_bytes(b"not parquet")
+    with pytest.raises(UserError, match="not a readable Parquet file"):
+        annotated_files(str(tmp_path))
 
 
 def test_a_hub_input_may_name_its_own_cached_files_only(tmp_path, monkeypatch):
@@ -203,6 +280,8 @@ def test_decode_refuses_before_reading(tmp_path, monkeypatch):
 
     (tmp_path / "x.png").write_bytes(_png(2))
     monkeypatch.setattr("builtins.open", spy)
+    real_os_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, *a, **k: opened.append(str(path)) or real_os_open(path, *a, **k))
     out = DecodeStage(access=NOTHING)({"image": [{"bytes": None, "path": str(tmp_path / "x.png")}]})
     assert "outside" in out["error"][0] and not any("x.png" in p for p in opened)
 

@@ -72,7 +72,7 @@ def annotated_files(dataset: str, split: str = "train", revision: str | None = N
     if path.is_file():
         if path.suffix != ".parquet":
             raise UserError(f"{dataset}: expected an annotated output folder or Parquet file")
-        return [path]
+        return _readable([path])
     files = sorted((path / "data").glob(f"{split}-*.parquet"))
     if not files:
         present = sorted({f.name.rsplit("-", 3)[0] for f in (path / "data").glob("*-*-of-*.parquet")})
@@ -80,6 +80,20 @@ def annotated_files(dataset: str, split: str = "train", revision: str | None = N
             raise UserError(f"{dataset}: no split {split!r}; splits: {present} (use --split)")
         raise UserError(f"{dataset}: no annotated shards (data/{split}-*.parquet); annotate with recipes/annotate.py "
                         "first")
+    return _readable(files)
+
+
+def _readable(files: list[Path]) -> list[Path]:
+    """``files``, once each has been checked to be Parquet (its footer read): a damaged or foreign shard is one line
+    before any work, not a traceback half-way."""
+    import pyarrow.parquet as pq
+
+    for f in files:
+        try:
+            pq.read_metadata(f)
+        except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
+            raise UserError(f"{f}: not a readable Parquet file ({str(exc).splitlines()[0]}); is this an annotated "
+                            "dataset (recipes/annotate.py)?") from None
     return files
 
 

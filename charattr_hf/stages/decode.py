@@ -99,7 +99,8 @@ from datasets import Image as ImageFeature
 from datasets import List, Value
 from PIL import Image, ImageColor, UnidentifiedImageError
 
-from ..image_access import ANY, ImageAccess, ImageAccessError
+from ..constants import IMAGE_SUFFIXES
+from ..image_access import ANY, MAX_FILE_BYTES, ImageAccess, ImageAccessError, read_local
 from ..prompts import PROMPT_COLUMN, PROMPT_KIND_COLUMN, PROMPTS_VERSION, embedded_prompt
 from ..schema import QUALITY_FEATURES, QUALITY_FIELDS, SIGNATURE_FEATURES
 from .base import ERROR, Stage
@@ -397,7 +398,12 @@ class DecodeStage(Stage):
                         if self.keep_image:
                             row[self.column] = _kept_image(cell, source)
                     except DecodeError as exc:
-                        row, error = self._error_row(sha), str(exc)
+                        error = str(exc)
+                        if error.startswith(_NOT_AN_IMAGE) and _names_other_file(cell):
+                            # a file a row names that is no image, not even by its name, keeps no hash: the output
+                            # must not confirm what another file of the input's folder holds (a key, a document)
+                            sha = None
+                        row = self._error_row(sha)
                     except Exception as exc:  # noqa: BLE001 - any failure of one file is that row's error
                         row, error = self._error_row(sha), _describe(exc)
                 for col, values in out.items():
@@ -516,7 +522,7 @@ class DecodeStage(Stage):
         try:
             im = Image.open(io.BytesIO(source))
         except UnidentifiedImageError:
-            raise DecodeError("unreadable image: cannot identify image file") from None
+            raise DecodeError(f"{_NOT_AN_IMAGE} image file") from None
         except Image.DecompressionBombError:
             raise DecodeError(self._too_large(source)) from None
         return im, sha
@@ -673,6 +679,20 @@ def _thumb_size(width: int, height: int, size: int) -> tuple[int, int]:
     return max(1, round(width * size / longest)), max(1, round(height * size / longest))
 
 
+#: How the error of a file PIL cannot identify as an image starts (see ``DecodeStage._open``).
+_NOT_AN_IMAGE = "unreadable image: cannot identify"
+
+
+def _names_other_file(cell: Any) -> bool:
+    """Whether the cell names a file by path (rather than carrying the bytes) whose name is not an image's."""
+    path = cell if isinstance(cell, (str, os.PathLike)) else \
+        cell.get("path") if isinstance(cell, Mapping) and cell.get("bytes") is None else None
+    if path is None:
+        return False
+    name = os.fspath(path).split("::")[0].rsplit("/", 1)[-1]
+    return os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES
+
+
 def _read_bytes(cell: Any, access: ImageAccess = ANY) -> bytes:
     """File bytes of a cell: ``{"bytes", "path"}``, raw bytes, or a path (read only when ``access`` allows it)."""
     if isinstance(cell, (bytes, bytearray, memoryview)):
@@ -695,7 +715,7 @@ def _read_bytes(cell: Any, access: ImageAccess = ANY) -> bytes:
 def _read_path(path: str | os.PathLike, access: ImageAccess = ANY) -> bytes:
     path = os.fspath(path)
     try:
-        access.check(path)
+        path = access.resolve(path)
     except ImageAccessError as exc:
         raise DecodeError(str(exc)) from None
     if "://" in path or "::" in path:
@@ -705,12 +725,16 @@ def _read_path(path: str | os.PathLike, access: ImageAccess = ANY) -> bytes:
 
         try:
             with fsspec.open(path, "rb") as fh:
-                return fh.read()
+                data = fh.read(MAX_FILE_BYTES + 1)
         except FileNotFoundError:
             raise DecodeError(f"file not found: {path}") from None
+        if len(data) > MAX_FILE_BYTES:
+            raise DecodeError(f"file too large, not read: {path} (over {MAX_FILE_BYTES} bytes)")
+        return data
     try:
-        with open(path, "rb") as fh:
-            return fh.read()
+        return read_local(path)
+    except ImageAccessError as exc:
+        raise DecodeError(str(exc)) from None
     except FileNotFoundError:
         raise DecodeError(f"file not found: {path}") from None
     except IsADirectoryError:
