@@ -118,15 +118,17 @@ def resolve_model(ref: ModelRef, required: Sequence["str | tuple[str, ...]"] = (
 
     ``required``: file names the model cannot do without; a tuple names alternatives, the first present is used
     (``("open_clip_model.safetensors", "model.safetensors")``). ``optional``: glob patterns of the other files it
-    reads when present (configs, tokenizers). Cached per process."""
+    reads when present (configs, tokenizers). A Hub model is resolved once per process; a local folder every time
+    (it is cheap, and a model retrained into the same folder must not keep the earlier files' fingerprint)."""
+    if ref.is_local:
+        names = sorted(p.name for p in ref.folder.iterdir() if p.is_file())  # type: ignore[union-attr]
+        files = _choose(ref, names, tuple(required), tuple(optional))
+        return ResolvedModel(ref, ref.folder, files)  # type: ignore[arg-type]
     return _resolve(ref, tuple(required), tuple(optional))
 
 
 @lru_cache(maxsize=None)
 def _resolve(ref: ModelRef, required: tuple, optional: tuple) -> ResolvedModel:
-    if ref.is_local:
-        names = sorted(p.name for p in ref.folder.iterdir() if p.is_file())  # type: ignore[union-attr]
-        return ResolvedModel(ref, ref.folder, _choose(ref, names, required, optional))  # type: ignore[arg-type]
     from huggingface_hub import HfApi
 
     api = HfApi()
@@ -234,7 +236,6 @@ def _is_pickle(name: str) -> bool:
     return any(fnmatch.fnmatch(name, p) for p in _PICKLES)
 
 
-@lru_cache(maxsize=None)
 def _files_digest(folder: str, files: tuple[str, ...]) -> str:
     """Digest of ``files`` of ``folder`` (names and contents), in name order."""
     digest = hashlib.sha256()
@@ -244,9 +245,14 @@ def _files_digest(folder: str, files: tuple[str, ...]) -> str:
     return digest.hexdigest()[:16]
 
 
-@lru_cache(maxsize=None)
 def file_digest(path: str) -> str:
-    """Hex SHA-256 of a file's contents (cached per process)."""
+    """Hex SHA-256 of a file's contents (cached per process while the file's size and modification time stay)."""
+    info = os.stat(path)
+    return _file_digest(os.path.realpath(path), info.st_size, info.st_mtime_ns, info.st_ino)
+
+
+@lru_cache(maxsize=None)
+def _file_digest(path: str, size: int, mtime_ns: int, inode: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

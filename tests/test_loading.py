@@ -193,3 +193,21 @@ def test_recipe_tagger_offline_and_uncached_is_one_line(tmp_path):
         "instead"
     ], proc.stderr[-3000:]
     assert "HF_HUB_OFFLINE=0" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_model_retrained_into_the_same_folder_gets_a_new_fingerprint(tmp_path):
+    """A local folder is fingerprinted by its files' contents each time it is resolved: weights written again into
+    the same folder (a notebook retraining a model) must not keep the earlier fingerprint, or finished chunks and
+    cached outputs of the old weights would be reused."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights one")
+    (folder / "config.json").write_text("{}")
+    ref = ModelRef.parse(f"local-dir:{folder}", what="test model", flag="--model")
+    first = resolve_model(ref, required=["model.safetensors"], optional=["*.json"]).fingerprint
+    assert resolve_model(ref, required=["model.safetensors"], optional=["*.json"]).fingerprint == first
+    (folder / "model.safetensors").write_bytes(b"weights two, longer")
+    second = resolve_model(ref, required=["model.safetensors"], optional=["*.json"]).fingerprint
+    assert second != first and second.startswith("dir-")
+    (folder / "extra.json").write_text("{}")  # a new file the model reads
+    assert resolve_model(ref, required=["model.safetensors"], optional=["*.json"]).fingerprint not in (first, second)
