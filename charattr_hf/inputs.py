@@ -16,11 +16,16 @@ from typing import Sequence, Union
 
 from datasets import Dataset, Image, IterableDataset, Value
 
+from .errors import UserError
 from .image_access import ANY, NOTHING, ImageAccess
 from .options import InputSpec
 from .reader import read_dataset
 
 logger = logging.getLogger(__name__)
+
+
+class InputError(UserError, ValueError):
+    """The input's columns or the options that name them do not fit (an image column that is not there, ...)."""
 
 __all__ = ["InputSpec", "open_dataset", "image_access", "AnyDataset"]
 
@@ -38,7 +43,7 @@ def open_dataset(spec: InputSpec) -> AnyDataset:
     ds = _normalise(ds, spec)
     if spec.limit is not None:
         if spec.limit < 0:
-            raise ValueError("--limit must be >= 0")
+            raise InputError("--limit must be >= 0")
         ds = ds.take(spec.limit) if isinstance(ds, IterableDataset) else ds.select(range(min(spec.limit, len(ds))))
     return ds
 
@@ -95,7 +100,7 @@ def _load(spec: InputSpec) -> AnyDataset:
 def _pick(columns: Sequence[str], given: str | None, candidates: Sequence[str], what: str) -> str | None:
     if given:
         if given not in columns:
-            raise ValueError(f"--{what}_column {given!r} is not a column; columns: {list(columns)}")
+            raise InputError(f"--{what}_column {given!r} is not a column; columns: {list(columns)}")
         return given
     for name in candidates:
         if name in columns:
@@ -118,7 +123,7 @@ def _normalise(ds: AnyDataset, spec: InputSpec) -> AnyDataset:
         features = ds.features
     columns = list(features)
     if spec.image_column not in columns:
-        raise ValueError(f"image column {spec.image_column!r} not found; columns: {columns} (use --image_column)")
+        raise InputError(f"image column {spec.image_column!r} not found; columns: {columns} (use --image_column)")
     tags = _pick(columns, spec.tags_column, _TAG_NAMES, "tags")
     # the `text` of a metadata.jsonl that an export wrote is the toolkit's caption, not a person's (#17)
     toolkit_text = not spec.caption_column and _is_image_folder(ds, spec) and _exported_metadata(spec)
@@ -128,7 +133,7 @@ def _normalise(ds: AnyDataset, spec: InputSpec) -> AnyDataset:
     keep = kept_column_names(spec)
     missing = [c for c in keep if c not in columns]
     if missing:
-        raise ValueError(f"--keep_columns {missing} not found; columns: {columns}")
+        raise InputError(f"--keep_columns {missing} not found; columns: {columns}")
     keep += [c for c in _KEEP_DEFAULT if c in columns and c not in keep]
     # a source's probabilities computed beforehand (probs_<name>): the pipeline fuses them (see build_pipeline)
     keep += [c for c in columns if c.startswith("probs_") and c not in keep]
@@ -143,7 +148,7 @@ def _normalise(ds: AnyDataset, spec: InputSpec) -> AnyDataset:
         # what plain pyarrow (or pandas) writes for images: a struct {bytes, path} with no datasets metadata
         ds = ds.cast_column(spec.image_column, Image(decode=False))
     elif not (isinstance(image_feature, Value) and image_feature.dtype in ("string", "large_string", "binary")):
-        raise ValueError(
+        raise InputError(
             f"column {spec.image_column!r} holds {image_feature}; expected images, file paths or image bytes"
         )
 

@@ -58,6 +58,7 @@ def hold_output(output_dir: "str | os.PathLike") -> Iterator[OutputHold]:
     is left in it)."""
     state = get_state()
     lock = Path(output_dir) / WORK_DIR / "lock"
+    created = not Path(output_dir).exists()  # a folder this hold makes, and removes again if nothing was written
     fd: "int | bool | None" = None
     outcome = "held"
     if state.is_main_process:
@@ -81,7 +82,9 @@ def hold_output(output_dir: "str | os.PathLike") -> Iterator[OutputHold]:
             os.close(fd)
             try:
                 lock.parent.rmdir()
-            except OSError:  # a run's work folder or completion record is still there
+                if created:
+                    Path(output_dir).rmdir()  # a mistake found after the hold leaves no empty folder behind
+            except OSError:  # a run's work folder or completion record (or the output) is still there
                 pass
 
 

@@ -221,3 +221,15 @@ def test_other_recipes_report_mistakes_the_same_way(tmp_path):
                            str(tmp_path / "p")], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.startswith("train_fusion.py: error:") and "--dataset" in proc.stderr
+
+
+@pytest.mark.parametrize("flag, word", [("--image_column", "image column 'zzz' not found"),
+                                        ("--tags_column", "--tags_column 'zzz' is not a column"),
+                                        ("--keep_columns", "--keep_columns ['zzz'] not found")])
+def test_a_column_the_input_does_not_have(photos, tmp_path, flag, word):
+    proc, seconds = annotate("--dataset", str(photos), "--model", "", "--output_dir", str(tmp_path / "out"), flag, "zzz")
+    # the folder is read to know its columns (datasets' progress lines come first), then one line and exit 2
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("annotate.py: error:") and word in last and "columns: ['image']" in last, last
+    assert not (tmp_path / "out").exists()
