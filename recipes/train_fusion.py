@@ -33,6 +33,7 @@ process; ``--push_to_hub`` publishes it. Deterministic for a given ``--seed``.
 import json
 import shlex
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -118,13 +119,28 @@ def parse_args(argv: Optional[list[str]] = None):
     return cli.parse_args(PARSER_CLASSES, argv, description=__doc__.split("\n\n")[0])
 
 
+@contextmanager
+def _mistake(what: str):
+    """A ``ValueError`` raised while checking what the user gave (options, a policy, a log, a dataset that do not
+    fit together) becomes one line naming ``what``, with exit status 2."""
+    try:
+        yield
+    except UserError:
+        raise
+    except ValueError as exc:
+        raise UserError(f"{what}: {exc}") from None
+
+
 def main(argv: Optional[list[str]] = None) -> Path:
     data_args, model_args, run_args, train_args = parse_args(argv)
     if run_args.mode not in ("supervised", "feedback"):
         raise UserError(f"--mode must be 'supervised' or 'feedback', got {run_args.mode!r}")
     if not data_args.simulate and not data_args.dataset:
         raise UserError("give --dataset (an annotated dataset) or --simulate")
-    train_args.check()
+    with _mistake("training options"):
+        train_args.check()
+    # the feedback log first: a missing or malformed log is found before the data is read and the model built
+    feedback = ft.load_table(data_args.feedback) if run_args.mode == "feedback" and data_args.feedback else None
     command = "accelerate launch recipes/train_fusion.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(train_args.seed)
@@ -148,7 +164,8 @@ def main(argv: Optional[list[str]] = None) -> Path:
     # ---------------------------------------------------------------- model
     if model_args.init_from:
         model = CharattrFusionModel.from_pretrained(model_args.init_from, revision=model_args.revision)
-        model.config.check_schema(schema)
+        with _mistake(f"--init_from {model_args.init_from} and --schema {data_args.schema}"):
+            model.config.check_schema(schema)
         say(f"continuing policy {model_args.init_from} (version {model.config.policy_version})")
     else:
         config = ft.build_config(
@@ -160,7 +177,8 @@ def main(argv: Optional[list[str]] = None) -> Path:
     model = model.to(accelerator.device)
     config = model.config
     group = data_args.group_column if data_args.group_column in train_ds.column_names else None
-    train_data = ft.build_features(train_ds, config, group_column=group)
+    with _mistake(f"{data_name} and the policy"):
+        train_data = ft.build_features(train_ds, config, group_column=group)
 
     def log(record: dict) -> None:
         say(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
@@ -174,8 +192,9 @@ def main(argv: Optional[list[str]] = None) -> Path:
             command=command, policy_version=run_args.policy_version,
         )
     else:
-        if data_args.feedback:
-            feedback = ft.load_table(data_args.feedback)
+        if feedback is not None:
+            with _mistake(f"--feedback {data_args.feedback}"):
+                ft.validate_feedback(feedback, config)
         elif has_truth:
             logging_policy = model if model_args.init_from else "confidence"
             feedback = ft.simulate_feedback(
@@ -197,7 +216,8 @@ def main(argv: Optional[list[str]] = None) -> Path:
     out_dir = Path(run_args.output_dir)
     records: list[dict] = []
     if len(eval_ds) and has_truth:
-        eval_data = ft.build_features(eval_ds, config)
+        with _mistake(f"{data_name} and the policy"):
+            eval_data = ft.build_features(eval_ds, config)
         records = ft.compare_methods(eval_ds.to_dict(), eval_data, config, policies={"policy": model})
         config.eval_results = [r for r in records if r.get("style") is None]
         say(render_metrics_table(config.eval_results))

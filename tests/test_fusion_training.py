@@ -298,3 +298,40 @@ def test_recipe_config_file_and_continuation(tmp_path):
     assert "| accuracy before % |" in card2
     with pytest.raises(SystemExit):
         recipe.main(["--config", str(cfg), "--mode", "bandit"])
+
+
+def test_recipe_mistakes_are_one_line_each(tmp_path):
+    """What does not fit together (a policy and a schema, a log and a dataset, an option out of range) is a
+    UserError (one line, exit status 2 under the recipe's runner), named, not a traceback from deep inside."""
+    import importlib.util
+
+    from charattr_hf.errors import UserError
+
+    spec = importlib.util.spec_from_file_location("train_fusion_mistakes", Path(__file__).parents[1] / "recipes"
+                                                  / "train_fusion.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    schema_path = tmp_path / "schema.yaml"
+    small_schema().save(schema_path)
+    base = ["--simulate", "--simulate_rows", "200", "--schema", str(schema_path), "--hidden_size", "8",
+            "--max_epochs", "2"]
+    v1 = recipe.main([*base, "--output_dir", str(tmp_path / "v1")])
+    with pytest.raises(UserError, match="--init_from .* and --schema default: attribute 'hair_color'"):
+        recipe.main(["--simulate", "--schema", "default", "--mode", "feedback", "--init_from", str(v1),
+                     "--output_dir", str(tmp_path / "x")])
+    with pytest.raises(UserError, match="training options: continued_batch_size|batch sizes must be >= 1"):
+        recipe.main([*base, "--continued_batch_size", "0", "--output_dir", str(tmp_path / "x")])
+    with pytest.raises(UserError):
+        recipe.main([*base, "--mode", "feedback", "--feedback", str(tmp_path / "missing.parquet"),
+                     "--output_dir", str(tmp_path / "x")])
+    events = {"id": ["nope-1", "nope-2"], "attribute": ["hair_color", "hair_color"], "action": [0, 1],
+              "propensity": [0.5, 0.5], "reward": [1.0, 0.0]}
+    Dataset.from_dict(events).to_parquet(str(tmp_path / "other.parquet"))
+    with pytest.raises(UserError, match="no usable feedback event"):
+        recipe.main([*base, "--mode", "feedback", "--feedback", str(tmp_path / "other.parquet"), "--init_from",
+                     str(v1), "--output_dir", str(tmp_path / "x")])
+    Dataset.from_dict({**events, "action": [0, 99]}).to_parquet(str(tmp_path / "range.parquet"))
+    with pytest.raises(UserError, match=r"action 99 out of range for attribute 'hair_color'"):
+        recipe.main([*base, "--mode", "feedback", "--feedback", str(tmp_path / "range.parquet"), "--init_from",
+                     str(v1), "--output_dir", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()

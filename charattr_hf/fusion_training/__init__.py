@@ -33,6 +33,7 @@ from .data import (
 )
 from .feedback import (
     FEEDBACK_FEATURES,
+    FeedbackError,
     round_report,
     simulate_feedback,
     train_from_feedback,
@@ -63,6 +64,7 @@ __all__ = [
     "train_from_feedback",
     "unlike_feedback_weights",
     "round_report",
+    "FeedbackError",
     "simulate_feedback",
     "simulate_annotated",
     "validate_feedback",

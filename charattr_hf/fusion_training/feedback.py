@@ -109,6 +109,7 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset, Features, Value
 
+from ..errors import UserError
 from ..models.fusion import CharattrFusionConfig, CharattrFusionModel
 from .data import FusionData, split_by_id
 from .loop import (
@@ -128,7 +129,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "FEEDBACK_FEATURES", "validate_feedback", "simulate_feedback", "train_from_feedback", "unlike_feedback_weights",
-    "round_report",
+    "round_report", "FeedbackError",
 ]
 
 #: Columns of a feedback log (see the module docstring).
@@ -146,22 +147,27 @@ FEEDBACK_FEATURES = Features(
 _FEEDBACK_REQUIRED = ("id", "attribute", "action", "propensity", "reward")
 
 
+class FeedbackError(UserError, ValueError):
+    """A feedback log that does not fit the policy or the data (missing columns, out-of-range values, no event
+    naming the data's images)."""
+
+
 def validate_feedback(events: Dataset, config: CharattrFusionConfig) -> None:
     """Raise a clear error if a feedback log does not follow :data:`FEEDBACK_FEATURES`."""
     missing = [c for c in _FEEDBACK_REQUIRED if c not in events.column_names]
     if missing:
-        raise ValueError(f"feedback log lacks columns {missing}; required: {list(_FEEDBACK_REQUIRED)}")
+        raise FeedbackError(f"feedback log lacks columns {missing}; required: {list(_FEEDBACK_REQUIRED)}")
     table = events.select_columns(["attribute", "action", "propensity", "reward"]).with_format("numpy")[:]
     prop, reward = np.asarray(table["propensity"], float), np.asarray(table["reward"], float)
     if len(prop) and (not np.all(np.isfinite(prop)) or prop.min() <= 0 or prop.max() > 1):
-        raise ValueError("feedback propensities must be in (0, 1]")
+        raise FeedbackError("feedback propensities must be in (0, 1]")
     if len(reward) and (not np.all(np.isfinite(reward)) or reward.min() < 0 or reward.max() > 1):
-        raise ValueError("feedback rewards must be in [0, 1] (1 accept, 0 reject)")
+        raise FeedbackError("feedback rewards must be in [0, 1] (1 accept, 0 reject)")
     sizes = {a["name"]: len(a["labels"]) for a in config.attributes}
     for attr, action in zip(table["attribute"], table["action"]):
         if attr in sizes and not 0 <= int(action) < sizes[attr]:
-            raise ValueError(
-                f"feedback action {int(action)} out of range for attribute {attr!r} ({sizes[attr]} labels)"
+            raise FeedbackError(
+                f"feedback action {int(action)} out of range for attribute {str(attr)!r} ({sizes[attr]} labels)"
             )
 
 
@@ -403,7 +409,8 @@ def train_from_feedback(
     args.check()
     ev_np = _event_arrays(feedback, data, model.config)
     if len(ev_np["row"]) == 0:
-        raise ValueError("no usable feedback event (check that the ids match the annotated dataset)")
+        raise FeedbackError("no usable feedback event: no event names an image and attribute of the data (check "
+                            "that the log was made on this annotated dataset)")
     weight = 1.0 / np.maximum(ev_np["propensity"], args.propensity_floor)
     ev_np["weight"] = (weight / weight.mean()).astype(np.float32)
     if not model.config.training_info:

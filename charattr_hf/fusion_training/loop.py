@@ -31,7 +31,8 @@ class FusionTrainingConfig:
     feedback_batch_size: int = field(default=1024, metadata={"help": "Feedback events per step (feedback training)."})
     continued_learning_rate: float | None = field(
         default=1e-2,
-        metadata={"help": "AdamW learning rate when continuing a trained policy from feedback (None: learning_rate)."},
+        metadata={"help": "AdamW learning rate when continuing a trained policy from feedback (null in a config file: "
+                          "learning_rate)."},
     )
     continued_batch_size: int = field(
         default=128,
