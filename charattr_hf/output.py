@@ -141,29 +141,38 @@ def finalize(
     if not files:  # an empty input still gives a typed, empty Parquet file
         files = [(chunk_path(run_dir, 0), 0)]
         write_parquet_atomic(Dataset.from_dict({c: [] for c in empty_features}, features=empty_features), files[0][0])
-    counts = [pq.ParquetFile(f).metadata.num_rows for f, _ in files]
-    groups: list[list[tuple[Path, int]]] = []
-    rows_in_group = 0
-    for f, n in zip(files, counts):
-        if not groups or rows_in_group + n > max_shard_rows:
-            groups.append([])
-            rows_in_group = 0
-        groups[-1].append(f)
-        rows_in_group += n
+    total = sum(pq.ParquetFile(f).metadata.num_rows for f, _ in files)
+    shards = max(1, -(-total // max_shard_rows))  # rows are cut across chunks: no shard over max_shard_rows
     data_dir = output_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "README.md").unlink(missing_ok=True)
     (output_dir / WORK_DIR / _COMPLETE).unlink(missing_ok=True)
     for old in data_dir.glob(f"{split}-*.parquet"):
         old.unlink()
-    names = [data_dir / f"{split}-{j:05d}-of-{len(groups):05d}.parquet" for j in range(len(groups))]
+    names = [data_dir / f"{split}-{j:05d}-of-{shards:05d}.parquet" for j in range(shards)]
     schema = pq.read_schema(files[0][0])
-    for name, group in zip(names, groups):
-        tmp = name.with_name(f".{name.name}.{os.getpid()}.tmp")
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for f, shift in group:
-                writer.write_table(_reindexed(pq.read_table(f, schema=schema), shift))
-        os.replace(tmp, name)
+    tmps = [name.with_name(f".{name.name}.{os.getpid()}.tmp") for name in names]
+    shard, in_shard, writer = 0, 0, None
+
+    def close() -> None:
+        writer.close()
+        os.replace(tmps[shard], names[shard])
+
+    for f, shift in files:
+        table = _reindexed(pq.read_table(f, schema=schema), shift)
+        offset = 0
+        while offset < table.num_rows:
+            if writer is None:
+                writer = pq.ParquetWriter(tmps[shard], schema)
+            take = min(max_shard_rows - in_shard, table.num_rows - offset)
+            writer.write_table(table.slice(offset, take))
+            offset, in_shard = offset + take, in_shard + take
+            if in_shard == max_shard_rows and shard < shards - 1:
+                close()
+                shard, in_shard, writer = shard + 1, 0, None
+    if writer is None:  # no row at all: one typed, empty shard
+        writer = pq.ParquetWriter(tmps[shard], schema)
+    close()
     for leftover in (run_dir / "chunks").glob(".*.tmp"):  # from processes killed mid-write
         leftover.unlink(missing_ok=True)
     shutil.rmtree(run_dir / "tmp", ignore_errors=True)

@@ -400,3 +400,19 @@ def test_only_image_folders_give_an_id_root(tmp_path):
         assert root(InputSpec(dataset=str(tmp_path / other))) is None
     assert root(InputSpec()) is None  # the synthetic sample
     assert image_folder_root(InputSpec(dataset="org/name"), image_dataset(1)) is None
+
+
+def test_max_shard_rows_holds_even_when_a_chunk_is_larger(tmp_path):
+    """Shards are cut by rows, across chunks: no shard holds more than --max_shard_rows, the rows keep their order,
+    and load_dataset reads them all back."""
+    import pyarrow.parquet as pq
+
+    from charattr_hf.api import annotate_to_disk
+
+    out = tmp_path / "out"
+    result, _ = annotate_to_disk(image_dataset(7), out, options=PipelineOptions(model=None, use_cache=False),
+                                 chunk_size=4, max_shard_rows=3, progress=False, num_proc=1)
+    rows = [pq.ParquetFile(f).metadata.num_rows for f in result.data_files]
+    assert rows == [3, 3, 1] and [f.name for f in result.data_files][-1] == "train-00002-of-00003.parquet"
+    ds = datasets.load_dataset(str(out), split="train")
+    assert ds["index"] == list(range(7))
