@@ -158,15 +158,6 @@ def exact_pairs(keys: list) -> Pairs:
     return Pairs("exact", i, j, np.zeros(len(i), np.float32), seconds=time.perf_counter() - start)
 
 
-def _thumb_distances(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray, block: int = 65536) -> np.ndarray:
-    out = np.empty(len(i), np.float32)
-    for s in range(0, len(i), block):
-        a = normalise_thumbs(thumbs[i[s : s + block]])
-        b = normalise_thumbs(thumbs[j[s : s + block]])
-        out[s : s + block] = np.sqrt(np.mean((a - b) ** 2, axis=1))
-    return out
-
-
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -316,18 +307,6 @@ def _phash_distances(phash: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndar
     return np.minimum(np.bitwise_count(a ^ b[:, 0]), np.bitwise_count(a ^ b[:, 1])).astype(np.int64)
 
 
-def _thumb_distances(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray, block: int = 65536) -> np.ndarray:
-    """Thumbnail distance of each pair, the smaller of direct and mirrored (see signatures.thumb_distance)."""
-    out = np.empty(len(i), np.float32)
-    for s in range(0, len(i), block):
-        a = normalise_thumbs(thumbs[i[s : s + block]])
-        tb = thumbs[j[s : s + block]]
-        direct = np.sqrt(np.mean((a - normalise_thumbs(tb)) ** 2, axis=1))
-        mirrored = np.sqrt(np.mean((a - normalise_thumbs(mirror_thumbs(tb))) ** 2, axis=1))
-        out[s : s + block] = np.minimum(direct, mirrored)
-    return out
-
-
 # ------------------------------------------------------------------------------------------ local features
 def keypoint_candidates(desc: np.ndarray, counts: np.ndarray, *, bits: int = 32, tables: int = 2,
                         max_bucket: int = 8, min_shared: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -468,9 +447,6 @@ def keypoint_fit(kp_a: np.ndarray, n_a: np.ndarray, kp_b: np.ndarray, n_b: np.nd
 def _smooth(t: np.ndarray) -> np.ndarray:
     """A [1, 2, 1] / 4 blur along both axes of ``(p, n, n, 3)`` thumbnails (edges repeated): sampling one
     thumbnail between its cells, as an alignment does, then errs far less on sharp pictures."""
-    import os
-    if os.environ.get("NOSMOOTH"):
-        return t
     for axis in (1, 2):
         pad = np.concatenate([t.take([0], axis=axis), t, t.take([-1], axis=axis)], axis=axis)
         n = t.shape[axis]
