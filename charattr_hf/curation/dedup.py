@@ -41,7 +41,7 @@ from ..stages.signatures import THUMB_SIDE, mirror_thumbs, normalise_thumbs
 logger = logging.getLogger(__name__)
 
 __all__ = ["NearConfig", "SemanticConfig", "Pairs", "connected_components", "exact_pairs", "near_pairs",
-           "semantic_pairs"]
+           "near_distance", "semantic_pairs"]
 
 
 @dataclass
@@ -509,6 +509,36 @@ def aligned_thumb_distance(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray, fit
     return out
 
 
+def _whole_picture_distance(thumbs: np.ndarray, a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
+    """The robust thumbnail distance of each pair as they are, or mirrored where that is above ``threshold``: the
+    smaller."""
+    td = aligned_thumb_distance(thumbs, a, b)
+    other = np.flatnonzero(td > threshold)  # the mirrored comparison only where the direct one fails
+    td[other] = np.minimum(td[other], aligned_thumb_distance(thumbs, a[other], b[other], mirror=True))
+    return td
+
+
+def near_distance(thumbs: np.ndarray, a: np.ndarray, b: np.ndarray, cfg: NearConfig,
+                  keypoints: np.ndarray | None = None, counts: np.ndarray | None = None) -> np.ndarray:
+    """The check of :func:`near_pairs` on given pairs (positions in ``thumbs``), without its candidate searches:
+    the thumbnails as they are or mirrored, else, where local features agree on a fit (``min_inliers``, from
+    either picture to the other), aligned by it; the smallest robust distance (a duplicate: at most
+    ``thumb_threshold``). Grouping runs it between a group's kept row and each other member."""
+    d = _whole_picture_distance(thumbs, a, b, cfg.thumb_threshold)
+    if keypoints is None or counts is None or cfg.min_inliers <= 0:
+        return d
+    for x, y in ((a, b), (b, a)):
+        other = np.flatnonzero(d > cfg.thumb_threshold)
+        for s in range(0, len(other), 65536):
+            o = other[s : s + 65536]
+            count, fit = keypoint_fit(keypoints[x[o]], counts[x[o]], keypoints[y[o]], counts[y[o]],
+                                      need=cfg.min_inliers)
+            good = count >= cfg.min_inliers
+            o = o[good]
+            d[o] = np.minimum(d[o], aligned_thumb_distance(thumbs, x[o], y[o], fit[good]))
+    return d
+
+
 def near_pairs(phash: np.ndarray, thumbs: np.ndarray, rows: np.ndarray, cfg: NearConfig,
                keypoints: np.ndarray | None = None, counts: np.ndarray | None = None) -> Pairs:
     """Near-duplicate edges among ``rows`` (indices into the dataset) given their ``phash`` ``(m, 16)``,
@@ -539,9 +569,7 @@ def near_pairs(phash: np.ndarray, thumbs: np.ndarray, rows: np.ndarray, cfg: Nea
     del projected
     hashed = _phash_distances(phash, a, b) <= cfg.phash_radius
     a, b = a[hashed], b[hashed]
-    td = aligned_thumb_distance(thumbs, a, b)
-    other = np.flatnonzero(td > cfg.thumb_threshold)  # the mirrored comparison only where the direct one fails
-    td[other] = np.minimum(td[other], aligned_thumb_distance(thumbs, a[other], b[other], mirror=True))
+    td = _whole_picture_distance(thumbs, a, b, cfg.thumb_threshold)
     keep = td <= cfg.thumb_threshold
     i, j, dist = [a[keep]], [b[keep]], [td[keep]]
     if keypoints is not None and cfg.min_inliers > 0 and len(keypoints):
