@@ -742,6 +742,38 @@ def test_missing_inputs_are_user_errors(tiny_annotated, tmp_path):
         curate(tiny_annotated, tmp_path / "out", split="test")
 
 
+def test_an_annotated_output_is_never_the_output_dir(tiny_annotated, tmp_path, capsys):
+    """Writing replaces data/*.parquet: an annotated (not curated) folder as --output_dir is refused before any work,
+    its shards intact; an earlier curated output is replaced."""
+    import importlib.util
+    import shutil
+
+    from charattr_hf.cli import run_main
+
+    other = tmp_path / "other_annotated"
+    shutil.copytree(tiny_annotated, other)
+    before = {p.name: p.read_bytes() for p in (other / "data").glob("*.parquet")}
+    spec = importlib.util.spec_from_file_location("curate_recipe", ROOT / "recipes" / "curate.py")
+    recipe = importlib.util.module_from_spec(spec)
+    sys.modules["curate_recipe"] = recipe  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(recipe)
+        for target, message in ((other, "is not an earlier curated output"), (tiny_annotated, "must differ")):
+            status = run_main(recipe.main, ["--dataset", str(tiny_annotated), "--output_dir", str(target)])
+            err = capsys.readouterr().err
+            assert status == 2 and message in err and err.count("\n") == 1, err
+    finally:
+        del sys.modules["curate_recipe"]
+    assert {p.name: p.read_bytes() for p in (other / "data").glob("*.parquet")} == before
+    assert not (other / "README.md").exists() or "curat" not in (other / "README.md").read_text().lower()
+    with pytest.raises(UserError, match="not an earlier curated output.*new or empty --output_dir"):
+        curate(tiny_annotated, other)
+    out = tmp_path / "curated"
+    curate(tiny_annotated, out)
+    curate(tiny_annotated, out)  # an earlier curated output: replaced
+    assert len(load(out)[0]) + len(load(out)[1]) == 2
+
+
 # --------------------------------------------------------------------------------------------- recipes
 def _env(tmp_path: Path) -> dict:
     env = dict(os.environ)

@@ -326,6 +326,10 @@ def curate(
     files = annotated_files(str(dataset), split, revision)
     if output_dir.resolve() in {f.resolve().parent.parent for f in files}:
         raise UserError("--output_dir must differ from the annotated dataset's folder")
+    if any((output_dir / "data").glob("*.parquet")) and not (output_dir / "curation.json").is_file():
+        # writing replaces data/*.parquet: only an earlier curated output may be overwritten
+        raise UserError(f"{output_dir} holds Parquet shards (data/*.parquet) and is not an earlier curated output; "
+                        "curating would replace them: give a new or empty --output_dir")
     features = Features.from_arrow_schema(pq.read_schema(files[0]))
     for col in ("id", "sha256", "error", "width", "height", "quality", "flags"):
         if col not in features:
