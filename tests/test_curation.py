@@ -412,8 +412,8 @@ def test_near_duplicates_precision_recall_and_accounting(planted, tmp_path):
     precision, recall = pairwise([truth[i] for i in ids], [got[i] for i in ids])
     # tiny (128 px) drawings that share their composition: the signatures are tuned for real images, where
     # look-alike renders must stay apart; measured here: precision 1.0, recall 0.65 (0.74 when a group was a
-    # connected component: two copies of one drawing, each within the threshold of the original, are often not of
-    # each other, and a member must be a copy of the kept row itself; benchmarks/README.md)
+    # connected component: two copies of one drawing, each within the threshold of the original, are often not
+    # within it of each other, and a member must be a copy of the kept row itself)
     assert precision >= 0.95 and recall >= 0.6, (precision, recall)
     # quarantined duplicates point at a kept member of their own group, which is in train
     kept = dict(zip(train["id"], train["dup_group"]))
