@@ -44,7 +44,7 @@ class CurateArguments:
 def _split_config(argv: list[str]) -> list[str]:
     """``--config`` names the curation YAML here (not a file of command-line options)."""
     out = []
-    for k, a in enumerate(argv):
+    for a in argv:
         if a == "--config":
             out.append("--curate_config")
         elif a.startswith("--config="):

@@ -212,6 +212,11 @@ def _facts(n, **kw) -> RowFacts:
     return RowFacts(**base)
 
 
+def _all_near(kept: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """A check that finds every member a near duplicate of its kept row (as copies of one picture are)."""
+    return np.ones(len(rows), np.int64)
+
+
 def test_representative_rule_resolution_then_encoding_then_sharpness_then_flags():
     # one group of 5 rows; rows 1 and 3 tie on resolution, row 3 is sharper; row 4 fails a filter
     n = 6
@@ -220,18 +225,18 @@ def test_representative_rule_resolution_then_encoding_then_sharpness_then_flags(
     sharp = np.array([0.5, 0.3, 0.9, 0.6, 0.9, 0.1])
     facts = _facts(n, passes=np.array([True, True, True, True, False, True]), width=side, height=side,
                    sharpness=sharp)
-    group, rep, kind = assign_groups(n, pairs, facts)
+    group, rep, kind = assign_groups(n, pairs, facts, _all_near)[:3]
     assert rep[:5].tolist() == [3] * 5 and rep[5] == -1 and group[5] == -1
     assert len(set(group[:5].tolist())) == 1 and kind[:5].tolist() == [1] * 5 and kind[5] == -1
     sharp[1] = sharp[3]
     facts.nflags[3] = 2
-    _, rep, _ = assign_groups(n, pairs, facts)
+    rep = assign_groups(n, pairs, facts, _all_near)[1]
     assert rep[0] == 1  # same resolution and sharpness: fewer flags wins
     # the encoding comes before sharpness: lossless, then the higher JPEG quality, else more bits per pixel
     facts = _facts(3, sharpness=np.array([0.9, 0.5, 0.4]), lossless=np.array([0.0, 1.0, 0.0]),
                    format=["JPEG", "PNG", "JPEG"], jpeg_quality=np.array([40.0, np.nan, 90.0]))
     tri = [Pairs("near", np.array([0, 0]), np.array([1, 2]))]
-    assert assign_groups(3, tri, facts)[1].tolist() == [1, 1, 1]
+    assert assign_groups(3, tri, facts, _all_near)[1].tolist() == [1, 1, 1]
     from charattr_hf.curation.keep import compare
 
     assert compare(facts, 1, 0)[1] == "lossless PNG over lossy JPEG"
@@ -239,6 +244,119 @@ def test_representative_rule_resolution_then_encoding_then_sharpness_then_flags(
     facts.jpeg_quality[2] = np.nan  # a WebP, say: bits per pixel decide
     facts.bits_per_pixel = np.array([1.5, 9.0, 0.8])
     assert compare(facts, 0, 2) == (-1, "more bits per pixel 1.50 > 0.80")
+    # a WebP among JPEGs: bits per pixel rule the WebP out; the JPEGs, a hair apart in bits, by their quality
+    facts = _facts(3, lossless=np.zeros(3), format=["JPEG", "JPEG", "WEBP"], jpeg_quality=np.array([93.0, 90, np.nan]),
+                   bits_per_pixel=np.array([2.7242, 2.7244, 1.44]))
+    groups = assign_groups(3, [Pairs("near", np.array([0, 0, 1]), np.array([1, 2, 2]))], facts)
+    assert groups.rep.tolist() == [0, 0, 0]
+    assert compare(facts, 0, 1) == (-1, "higher JPEG quality 93 > 90")
+
+
+def _abc_facts(order: str) -> RowFacts:
+    """A: a 1000x1000 lossless PNG, B: a 1040x1040 JPEG q95, C: a 1080x1080 JPEG q80, in ``order``. Two at a time
+    the rule goes round in circles: A beats B (lossless, sizes within 10 %), B beats C (quality, within 10 %), C
+    beats A (more than 10 % larger)."""
+    base = {"A": (1000, 1.0, np.nan, "PNG"), "B": (1040, 0.0, 95, "JPEG"), "C": (1080, 0.0, 80, "JPEG")}
+    rows = [base[k] for k in order]
+    side = np.array([r[0] for r in rows], float)
+    return _facts(3, width=side, height=side, lossless=np.array([r[1] for r in rows]),
+                  jpeg_quality=np.array([r[2] for r in rows], float), format=[r[3] for r in rows])
+
+
+def _advantage_holds(reason: str, facts: RowFacts, kept: int, row: int) -> bool:
+    """Whether what a duplicate's reason says the kept row has over it is true."""
+    area = facts.content_width * facts.content_height
+    if reason.startswith("larger picture "):
+        return area[kept] > area[row]
+    if reason.startswith("lossless "):
+        return facts.lossless[kept] == 1.0 and facts.lossless[row] != 1.0
+    m = re.fullmatch(r"higher JPEG quality (\d+) > (\d+)", reason)
+    if m:
+        return (int(m[1]), int(m[2])) == (facts.jpeg_quality[kept], facts.jpeg_quality[row]) and m[1] > m[2]
+    raise AssertionError(f"unexpected reason {reason!r}")
+
+
+def test_the_kept_copy_does_not_depend_on_the_row_order():
+    """#17: the group is narrowed as a whole (sizes within 10 % of the largest, then the encoding), so every order
+    of A, B, C keeps the same file, and each other row's reason names an advantage the kept row really has."""
+    from charattr_hf.curation.keep import reason
+
+    kept_files = set()
+    for order in map("".join, itertools.permutations("ABC")):
+        facts = _abc_facts(order)
+        groups = assign_groups(3, [Pairs("near", np.array([0, 0, 1]), np.array([1, 2, 2]))], facts)
+        rep = groups[1]
+        assert len(set(rep.tolist())) == 1, order
+        kept = int(rep[0])
+        kept_files.add(order[kept])
+        for row in range(3):
+            if row != kept:
+                text = reason(facts, kept, row, int(groups.stage[row]))
+                assert _advantage_holds(text, facts, kept, row), (order, order[row], text)
+    # A is more than 10 % smaller than C: out; B and C are JPEGs within 10 %: the higher quality
+    assert kept_files == {"B"}
+
+
+def test_the_kept_copy_and_its_reasons_through_curate(tmp_path, monkeypatch):
+    """The same three files through curate, in two orders: one kept row, true reasons in the quarantine."""
+    from charattr_hf.curation import curate as curate_module
+
+    for order in ("ABC", "CBA"):
+        facts = _abc_facts(order)
+        monkeypatch.setattr(curate_module, "_facts", lambda files, table, passes, facts=facts: facts)
+        imgs = [im_.encode(im_.scene(64, 64, seed=7)) for _ in range(3)]  # one file thrice: one exact group
+        out = tmp_path / order
+        curate(annotated(tmp_path / f"ann-{order}", imgs, [f"img-{c}" for c in order]), out,
+               write_config(tmp_path, NEAR_ONLY))
+        train, quarantine = load(out)
+        assert train["id"] == ["img-B"], order
+        for row in quarantine:
+            text = re.fullmatch(r"exact_duplicate: of img-B \(kept: (.*)\)", row["reasons"][0])[1]
+            assert _advantage_holds(text, facts, order.index("B"), order.index(row["id"][-1])), (order, text)
+
+
+def test_the_kind_is_the_rows_relation_to_the_kept_row():
+    """Rows 0 and 1 are one file (one sha256), row 2 a larger near copy of it: both are near duplicates of row 2,
+    not exact ones; between rows of one file the kind is exact."""
+    pairs = [Pairs("exact", np.array([0]), np.array([1])), Pairs("near", np.array([0, 1]), np.array([2, 2]))]
+    facts = _facts(3, width=np.array([300.0, 300, 600]), height=np.array([300.0, 300, 600]))
+    group, rep, kind = assign_groups(3, pairs, facts)[:3]
+    assert rep.tolist() == [2, 2, 2] and kind.tolist() == [1, 1, 1]
+    facts = _facts(3, width=np.array([600.0, 600, 300]), height=np.array([600.0, 600, 300]))
+    group, rep, kind = assign_groups(3, pairs, facts)[:3]
+    assert rep.tolist() == [0, 0, 0] and kind.tolist() == [0, 0, 1]
+    # exact pairs link each copy to the file's first row only: two later copies are still one file
+    pairs = [Pairs("exact", np.array([0, 0]), np.array([1, 2]))]
+    facts = _facts(3, sharpness=np.array([0.1, 0.9, 0.5]))
+    assert assign_groups(3, pairs, facts)[2].tolist() == [0, 0, 0]
+
+
+def test_a_chain_of_small_steps_between_two_pictures_is_not_one_group(tmp_path):
+    """Twenty-four blends from one real picture to another: each step is a near duplicate of the next, the two ends
+    are different pictures. Every quarantined row is a near duplicate of its own kept row (the pairs' check, run on
+    that pair), so the ends are not one group and no row is removed as a copy of a picture it does not match."""
+    a, b = _real("sdeval-1.jpg").resize((256, 256)), _real("sdeval-5.jpg").resize((256, 256))
+    imgs = [im_.encode(Image.blend(a, b, t)) for t in np.linspace(0, 1, 24)]
+    folder = annotated(tmp_path / "ann", imgs)
+    out = tmp_path / "out"
+    curate(folder, out, write_config(tmp_path, NEAR_ONLY))
+    train, quarantine = load(out)
+    assert len(quarantine) >= 12  # the steps are still grouped with their neighbours
+    group = dict(zip(train["id"] + quarantine["id"], train["dup_group"] + quarantine["dup_group"]))
+    assert group["img-0"] is None or group["img-0"] != group["img-23"]
+    import pyarrow.parquet as pq
+
+    from charattr_hf.curation.dedup import NearConfig, near_distance
+    from charattr_hf.stages.signatures import THUMB_BYTES, decode_hex, decode_keypoints
+
+    sig = pq.read_table(next((folder / "data").glob("*.parquet")), columns=["signature"]).column("signature")
+    sig = sig.to_pylist()
+    thumbs = decode_hex([s["thumb"] for s in sig], THUMB_BYTES)[1]
+    keypoints, counts = decode_keypoints([s["keypoints"] for s in sig])
+    row = np.array([int(i.split("-")[1]) for i in quarantine["id"]])
+    kept = np.array([int(i.split("-")[1]) for i in quarantine["duplicate_of"]])
+    d = near_distance(thumbs, kept, row, NearConfig(), keypoints if keypoints.size else None, counts)
+    assert (d <= NearConfig().thumb_threshold).all(), dict(zip(quarantine["id"], d.round(1)))
 
 
 def test_semantic_pairs_find_planted_duplicates():
@@ -293,8 +411,10 @@ def test_near_duplicates_precision_recall_and_accounting(planted, tmp_path):
     ids = sorted(truth)
     precision, recall = pairwise([truth[i] for i in ids], [got[i] for i in ids])
     # tiny (128 px) drawings that share their composition: the signatures are tuned for real images, where
-    # look-alike renders must stay apart; measured here: precision 1.0, recall 0.74 (benchmarks/README.md)
-    assert precision >= 0.95 and recall >= 0.7, (precision, recall)
+    # look-alike renders must stay apart; measured here: precision 1.0, recall 0.65 (0.74 when a group was a
+    # connected component: two copies of one drawing, each within the threshold of the original, are often not
+    # within it of each other, and a member must be a copy of the kept row itself)
+    assert precision >= 0.95 and recall >= 0.6, (precision, recall)
     # quarantined duplicates point at a kept member of their own group, which is in train
     kept = dict(zip(train["id"], train["dup_group"]))
     for row in quarantine:
@@ -622,6 +742,38 @@ def test_missing_inputs_are_user_errors(tiny_annotated, tmp_path):
         curate(tiny_annotated, tmp_path / "out", split="test")
 
 
+def test_an_annotated_output_is_never_the_output_dir(tiny_annotated, tmp_path, capsys):
+    """Writing replaces data/*.parquet: an annotated (not curated) folder as --output_dir is refused before any work,
+    its shards intact; an earlier curated output is replaced."""
+    import importlib.util
+    import shutil
+
+    from charattr_hf.cli import run_main
+
+    other = tmp_path / "other_annotated"
+    shutil.copytree(tiny_annotated, other)
+    before = {p.name: p.read_bytes() for p in (other / "data").glob("*.parquet")}
+    spec = importlib.util.spec_from_file_location("curate_recipe", ROOT / "recipes" / "curate.py")
+    recipe = importlib.util.module_from_spec(spec)
+    sys.modules["curate_recipe"] = recipe  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(recipe)
+        for target, message in ((other, "is not an earlier curated output"), (tiny_annotated, "must differ")):
+            status = run_main(recipe.main, ["--dataset", str(tiny_annotated), "--output_dir", str(target)])
+            err = capsys.readouterr().err
+            assert status == 2 and message in err and err.count("\n") == 1, err
+    finally:
+        del sys.modules["curate_recipe"]
+    assert {p.name: p.read_bytes() for p in (other / "data").glob("*.parquet")} == before
+    assert not (other / "README.md").exists() or "curat" not in (other / "README.md").read_text().lower()
+    with pytest.raises(UserError, match="not an earlier curated output.*new or empty --output_dir"):
+        curate(tiny_annotated, other)
+    out = tmp_path / "curated"
+    curate(tiny_annotated, out)
+    curate(tiny_annotated, out)  # an earlier curated output: replaced
+    assert len(load(out)[0]) + len(load(out)[1]) == 2
+
+
 # --------------------------------------------------------------------------------------------- recipes
 def _env(tmp_path: Path) -> dict:
     env = dict(os.environ)
@@ -653,7 +805,7 @@ def test_annotate_then_curate_recipes(tiny_clip_dir, tmp_path):
     got = dict(zip(train["id"] + quarantine["id"], train["dup_group"] + quarantine["dup_group"]))
     ids = sorted(truth)
     precision, recall = pairwise([truth[i] for i in ids], [got[i] for i in ids])
-    assert precision >= 0.9 and recall >= 0.8, (precision, recall)
+    assert precision >= 0.9 and recall >= 0.7, (precision, recall)  # measured: 1.0 and 0.75 (96 px drawings)
     assert "| near |" in (cur / "README.md").read_text()
     # a bad config: one line, exit status 2, nothing written
     bad = write_config(tmp_path, "filters:\n  sharpness: {}\n")

@@ -5,12 +5,15 @@ dataset snapshot), checks the config against the dataset's columns before any wo
 
 1. filters: a reason per row and filter (``charattr_hf.curation.filters``); rows with a decode ``error`` are
    always removed;
-2. duplicates: exact, near and semantic edges over *all* rows at once (``charattr_hf.curation.dedup``); the
-   groups are their connected components;
+2. duplicates: exact, near and semantic edges over *all* rows at once (``charattr_hf.curation.dedup``); their
+   connected components are the candidate groups;
 3. one representative per group is kept, the better file (:mod:`charattr_hf.curation.keep`): a row that passes
    the filters, then the larger picture (without flat borders), then lossless over lossy and the higher JPEG
    quality or bits per pixel, then the sharper, then the fewer ``flags``, then the first row; the others'
-   reasons name the comparison that decided;
+   reasons name the criterion that ruled them out. Each other member must itself be a duplicate of the kept row
+   (the same sha256, or the near or semantic check passed on that pair): one that is not, linked only through
+   other members, leaves the group and is grouped again with the others that left, by the edges among them
+   (:func:`assign_groups`); so a chain of small steps between two different pictures is never one group;
 4. every row gets ``dup_group`` (int64 shared by the members of a group, null when the row has no duplicate),
    ``duplicate_of`` (the representative's ``id`` for the others, null for representatives and rows without
    duplicates) and ``reasons`` (list of strings; empty for a kept row). Rows with no reason go to ``train``,
@@ -32,6 +35,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -42,15 +46,15 @@ from datasets import ClassLabel, Features, List, Value
 from ..errors import UserError
 from .config import CurateConfig, load_config
 from .card import write_curation_card
-from .dedup import Pairs, connected_components, exact_pairs, near_pairs, semantic_pairs
+from .dedup import Pairs, connected_components, exact_pairs, near_distance, near_pairs, semantic_pairs
 from .filters import AttributeInfo
-from .keep import RowFacts, compare, pick_representatives
+from .keep import RowFacts, rank_groups, reason as why_kept
 from .result import CurateResult
 from ..stages.signatures import THUMB_BYTES, decode_hex, decode_keypoints
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CurateResult", "curate", "annotated_files", "attributes_of", "assign_groups"]
+__all__ = ["CurateResult", "curate", "annotated_files", "attributes_of", "assign_groups", "Groups"]
 
 NEW_COLUMNS = {"dup_group": Value("int64"), "duplicate_of": Value("string"), "reasons": List(Value("string"))}
 
@@ -114,9 +118,11 @@ def _read(files: list[Path], columns: list[str]) -> pa.Table:
     return pa.concat_tables([pq.read_table(f, columns=columns) for f in files]) if files else pa.table({})
 
 
-def _embeddings(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+def _embeddings(column: pa.ChunkedArray, wanted: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, vectors)`` of the rows with an embedding (and among ``wanted``, when given)."""
     col = column.combine_chunks()
-    valid = np.flatnonzero(~col.is_null().to_numpy(zero_copy_only=False))
+    present = ~col.is_null().to_numpy(zero_copy_only=False)
+    valid = np.flatnonzero(present if wanted is None else present & wanted)
     values = col.take(pa.array(valid))
     if pa.types.is_fixed_size_list(values.type):
         dim = values.type.list_size
@@ -130,52 +136,141 @@ def _embeddings(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------ groups
-def assign_groups(n: int, pairs: list[Pairs], facts: RowFacts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(group per row or -1, representative row per row or -1, kind index per row)`` from the edges; the
-    representative is the better file by :func:`charattr_hf.curation.keep.compare`.
+class Groups(NamedTuple):
+    """What :func:`assign_groups` decides, one entry per row."""
 
-    Kind index: 0 exact, 1 near, 2 semantic (the strongest kind of edge at the row), -1 none."""
+    #: group number (numbered by each group's first row), -1 for a row without duplicates
+    group: np.ndarray
+    #: the group's kept row, -1 for a row without duplicates
+    rep: np.ndarray
+    #: 0 exact (the kept row's sha256), 1 near, 2 semantic: the strongest kind that links the row to its kept row
+    #: itself (for a kept row: the strongest among its members), -1 none
+    kind: np.ndarray
+    #: the criterion (index in ``keep.STAGES``) that ruled a non-kept member out, -1 otherwise
+    stage: np.ndarray
+
+
+def assign_groups(n: int, pairs: list[Pairs], facts: RowFacts,
+                  check: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> Groups:
+    """Duplicate groups of ``n`` rows from the edges, each with its kept row.
+
+    The connected components of all the edges are the candidate groups; in each, the better file is kept
+    (:func:`charattr_hf.curation.keep.rank_groups`). Then each other member is checked against the kept row itself:
+    the same sha256 (exact), else a direct edge with it, else ``check(kept_rows, rows)`` (kind per pair: 1 near, 2
+    semantic, -1 neither; :func:`curate` passes the pairs' own near and semantic checks, run on that pair), so that
+    a chain of small steps between two different pictures does not make one group. Members that fail leave the
+    group and are grouped again among themselves, by the edges between them, the same way; a row left without
+    edges has no duplicate. Every round settles at least two rows, and only the rows of groups are checked."""
     kinds = {"exact": 0, "near": 1, "semantic": 2}
-    i = np.concatenate([p.i for p in pairs]) if pairs else np.zeros(0, np.int64)
-    j = np.concatenate([p.j for p in pairs]) if pairs else np.zeros(0, np.int64)
-    kind = np.full(n, 3, np.int64)
-    for p in pairs:
-        k = kinds[p.kind]
-        for side in (p.i, p.j):
-            np.minimum.at(kind, side, k)
-    kind[kind == 3] = -1
-    label = connected_components(n, i, j)
-    size = np.bincount(label, minlength=n)
-    rows = np.flatnonzero(size[label] > 1)
+    i = np.concatenate([p.i for p in pairs]).astype(np.int64) if pairs else np.zeros(0, np.int64)
+    j = np.concatenate([p.j for p in pairs]).astype(np.int64) if pairs else np.zeros(0, np.int64)
+    k = np.concatenate([np.full(len(p), kinds[p.kind], np.int64) for p in pairs]) if pairs else np.zeros(0, np.int64)
+    exact_label = connected_components(n, i[k == 0], j[k == 0])  # rows with one sha256
+    code = np.minimum(i, j) * n + np.maximum(i, j)
+    order = np.lexsort((k, code))
+    first = np.r_[True, code[order][1:] != code[order][:-1]][: len(code)]
+    edge_code, edge_kind = code[order][first], k[order][first]  # the strongest kind of each edge
+
+    def direct(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """The strongest kind of edge between ``a`` and ``b`` (3: none)."""
+        c = np.minimum(a, b) * n + np.maximum(a, b)
+        at = np.minimum(np.searchsorted(edge_code, c), len(edge_code) - 1)
+        return np.where(edge_code[at] == c, edge_kind[at], 3)
+
     group = np.full(n, -1, np.int64)
     rep = np.full(n, -1, np.int64)
-    if len(rows):
-        rep_of_label = np.full(n, -1, np.int64)
-        for lab, r in pick_representatives(label, rows, facts).items():
-            rep_of_label[lab] = r
-        # group numbers follow the first row of each group
+    kind = np.full(n, -1, np.int64)
+    stage = np.full(n, -1, np.int64)
+    while len(i):
+        label = connected_components(n, i, j)
+        rows = np.unique(np.concatenate([i, j]))
+        kept, ruled_out = rank_groups(label, rows, facts)
+        members = rows[kept[rows] != rows]
+        p = kept[members]
+        kk = np.where(exact_label[members] == exact_label[p], 0, direct(p, members))
+        open_ = np.flatnonzero(kk > 1)
+        if check is not None and len(open_):
+            found = check(p[open_], members[open_])
+            kk[open_] = np.minimum(kk[open_], np.where(found >= 0, found, 3))
+        ok = kk < 3
+        rep[members[ok]] = p[ok]
+        kind[members[ok]] = kk[ok]
+        stage[members[ok]] = ruled_out[members[ok]]
+        reps = np.unique(p[ok])  # each has a direct edge to a member of its component, so a member passes
+        rep[reps] = reps
+        kind[reps] = 3
+        np.minimum.at(kind, p[ok], kk[ok])
+        failed = np.zeros(n, bool)
+        failed[members[~ok]] = True
+        again = failed[i] & failed[j]
+        i, j = i[again], j[again]
+    grouped = np.flatnonzero(rep >= 0)
+    if len(grouped):  # group numbers follow the first row of each group
+        first_row = np.full(n, n, np.int64)
+        np.minimum.at(first_row, rep[grouped], grouped)
+        reps = np.unique(rep[grouped])
         gid = np.full(n, -1, np.int64)
-        roots = np.unique(label[rows])
-        gid[roots] = np.arange(len(roots))
-        group[rows] = gid[label[rows]]
-        rep[rows] = rep_of_label[label[rows]]
-    return group, rep, kind
+        gid[reps[np.argsort(first_row[reps], kind="stable")]] = np.arange(len(reps))
+        group[grouped] = gid[rep[grouped]]
+    return Groups(group, rep, kind, stage)
 
 
-def _signatures(files: list[Path], errors: list, batch: int = 65536):
-    """The near-duplicate signature arrays of rows without a decode error: ``(rows, phash (m, 16), thumb
-    (m, 768), keypoints (m, K, 18) or None, counts or None)``; rows with a missing or malformed signature are
-    left out."""
+def _direct_check(files: list[Path], errors: list, touched: np.ndarray, cfg: CurateConfig):
+    """The pairs' near and semantic checks for two rows among ``touched`` (the rows with an edge), as
+    :func:`assign_groups` runs them between a member and its group's kept row; reads the signatures and embeddings of
+    those rows only. None when there is nothing to check."""
+    if not touched.any() or (cfg.near is None and cfg.semantic is None):
+        return None
+    n = len(errors)
+    near = semantic = None
+    if cfg.near is not None:
+        valid, _, thumbs, keypoints, counts = _signatures(files, errors, touched)
+        pos = np.full(n, -1, np.int64)
+        pos[valid] = np.arange(len(valid))
+        near = (pos, thumbs, keypoints, counts)
+    if cfg.semantic is not None:
+        valid, emb = _embeddings(_read(files, ["embedding"]).column("embedding"), touched)
+        pos = np.full(n, -1, np.int64)
+        pos[valid] = np.arange(len(valid))
+        unit = emb.astype(np.float32)
+        unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+        semantic = (pos, unit)
+
+    def check(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        out = np.full(len(a), -1, np.int64)
+        if near is not None:
+            pos, thumbs, keypoints, counts = near
+            at = np.flatnonzero((pos[a] >= 0) & (pos[b] >= 0))
+            d = near_distance(thumbs, pos[a[at]], pos[b[at]], cfg.near, keypoints, counts)
+            out[at[d <= cfg.near.thumb_threshold]] = 1
+        if semantic is not None:
+            pos, unit = semantic
+            at = np.flatnonzero((out < 0) & (pos[a] >= 0) & (pos[b] >= 0))
+            cosine = np.einsum("ij,ij->i", unit[pos[a[at]]], unit[pos[b[at]]])
+            out[at[cosine >= cfg.semantic.threshold]] = 2
+        return out
+
+    return check
+
+
+def _signatures(files: list[Path], errors: list, wanted: np.ndarray | None = None, batch: int = 65536):
+    """The near-duplicate signature arrays of rows without a decode error (and among ``wanted``, when given):
+    ``(rows, phash (m, 16), thumb (m, 768), keypoints (m, K, 18) or None, counts or None)``; rows with a missing or
+    malformed signature are left out."""
     sig = _read(files, ["signature"]).column("signature")
     kept, ph, th, kp, cnt = [], [], [], [], []
     has_keypoints = False
     for s in range(0, len(sig), batch):
         part = sig.slice(s, batch)
+        at = np.arange(s, s + len(part))
+        if wanted is not None:
+            part = part.filter(pa.array(wanted[at]))
+            at = at[wanted[at]]
         phash = pc.struct_field(part, "phash").to_pylist()
         thumb = pc.struct_field(part, "thumb").to_pylist()
-        ok = [k for k in range(len(phash)) if errors[s + k] is None and isinstance(phash[k], str)
+        ok = [k for k in range(len(phash)) if errors[at[k]] is None and isinstance(phash[k], str)
               and len(phash[k]) == 32 and isinstance(thumb[k], str) and len(thumb[k]) == 2 * THUMB_BYTES]
-        kept.append(np.asarray(ok, np.int64) + s)
+        kept.append(at[np.asarray(ok, np.int64)])
         ph.append(decode_hex([phash[k] for k in ok], 16)[1])
         th.append(decode_hex([thumb[k] for k in ok], THUMB_BYTES)[1])
         points = pc.struct_field(part, "keypoints").to_pylist()
@@ -231,6 +326,10 @@ def curate(
     files = annotated_files(str(dataset), split, revision)
     if output_dir.resolve() in {f.resolve().parent.parent for f in files}:
         raise UserError("--output_dir must differ from the annotated dataset's folder")
+    if any((output_dir / "data").glob("*.parquet")) and not (output_dir / "curation.json").is_file():
+        # writing replaces data/*.parquet: only an earlier curated output may be overwritten
+        raise UserError(f"{output_dir} holds Parquet shards (data/*.parquet) and is not an earlier curated output; "
+                        "curating would replace them: give a new or empty --output_dir")
     features = Features.from_arrow_schema(pq.read_schema(files[0]))
     for col in ("id", "sha256", "error", "width", "height", "quality", "flags"):
         if col not in features:
@@ -292,14 +391,17 @@ def curate(
         del emb
         timings["semantic"] = pairs[-1].seconds
     t1 = time.perf_counter()
-    group, rep, kind = assign_groups(n, pairs, facts)
+    touched = np.zeros(n, bool)
+    for p in pairs:
+        touched[p.i] = touched[p.j] = True
+    group, rep, kind, stage = assign_groups(n, pairs, facts, _direct_check(files, errors, touched, cfg))
     kind_names = ("exact_duplicate", "near_duplicate", "semantic_duplicate")
     dup_rows = np.flatnonzero((rep >= 0) & (rep != np.arange(n)))
     for k in range(3):
         removed_by[kind_names[k]] = 0
     for r in dup_rows:
         name = kind_names[kind[r]]
-        reasons[r].append(f"{name}: of {ids[rep[r]]} (kept: {compare(facts, int(rep[r]), int(r))[1]})")
+        reasons[r].append(f"{name}: of {ids[rep[r]]} (kept: {why_kept(facts, int(rep[r]), int(r), int(stage[r]))})")
         removed_by[name] += 1
     timings["grouping"] = time.perf_counter() - t1
 

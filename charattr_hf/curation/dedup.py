@@ -41,7 +41,7 @@ from ..stages.signatures import THUMB_SIDE, mirror_thumbs, normalise_thumbs
 logger = logging.getLogger(__name__)
 
 __all__ = ["NearConfig", "SemanticConfig", "Pairs", "connected_components", "exact_pairs", "near_pairs",
-           "semantic_pairs"]
+           "near_distance", "semantic_pairs"]
 
 
 @dataclass
@@ -156,15 +156,6 @@ def exact_pairs(keys: list) -> Pairs:
     keep = members != head
     i, j = _unique_pairs(head[keep], members[keep])
     return Pairs("exact", i, j, np.zeros(len(i), np.float32), seconds=time.perf_counter() - start)
-
-
-def _thumb_distances(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray, block: int = 65536) -> np.ndarray:
-    out = np.empty(len(i), np.float32)
-    for s in range(0, len(i), block):
-        a = normalise_thumbs(thumbs[i[s : s + block]])
-        b = normalise_thumbs(thumbs[j[s : s + block]])
-        out[s : s + block] = np.sqrt(np.mean((a - b) ** 2, axis=1))
-    return out
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -316,18 +307,6 @@ def _phash_distances(phash: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndar
     return np.minimum(np.bitwise_count(a ^ b[:, 0]), np.bitwise_count(a ^ b[:, 1])).astype(np.int64)
 
 
-def _thumb_distances(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray, block: int = 65536) -> np.ndarray:
-    """Thumbnail distance of each pair, the smaller of direct and mirrored (see signatures.thumb_distance)."""
-    out = np.empty(len(i), np.float32)
-    for s in range(0, len(i), block):
-        a = normalise_thumbs(thumbs[i[s : s + block]])
-        tb = thumbs[j[s : s + block]]
-        direct = np.sqrt(np.mean((a - normalise_thumbs(tb)) ** 2, axis=1))
-        mirrored = np.sqrt(np.mean((a - normalise_thumbs(mirror_thumbs(tb))) ** 2, axis=1))
-        out[s : s + block] = np.minimum(direct, mirrored)
-    return out
-
-
 # ------------------------------------------------------------------------------------------ local features
 def keypoint_candidates(desc: np.ndarray, counts: np.ndarray, *, bits: int = 32, tables: int = 2,
                         max_bucket: int = 8, min_shared: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -468,9 +447,6 @@ def keypoint_fit(kp_a: np.ndarray, n_a: np.ndarray, kp_b: np.ndarray, n_b: np.nd
 def _smooth(t: np.ndarray) -> np.ndarray:
     """A [1, 2, 1] / 4 blur along both axes of ``(p, n, n, 3)`` thumbnails (edges repeated): sampling one
     thumbnail between its cells, as an alignment does, then errs far less on sharp pictures."""
-    import os
-    if os.environ.get("NOSMOOTH"):
-        return t
     for axis in (1, 2):
         pad = np.concatenate([t.take([0], axis=axis), t, t.take([-1], axis=axis)], axis=axis)
         n = t.shape[axis]
@@ -533,6 +509,36 @@ def aligned_thumb_distance(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray, fit
     return out
 
 
+def _whole_picture_distance(thumbs: np.ndarray, a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
+    """The robust thumbnail distance of each pair as they are, or mirrored where that is above ``threshold``: the
+    smaller."""
+    td = aligned_thumb_distance(thumbs, a, b)
+    other = np.flatnonzero(td > threshold)  # the mirrored comparison only where the direct one fails
+    td[other] = np.minimum(td[other], aligned_thumb_distance(thumbs, a[other], b[other], mirror=True))
+    return td
+
+
+def near_distance(thumbs: np.ndarray, a: np.ndarray, b: np.ndarray, cfg: NearConfig,
+                  keypoints: np.ndarray | None = None, counts: np.ndarray | None = None) -> np.ndarray:
+    """The check of :func:`near_pairs` on given pairs (positions in ``thumbs``), without its candidate searches:
+    the thumbnails as they are or mirrored, else, where local features agree on a fit (``min_inliers``, from
+    either picture to the other), aligned by it; the smallest robust distance (a duplicate: at most
+    ``thumb_threshold``). Grouping runs it between a group's kept row and each other member."""
+    d = _whole_picture_distance(thumbs, a, b, cfg.thumb_threshold)
+    if keypoints is None or counts is None or cfg.min_inliers <= 0:
+        return d
+    for x, y in ((a, b), (b, a)):
+        other = np.flatnonzero(d > cfg.thumb_threshold)
+        for s in range(0, len(other), 65536):
+            o = other[s : s + 65536]
+            count, fit = keypoint_fit(keypoints[x[o]], counts[x[o]], keypoints[y[o]], counts[y[o]],
+                                      need=cfg.min_inliers)
+            good = count >= cfg.min_inliers
+            o = o[good]
+            d[o] = np.minimum(d[o], aligned_thumb_distance(thumbs, x[o], y[o], fit[good]))
+    return d
+
+
 def near_pairs(phash: np.ndarray, thumbs: np.ndarray, rows: np.ndarray, cfg: NearConfig,
                keypoints: np.ndarray | None = None, counts: np.ndarray | None = None) -> Pairs:
     """Near-duplicate edges among ``rows`` (indices into the dataset) given their ``phash`` ``(m, 16)``,
@@ -563,9 +569,7 @@ def near_pairs(phash: np.ndarray, thumbs: np.ndarray, rows: np.ndarray, cfg: Nea
     del projected
     hashed = _phash_distances(phash, a, b) <= cfg.phash_radius
     a, b = a[hashed], b[hashed]
-    td = aligned_thumb_distance(thumbs, a, b)
-    other = np.flatnonzero(td > cfg.thumb_threshold)  # the mirrored comparison only where the direct one fails
-    td[other] = np.minimum(td[other], aligned_thumb_distance(thumbs, a[other], b[other], mirror=True))
+    td = _whole_picture_distance(thumbs, a, b, cfg.thumb_threshold)
     keep = td <= cfg.thumb_threshold
     i, j, dist = [a[keep]], [b[keep]], [td[keep]]
     if keypoints is not None and cfg.min_inliers > 0 and len(keypoints):

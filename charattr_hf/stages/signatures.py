@@ -74,7 +74,6 @@ MARGIN = 0.08
 THUMB_SIDE = 16
 THUMB_BYTES = THUMB_SIDE * THUMB_SIDE * 3
 HASH_SIDE = 32
-HASH_BITS = 64
 #: Most local features kept per image (the strongest).
 KEYPOINTS = 48
 #: Longer side of the content when local features are detected.
@@ -119,7 +118,7 @@ def content_box(rgb: Image.Image) -> tuple[float, float, float, float]:
     and a plain background are all cut, which makes an original and its framed copy agree: a white frame around a
     white-background illustration only widens the white that is cut anyway). The sides are peeled in turn, each
     line judged between the sides cut so far, until nothing changes: the rows just inside a frame then count
-    without the frame's columns. Measured on a box-downscaled copy (at most 128 px a side), which averages JPEG
+    without the frame's columns. Measured on a box-downscaled copy (at most 64 px a side), which averages JPEG
     noise away."""
     w, h = rgb.size
     sw, sh = min(w, _TRIM_SIDE), min(h, _TRIM_SIDE)
