@@ -449,6 +449,7 @@ def test_one_policy_round_at_a_time(served, tmp_path):
 
 def test_login_when_served_beyond_this_machine(served, tmp_path, capsys, monkeypatch):
     from gradio_client import Client
+    from gradio_client.exceptions import AuthenticationError
 
     from charattr_hf.app.serving import AUTH_ENV, serving_auth
     from charattr_hf.app.ui import launch
@@ -470,13 +471,30 @@ def test_login_when_served_beyond_this_machine(served, tmp_path, capsys, monkeyp
     assert run_main(recipe.main, ["--host", "0.0.0.0", "--feedback_log", str(tmp_path / "fb.parquet")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--auth" in err[0] and "--insecure" in err[0]
+    # the library's launch() refuses the same, before it serves anything
+    with pytest.raises(UserError, match="--auth USER:PASSWORD"):
+        launch(served["state"], host="0.0.0.0", port=free_port(), block=False, quiet=True)
+    # never a public share link, which would bypass the login: not with GRADIO_SHARE=true either (the share server
+    # is out of reach here: its tunnel is recorded instead of opened)
+    import gradio.networking
+
+    tunnels = []
+    monkeypatch.setenv("GRADIO_SHARE", "true")
+    monkeypatch.setattr(gradio.networking, "setup_tunnel", lambda *a, **k: tunnels.append(k) or "https://x.gradio.live")
     # served with a login: API clients without it are turned away
     demo, url = launch(served["state"], port=free_port(), block=False, quiet=True, auth=("ann", "s3cret"))
     try:
-        with pytest.raises(Exception):
+        assert tunnels == [] and demo.share is False and demo.share_url is None
+        with pytest.raises(AuthenticationError, match="credentials were not provided"):
             Client(url, verbose=False).predict(api_name="/status")
-        with pytest.raises(Exception):
+        with pytest.raises(ValueError, match="Could not login to"):
             Client(url, verbose=False, auth=("ann", "wrong")).predict(api_name="/status")
+        import httpx
+        from gradio_client.utils import CONFIG_URL, LOGIN_URL
+
+        wrong = httpx.post(url + LOGIN_URL, data={"username": "ann", "password": "wrong"})
+        assert wrong.status_code == 400 and "Incorrect credentials" in wrong.text  # the login refused it
+        assert httpx.get(url + CONFIG_URL).status_code == 401  # and nothing is served without one
         status = Client(url, verbose=False, auth=("ann", "s3cret")).predict(api_name="/status")
         assert status["feedback_log"] == str(served["state"].log.path)
     finally:
@@ -573,10 +591,16 @@ def test_recipe_retrains_from_the_log_and_reports_user_errors(served, tmp_path, 
     if served["state"].log.rows_path.exists():
         shutil.copytree(served["state"].log.rows_path, tmp_path / "feedback.rows.parquet")
     assert len(FeedbackLog(log)) > 0
-    code = recipe.main(["--dataset", str(served["root"] / "annotated"), "--feedback_log", str(log), "--retrain"])
+    code = recipe.main(["--dataset", str(served["root"] / "annotated"), "--feedback_log", str(log), "--retrain",
+                        "--auth", "ann:pw-one", "--auth=ann:pw-two"])  # the last one counts
     assert code == 0
     saved = tmp_path / "feedback-policy" / "app-v1"  # from the rule: a fresh policy, learned from the log alone
-    assert (saved / "model.safetensors").is_file() and '"policy_version": "app-v1"' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert (saved / "model.safetensors").is_file() and '"policy_version": "app-v1"' in out
+    recorded = json.loads((saved / "config.json").read_text())["training_info"][-1]["command"]
+    assert recorded.endswith("--retrain --auth '***' '--auth=***'")  # the command, without the password
+    for text in (out, (saved / "config.json").read_text(), (saved / "README.md").read_text()):
+        assert "pw-one" not in text and "pw-two" not in text
     assert recipe.main(["--dataset", str(served["root"] / "annotated"), "--feedback_log", str(log), "--retrain"]) == 0
     assert (tmp_path / "feedback-policy" / "app-v2").is_dir() and (saved / "model.safetensors").is_file()  # kept
     capsys.readouterr()
@@ -585,6 +609,39 @@ def test_recipe_retrains_from_the_log_and_reports_user_errors(served, tmp_path, 
     assert run_main(recipe.main, ["--dataset", str(tmp_path / "missing"), "--feedback_log", str(log)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing" in err[0]
+
+
+def test_a_review_item_is_decided_once(served):
+    """A double key press or a retried API call decides an item once: the second decision on its token is refused
+    as a stale item is, and logs nothing; a mistake in a decision (no label to correct to) leaves the item open."""
+    state = served["state"]
+    item = state.next_items(1)[0]
+    before = len(state.log)
+    with pytest.raises(UserError, match="needs the right label"):
+        state.decide(item.token, "correct")
+    barrier, results = threading.Barrier(2), []
+
+    def press():
+        barrier.wait()
+        try:
+            results.append(state.decide(item.token, "accept"))
+        except UserError as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=press) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(type(r).__name__ for r in results) == ["UserError", "dict"]
+    assert "stale" in str(next(r for r in results if isinstance(r, UserError)))
+    with pytest.raises(UserError, match="unknown or stale review item"):
+        state.decide(item.token, "reject")
+    with pytest.raises(UserError, match="unknown or stale review item"):
+        state.decide("no-such-token", "reject")
+    assert len(state.log) == before + 1
+    assert state.log.read_table(columns=["id", "attribute"]).to_pylist()[-1] == {"id": item.id,
+                                                                                "attribute": item.attribute}
 
 
 def test_the_queue_takes_the_attributes_in_turn():
