@@ -226,7 +226,7 @@ def test_two_processes_merging_one_log_lose_and_double_nothing(tmp_path):
     path = tmp_path / "fb.parquet"
     FeedbackLog(path).append(decision_events(load_schema("synthetic"), "old", "hair_color", 0, 1.0, "accept"))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), name, "60"], stdin=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), name, "30"], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, env=env) for name in ("a", "b")]
     for p in procs:
         assert p.stdout.readline().strip() == "ready"
@@ -236,7 +236,7 @@ def test_two_processes_merging_one_log_lose_and_double_nothing(tmp_path):
     for p in procs:
         assert p.wait(240) == 0
     ids = FeedbackLog(path).read_table().column("id").to_pylist()
-    expected = ["old"] + [f"{name}{i}" for name in ("a", "b") for i in range(60)]
+    expected = ["old"] + [f"{name}{i}" for name in ("a", "b") for i in range(30)]
     assert sorted(ids) == sorted(expected)
 
 
