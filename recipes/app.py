@@ -71,7 +71,7 @@ class AppArguments:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     app_args, options = parse_args([AppArguments, PipelineOptions], argv, description=__doc__.split("\n\n")[0])
-    from charattr_hf.app.serving import serving_auth
+    from charattr_hf.app.serving import redact_auth, serving_auth
     from charattr_hf.checks import check_models, check_schema
 
     check_models(options)  # before anything heavy: mistakes end here
@@ -92,12 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     state = AppState(config, warm_up=not app_args.retrain)
     if app_args.retrain:
-        command = "python recipes/app.py " + shlex.join(argv)
+        command = "python recipes/app.py " + shlex.join(redact_auth(argv))  # recorded in the policy and its card
         print(json.dumps(state.retrain(command=command), indent=1, default=str))
         return 0
     from charattr_hf.app.ui import launch
 
-    launch(state, port=app_args.port, host=app_args.host, block=True, auth=login)
+    launch(state, port=app_args.port, host=app_args.host, block=True, auth=login, insecure=app_args.insecure)
     return 0
 
 

@@ -152,11 +152,92 @@ def test_feedback_log_appends_whole_files_and_merges_them(tmp_path):
         log.append(decision_events(schema, f"r{i}", "hair_color", i % 10, 0.9, "accept"))
     files = sorted((tmp_path / "fb.parquet").glob("*.parquet"))
     assert len(files) == 2 + (600 - 512)  # two merged files of 256, then one file per decision
-    assert not list((tmp_path / "fb.parquet").glob(".*"))  # no temporary file left behind
+    assert [p.name for p in (tmp_path / "fb.parquet").glob(".*")] == [".lock"]  # no temporary file left behind
     assert log.read_table().column("id").to_pylist() == ids and len(log) == 600
     log.compact()
     assert len(list((tmp_path / "fb.parquet").glob("*.parquet"))) == 1
     assert ft.load_table(str(log.path))["id"] == ids
+
+
+@pytest.mark.parametrize("fail", ["replace", "unlink"])
+def test_a_merge_that_dies_at_any_point_leaves_every_event_once(tmp_path, monkeypatch, fail):
+    """A process killed in the middle of a merge (its k-th rename or removal fails, for every k) leaves a log that,
+    reopened, holds every event exactly once, and the folder then merges and reads as usual."""
+    from charattr_hf.app import feedback as fb
+
+    schema = load_schema("synthetic")
+    real = {"replace": os.replace, "unlink": Path.unlink}
+    for k in range(8):
+        path = tmp_path / f"k{k}" / "fb.parquet"
+        log = FeedbackLog(path)
+        log._events.merge_every = 4
+        for i in range(3):
+            log.append(decision_events(schema, f"r{i}", "hair_color", 0, 1.0, "accept"))
+        calls = []
+
+        def dies(*args, **kwargs):
+            calls.append(args)
+            if len(calls) > k:
+                raise SystemExit("killed")
+            return real[fail](*args, **kwargs)
+
+        if fail == "replace":
+            monkeypatch.setattr(fb.os, "replace", dies)
+        else:
+            monkeypatch.setattr(Path, "unlink", dies)
+        try:  # the 4th decision: its file, then the merge of the 4 files
+            log.append(decision_events(schema, "r3", "hair_color", 0, 1.0, "accept"))
+        except SystemExit:
+            pass
+        monkeypatch.undo()
+        again = FeedbackLog(path)
+        table = again.read_table()
+        written = fail == "unlink" or k > 0  # the 4th decision's own file was renamed into place
+        assert sorted(table.column("id").to_pylist()) == ["r0", "r1", "r2"] + (["r3"] if written else [])
+        assert len(set(table.column("decision_id").to_pylist())) == table.num_rows == len(again)
+        assert not [p.name for p in path.iterdir() if p.name.startswith(".merg")]  # the interrupted merge is done
+        again.append(decision_events(schema, "r4", "hair_color", 0, 1.0, "accept"))
+        again.compact()
+        assert [p.name for p in path.glob("*.parquet")] and len(list(path.glob("*.parquet"))) == 1
+        assert sorted(FeedbackLog(path).read_table().column("id").to_pylist())[-1] == "r4"
+        assert FeedbackLog(path).read_table().num_rows == table.num_rows + 1
+
+
+_WRITER = """
+import sys
+from charattr_hf.app.feedback import FeedbackLog, decision_events
+from charattr_hf.schema import load_schema
+schema, name, n = load_schema("synthetic"), sys.argv[2], int(sys.argv[3])
+log = FeedbackLog(sys.argv[1])
+log._events.merge_every = 3  # merge this process's latest files often
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range(n):
+    log.append(decision_events(schema, f"{name}{i}", "hair_color", 0, 1.0, "accept"))
+    if i % 5 == 4:
+        log.compact()  # as recipes/app.py --retrain does beside the serving app
+        log.read_table()
+"""
+
+
+def test_two_processes_merging_one_log_lose_and_double_nothing(tmp_path):
+    """Two real processes append to one log, each merging its own latest files and compacting the whole log while
+    the other does the same: every decision of both is in the log exactly once."""
+    path = tmp_path / "fb.parquet"
+    FeedbackLog(path).append(decision_events(load_schema("synthetic"), "old", "hair_color", 0, 1.0, "accept"))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), name, "30"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env) for name in ("a", "b")]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    for p in procs:  # both start together
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    for p in procs:
+        assert p.wait(240) == 0
+    ids = FeedbackLog(path).read_table().column("id").to_pylist()
+    expected = ["old"] + [f"{name}{i}" for name in ("a", "b") for i in range(30)]
+    assert sorted(ids) == sorted(expected)
 
 
 def pq_bytes(table: pa.Table) -> bytes:
@@ -320,6 +401,8 @@ def test_one_policy_round_at_a_time(served, tmp_path):
     after the first and takes the next version; a round while another process trains on the same folder is
     refused."""
     state = served["state"]
+    for item in state.next_items(3):  # the log has events whichever tests ran before
+        state.decide(item.token, "accept")
     barrier, results = threading.Barrier(2), []
 
     def ask():
@@ -344,13 +427,15 @@ def test_one_policy_round_at_a_time(served, tmp_path):
     for r in done:
         saved = CharattrFusionModel.from_pretrained(r["saved_to"]).config
         assert saved.policy_version == Path(r["saved_to"]).name
-        if len(saved.training_info) > 1:
-            # a continued policy (the library's defaults, as benchmarked) keeps its earlier answers on the pool's
-            # images without feedback, and the round states what it changed there
-            kinds = {k["group"]: k for k in r["before_after"]}
-            assert r["anchored_images"] > 0 and r["given_images"] >= 24
-            assert kinds["images without events"]["images"] > 0 and kinds["images with events"]["events"] >= 1
-            assert kinds["images without events"]["events"] == 0 and kinds["all"]["images"] == r["given_images"]
+    # one more round, alone: it continues the policy the last one saved, which (the library's defaults, as
+    # benchmarked) keeps its earlier answers on the pool's images without feedback, and states what it changed there
+    r = state.retrain()
+    saved = CharattrFusionModel.from_pretrained(r["saved_to"]).config
+    assert len(saved.training_info) >= 2 and r["continued"] and r["anchor_rows"] == "unlike_feedback"
+    kinds = {k["group"]: k for k in r["before_after"]}
+    assert r["anchored_images"] > 0 and r["given_images"] >= 24
+    assert kinds["images without events"]["images"] > 0 and kinds["images with events"]["events"] >= 1
+    assert kinds["images without events"]["events"] == 0 and kinds["all"]["images"] == r["given_images"]
     holder = subprocess.Popen(
         [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
          "print('locked', flush=True); time.sleep(120)", str(state.policy_dir / ".lock")],
@@ -368,6 +453,7 @@ def test_one_policy_round_at_a_time(served, tmp_path):
 
 def test_login_when_served_beyond_this_machine(served, tmp_path, capsys, monkeypatch):
     from gradio_client import Client
+    from gradio_client.exceptions import AuthenticationError
 
     from charattr_hf.app.serving import AUTH_ENV, serving_auth
     from charattr_hf.app.ui import launch
@@ -389,13 +475,30 @@ def test_login_when_served_beyond_this_machine(served, tmp_path, capsys, monkeyp
     assert run_main(recipe.main, ["--host", "0.0.0.0", "--feedback_log", str(tmp_path / "fb.parquet")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--auth" in err[0] and "--insecure" in err[0]
+    # the library's launch() refuses the same, before it serves anything
+    with pytest.raises(UserError, match="--auth USER:PASSWORD"):
+        launch(served["state"], host="0.0.0.0", port=free_port(), block=False, quiet=True)
+    # never a public share link, which would bypass the login: not with GRADIO_SHARE=true either (the share server
+    # is out of reach here: its tunnel is recorded instead of opened)
+    import gradio.networking
+
+    tunnels = []
+    monkeypatch.setenv("GRADIO_SHARE", "true")
+    monkeypatch.setattr(gradio.networking, "setup_tunnel", lambda *a, **k: tunnels.append(k) or "https://x.gradio.live")
     # served with a login: API clients without it are turned away
     demo, url = launch(served["state"], port=free_port(), block=False, quiet=True, auth=("ann", "s3cret"))
     try:
-        with pytest.raises(Exception):
+        assert tunnels == [] and demo.share is False and demo.share_url is None
+        with pytest.raises(AuthenticationError, match="credentials were not provided"):
             Client(url, verbose=False).predict(api_name="/status")
-        with pytest.raises(Exception):
+        with pytest.raises(ValueError, match="Could not login to"):
             Client(url, verbose=False, auth=("ann", "wrong")).predict(api_name="/status")
+        import httpx
+        from gradio_client.utils import CONFIG_URL, LOGIN_URL
+
+        wrong = httpx.post(url + LOGIN_URL, data={"username": "ann", "password": "wrong"})
+        assert wrong.status_code == 400 and "Incorrect credentials" in wrong.text  # the login refused it
+        assert httpx.get(url + CONFIG_URL).status_code == 401  # and nothing is served without one
         status = Client(url, verbose=False, auth=("ann", "s3cret")).predict(api_name="/status")
         assert status["feedback_log"] == str(served["state"].log.path)
     finally:
@@ -492,10 +595,16 @@ def test_recipe_retrains_from_the_log_and_reports_user_errors(served, tmp_path, 
     if served["state"].log.rows_path.exists():
         shutil.copytree(served["state"].log.rows_path, tmp_path / "feedback.rows.parquet")
     assert len(FeedbackLog(log)) > 0
-    code = recipe.main(["--dataset", str(served["root"] / "annotated"), "--feedback_log", str(log), "--retrain"])
+    code = recipe.main(["--dataset", str(served["root"] / "annotated"), "--feedback_log", str(log), "--retrain",
+                        "--auth", "ann:pw-one", "--auth=ann:pw-two"])  # the last one counts
     assert code == 0
     saved = tmp_path / "feedback-policy" / "app-v1"  # from the rule: a fresh policy, learned from the log alone
-    assert (saved / "model.safetensors").is_file() and '"policy_version": "app-v1"' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert (saved / "model.safetensors").is_file() and '"policy_version": "app-v1"' in out
+    recorded = json.loads((saved / "config.json").read_text())["training_info"][-1]["command"]
+    assert recorded.endswith("--retrain --auth '***' '--auth=***'")  # the command, without the password
+    for text in (out, (saved / "config.json").read_text(), (saved / "README.md").read_text()):
+        assert "pw-one" not in text and "pw-two" not in text
     assert recipe.main(["--dataset", str(served["root"] / "annotated"), "--feedback_log", str(log), "--retrain"]) == 0
     assert (tmp_path / "feedback-policy" / "app-v2").is_dir() and (saved / "model.safetensors").is_file()  # kept
     capsys.readouterr()
@@ -504,6 +613,39 @@ def test_recipe_retrains_from_the_log_and_reports_user_errors(served, tmp_path, 
     assert run_main(recipe.main, ["--dataset", str(tmp_path / "missing"), "--feedback_log", str(log)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing" in err[0]
+
+
+def test_a_review_item_is_decided_once(served):
+    """A double key press or a retried API call decides an item once: the second decision on its token is refused
+    as a stale item is, and logs nothing; a mistake in a decision (no label to correct to) leaves the item open."""
+    state = served["state"]
+    item = state.next_items(1)[0]
+    before = len(state.log)
+    with pytest.raises(UserError, match="needs the right label"):
+        state.decide(item.token, "correct")
+    barrier, results = threading.Barrier(2), []
+
+    def press():
+        barrier.wait()
+        try:
+            results.append(state.decide(item.token, "accept"))
+        except UserError as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=press) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(type(r).__name__ for r in results) == ["UserError", "dict"]
+    assert "stale" in str(next(r for r in results if isinstance(r, UserError)))
+    with pytest.raises(UserError, match="unknown or stale review item"):
+        state.decide(item.token, "reject")
+    with pytest.raises(UserError, match="unknown or stale review item"):
+        state.decide("no-such-token", "reject")
+    assert len(state.log) == before + 1
+    assert state.log.read_table(columns=["id", "attribute"]).to_pylist()[-1] == {"id": item.id,
+                                                                                "attribute": item.attribute}
 
 
 def test_the_queue_takes_the_attributes_in_turn():

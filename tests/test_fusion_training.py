@@ -3,6 +3,7 @@ policy, and the recipe end to end. Assertions are on held-out data the policy ne
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -263,6 +264,25 @@ def test_continue_from_saved_policy_gets_smarter(bed, tmp_path):
     assert second_round["anchored_images"] > 0 and second_round["anchor_weight"] == FAST.anchor_weight
     # context scaling comes from the first round and is kept when continuing
     assert torch.equal(loaded.quality_mean, CharattrFusionModel.from_pretrained(tmp_path / "v1").quality_mean)
+    # the card says what held the earlier answers, from what each round recorded: nothing to keep on a fresh round
+    # (though it was given images without events), the unlike-feedback anchor on the continued one, every
+    # row alike with anchor_rows="all", nothing with the anchor off
+    from charattr_hf.models.fusion.card import render_round_changes
+
+    assert (first_round["continued"], second_round["continued"]) == (False, True)
+    fresh, unlike = render_round_changes(first_round, 1), render_round_changes(second_round, 2)
+    assert "a fresh policy, so there were no earlier answers to keep" in fresh and "no image without" not in fresh
+    assert first_round["given_images"] > first_round["images"]  # it was given images without events
+    assert f"kept on the {second_round['anchored_images']} images without events, each weighted by how unlike" in unlike
+    for change, wording in (({"anchor_rows": "all"}, f"kept on the {second_round['anchored_images']} images without "
+                             "events, all alike."),
+                            ({"anchor_weight": 0.0}, "the anchor was off (`anchor_weight` 0)")):
+        other = CharattrFusionModel.from_pretrained(tmp_path / "v1")
+        ft.train_from_feedback(other, train, round2, args=dataclasses.replace(FAST, max_epochs=1, **change))
+        info = other.config.training_info[-1]
+        assert info["continued"] and info["anchor_rows"] == change.get("anchor_rows", "unlike_feedback")
+        card = render_round_changes(info, 2)
+        assert wording in card and "weighted by how unlike" not in card, card
 
 
 # ------------------------------------------------------------------------------------------ recipe

@@ -30,7 +30,10 @@ The log is a folder of Parquet files (a Parquet dataset: ``<log>.parquet/part-*.
 above) that grows by whole files: a decision writes one small file (to a hidden name, then renamed), so it costs
 the same with ten events in the log as with a million, and training can read the log while the app runs. Every
 256 decisions the app merges its latest 256 small files into one, and continuing the policy merges the whole
-log into one file first (a reader in another process at that instant may see some events twice). Images
+log into one file first. Processes sharing the log (the app, ``recipes/app.py --retrain``) take a lock on it
+(``<log>.parquet/.lock``) to merge and read it, and a merge a process died in is finished by the next one, so every
+event is there exactly once (a reader that takes no lock, e.g. ``train_fusion.py``, may see some events twice
+while a merge runs). Images
 uploaded to the app have no row in the annotated dataset: their model inputs (``probs_*``, ``quality``,
 ``flags``) are kept beside the log in ``<log>.rows.parquet/``, an annotated dataset of its own that
 ``train_fusion.py --dataset`` also reads. A log written as one Parquet file by an earlier version becomes such a
@@ -40,9 +43,12 @@ folder when the app opens it.
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import datetime as _dt
+import json
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -57,6 +63,11 @@ from datasets import Dataset, Features, List, Value
 from .. import fusion_training as ft
 from ..errors import UserError
 from ..schema import QUALITY_FEATURES, Schema, probs_column
+
+try:
+    import fcntl
+except ImportError:  # not on POSIX: each process's own lock is all there is
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +145,15 @@ class PartFolder:
 
     ``merge_every``: after that many appends, the files they wrote are merged into one (the cost of a merge does
     not grow with the folder, so an append stays O(1) amortised while the folder keeps about n / merge_every
-    files)."""
+    files).
+
+    Several processes may share the folder (the app serving, ``recipes/app.py --retrain`` beside it): a merge and
+    :meth:`read` hold an exclusive ``fcntl.flock`` on ``<folder>/.lock``, so a merge never works from files
+    another one is replacing, and a read never sees a merge half done. An append needs no lock (it only adds a
+    file). A merge is crash-safe: the merged rows go to a new file, and before it is renamed into place a small
+    manifest (``.merge.json``) names it and the files it replaces; whoever takes the lock next finishes the removal
+    of those files (the merged file is there) or drops the merged file (it is not), so every row is in the folder
+    exactly once whatever the point at which a process died."""
 
     def __init__(self, path: Path, merge_every: int = 256):
         self.path = path
@@ -164,26 +183,86 @@ class PartFolder:
         if len(self._fresh) >= self.merge_every:
             self.merge(self._fresh)
 
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the folder's lock (exclusive, across processes and threads), after finishing an interrupted merge."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".lock", "a+") as fh:
+            if fcntl is not None:
+                fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+            self._recover()
+            yield
+
+    def _recover(self) -> None:
+        """Finish (or undo) a merge a dead process left: see the class docstring."""
+        manifest = self.path / _MANIFEST
+        if manifest.exists():
+            try:
+                plan = json.loads(manifest.read_text())
+                merged, replaced = plan["merged"], plan["replaces"]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise UserError(f"{manifest} is damaged ({exc}); the files it names may hold rows twice: move it "
+                                "away after checking the folder") from exc
+            if (self.path / merged).is_file():  # the merged file is in place: the replaced ones go
+                for name in replaced:
+                    if name != merged:
+                        (self.path / name).unlink(missing_ok=True)
+                logger.info("%s: finished an interrupted merge of %d files", self.path, len(replaced))
+            manifest.unlink()
+        for tmp in self.path.glob(".merging-*"):  # half-written by a merge that died (an append's are its own)
+            tmp.unlink(missing_ok=True)
+
     def merge(self, files: Sequence[Path] | None = None) -> None:
-        """Replace ``files`` (default: every file) by one: the last of them is overwritten with all their rows
-        (it keeps their place in the order), then the others are removed. Files another process removed in the
-        meantime are left out."""
-        files = sorted(p for p in (self.files() if files is None else files) if p.exists())
-        merged = set(files)
-        self._fresh = [p for p in self._fresh if p not in merged]
-        if len(files) < 2:
-            return
-        self._write(_read_files(files), files[-1])
-        for p in files[:-1]:
-            p.unlink(missing_ok=True)
+        """Replace ``files`` (default: every file) by one, named after the last of them so that it keeps their
+        place in the order. Files another process removed in the meantime are left out."""
+        with self.locked():
+            files = sorted(p for p in (self.files() if files is None else files) if p.exists())
+            merged = set(files)
+            self._fresh = [p for p in self._fresh if p not in merged]
+            if len(files) < 2:
+                return
+            target = self.path / _merged_name(files[-1].name)
+            tmp = target.with_name(f".merging-{target.name}")
+            pq.write_table(_read_files(files), tmp)
+            plan = {"merged": target.name, "replaces": [p.name for p in files]}
+            _write_text(self.path / _MANIFEST, json.dumps(plan))
+            os.replace(tmp, target)
+            for p in files:
+                p.unlink(missing_ok=True)
+            (self.path / _MANIFEST).unlink()
 
     def read(self, columns: Sequence[str] | None = None) -> pa.Table | None:
-        files = self.files()
-        return _read_files(files, columns) if files else None
+        if not self.path.is_dir():
+            return None
+        with self.locked():
+            files = self.files()
+            return _read_files(files, columns) if files else None
 
     def schema(self) -> pa.Schema | None:
-        files = self.files()
-        return pq.read_schema(files[0]) if files else None
+        if not self.path.is_dir():
+            return None
+        with self.locked():
+            files = self.files()
+            return pq.read_schema(files[0]) if files else None
+
+
+#: The manifest of a merge under way (see :class:`PartFolder`).
+_MANIFEST = ".merge.json"
+
+
+def _merged_name(name: str) -> str:
+    """The name of a merge of files ending with ``name``: ``part-X.parquet`` -> ``part-X.m1.parquet`` ->
+    ``part-X.m2.parquet``; it sorts where ``name`` did (after every earlier file, before every later one) and is
+    never a name still in the folder."""
+    base, _, rest = name.partition(".")
+    m = re.fullmatch(r"m(\d+)\.parquet", rest)
+    return f"{base}.m{int(m.group(1)) + 1 if m else 1}.parquet"
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".merging-{path.name}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _read_files(files: Sequence[Path], columns: Sequence[str] | None = None) -> pa.Table:
@@ -217,7 +296,7 @@ class FeedbackLog:
     def read_table(self, columns: Sequence[str] | None = None) -> pa.Table:
         """Every event, in the order logged, typed by :data:`FEEDBACK_LOG_FEATURES` (``columns``: some only)."""
         schema = FEEDBACK_LOG_FEATURES.arrow_schema
-        with self._lock:
+        with self._lock, (self._events.locked() if self.path.is_dir() else contextlib.nullcontext()):
             files = self._events.files()
             tables = []
             for p in files:  # usually one or a few files (merged); a file of another layout is normalised alone

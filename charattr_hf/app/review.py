@@ -207,6 +207,12 @@ class ReviewQueue:
         with self._lock:
             return self.issued.get(token)
 
+    def take(self, token: str) -> ReviewItem | None:
+        """The item handed out as ``token``, no longer handed out: of two decisions on it (a double key press, a
+        retried API call), only the first gets it."""
+        with self._lock:
+            return self.issued.pop(token, None)
+
     def remaining(self, decided: set[tuple[str, str]]) -> int:
         return sum(1 for _, r, j in self.order if (self.ids[r], self.attributes[j].name) not in decided)
 

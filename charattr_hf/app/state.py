@@ -201,11 +201,14 @@ class AppState:
         the server's record of it, not the client's)."""
         if self.queue is None:
             raise UserError("no annotated dataset: start the app with --dataset to review one")
-        item = self.queue.lookup(token)
-        if item is None:
-            raise UserError(f"unknown or stale review item {token!r}: fetch the next item again")
-        events = self._events(item.id, item.attribute, item.shown, item.propensity, verdict, label,
-                              item.policy_version)
+        stale = UserError(f"unknown or stale review item {token!r} (decided already, or the policy changed): "
+                          "fetch the next item again")
+        for take in (self.queue.lookup, self.queue.take):  # a mistake (a verdict, a label) leaves the item open
+            item = take(token)
+            if item is None:  # decided once: a second decision on it is refused
+                raise stale
+            events = self._events(item.id, item.attribute, item.shown, item.propensity, verdict, label,
+                                  item.policy_version)
         total = self.log.append(events)
         return {"logged": len(events), "events": total, "id": item.id, "attribute": item.attribute,
                 "shown": item.shown_label, "verdict": events[0]["verdict"]}

@@ -38,6 +38,7 @@ import gradio as gr  # noqa: E402
 
 from ..errors import UserError  # noqa: E402
 from .data import Query  # noqa: E402
+from .serving import check_serving  # noqa: E402
 from .state import AppState  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -557,13 +558,16 @@ def build_ui(state: AppState) -> gr.Blocks:
 
 
 def launch(state: AppState, port: int = 7860, host: str = "127.0.0.1", block: bool = True, quiet: bool = False,
-           auth: tuple[str, str] | None = None):
+           auth: tuple[str, str] | None = None, insecure: bool = False):
     """Serve the app; returns ``(demo, url)`` (with ``block=False`` the server runs in a background thread).
-    ``auth``: the (user, password) the page's login and API clients must give (see :mod:`.serving`)."""
+    ``auth``: the (user, password) the page's login and API clients must give (see :mod:`.serving`); a ``host``
+    other than loopback without it is refused unless ``insecure``. Never through a public share link (Gradio would
+    make one with ``GRADIO_SHARE=true`` or in Colab)."""
+    check_serving(host, auth, insecure)
     demo = build_ui(state)
     demo.queue(default_concurrency_limit=4)
     _, url, _ = demo.launch(server_name=host, server_port=int(port), prevent_thread_lock=not block, quiet=quiet,
-                            ssr_mode=False, show_error=True, css=CSS, head=KEYBOARD_JS, footer_links=["api"],
-                            auth=auth, auth_message="charattr-hf review app" if auth else None)
+                            share=False, ssr_mode=False, show_error=True, css=CSS, head=KEYBOARD_JS,
+                            footer_links=["api"], auth=auth, auth_message="charattr-hf review app" if auth else None)
     return demo, url
 

@@ -468,6 +468,7 @@ def train_from_feedback(
          "data": data_name or "", "seed": args.seed, "command": command, "epochs": result.epochs_run,
          "objective": args.objective, "logged_by": versions, "given_images": len(data),
          "events_per_step": fit_args.batch_size, "learning_rate": fit_args.learning_rate,
+         "continued": continued, "anchor_rows": args.anchor_rows, "anchor_weight_set": args.anchor_weight,
          "anchor_weight": args.anchor_weight if keep is not None else 0.0,
          "anchored_images": keep.num_rows if keep is not None else 0, "before_after": report},
         policy_version,

@@ -161,13 +161,10 @@ def render_round_changes(round_info: Mapping[str, Any], number: int | None = Non
             line += [pct(r.get("accuracy_before")), pct(r.get("accuracy_after"))]
         body.append(line)
     name = f"round {number}" if number else "the last feedback round"
-    anchored = round_info.get("anchored_images")
     intro = (f"Before -> after of {name} (policy `{round_info.get('policy_version', '')}`) on the data it was given: "
              f"{round_info.get('given_images', '?')} images of `{round_info.get('data') or 'unnamed data'}`, "
-             f"{round_info.get('events', '?')} reviewer events on {round_info.get('images', '?')} of them")
-    intro += (f"; the earlier answers were kept on the {anchored} images without events, each weighted by how unlike "
-              "the reviewed images it looks." if anchored else "; no image without events was given, so nothing "
-              "held the earlier answers elsewhere.")
+             f"{round_info.get('events', '?')} reviewer events on {round_info.get('images', '?')} of them"
+             f"{_anchor_sentence(round_info)}")
     notes = ("`answers changed`: share of the answers (image x attribute) whose label changed, with no labels "
              "needed; on images without events it is what the round moved that nobody asked for. `est. accuracy`: "
              "of the top label of the single-label attributes, estimated from the held-out reviewer events that "
@@ -177,6 +174,32 @@ def render_round_changes(round_info: Mapping[str, Any], number: int | None = Non
         notes += (" `accuracy`: against the labels the data carries (never used for training), mean over attributes, "
                   "on every image given, the reviewed ones included.")
     return f"{intro}\n\n{markdown_table(header, body, align='lr', missing='–')}\n\n{notes}"
+
+
+def _anchor_sentence(round_info: Mapping[str, Any]) -> str:
+    """What held the earlier answers on the images without events in a feedback round, from what its
+    ``training_info`` records (``continued``, ``anchor_rows``, ``anchor_weight_set``, ``anchored_images``)."""
+    anchored = int(round_info.get("anchored_images") or 0)
+    continued = round_info.get("continued")
+    if continued is False:
+        return "; a fresh policy, so there were no earlier answers to keep."
+    if anchored:
+        how = (", all alike." if round_info.get("anchor_rows") == "all"
+               else ", each weighted by how unlike the reviewed images it looks.")
+        return f"; the earlier answers were kept on the {anchored} images without events{how}"
+    if continued is None:  # recorded before these keys existed
+        return "."
+    if float(round_info.get("anchor_weight_set") or 0.0) <= 0.0:
+        return "; the anchor was off (`anchor_weight` 0), so nothing held the earlier answers on the images without " \
+               "events."
+    try:
+        without = int(round_info["given_images"]) - int(round_info["images"])
+    except (KeyError, TypeError, ValueError):
+        without = 0
+    if without <= 0:
+        return "; no image without events was given, so nothing held the earlier answers elsewhere."
+    return (f"; nothing held the earlier answers on the {without} images without events (too few of them, or all "
+            "like the reviewed images).")
 
 
 def template_values(config: CharattrFusionConfig, model_id: str) -> dict[str, str]:
