@@ -519,7 +519,7 @@ def synthetic_keypoints(n: int, src: np.ndarray, rng: np.random.Generator, k: in
 
 
 def scale_one(n: int, seed: int = 0) -> dict:
-    from charattr_hf.curation.dedup import NearConfig, connected_components, near_pairs
+    from charattr_hf.curation.dedup import NearConfig, connected_components, near_distance, near_pairs
 
     t0 = time.perf_counter()
     phash, thumbs, keypoints, counts, src = synthetic_signatures(n, seed)
@@ -537,13 +537,34 @@ def scale_one(n: int, seed: int = 0) -> dict:
     t2 = time.perf_counter()
     label = connected_components(n, p.i, p.j)
     t3, c3 = time.perf_counter(), time.process_time()
+    # what curate does next: the kept row of each group, and every other member checked against it directly
+    from charattr_hf.curation.curate import assign_groups
+    from charattr_hf.curation.keep import RowFacts
+
+    rng = np.random.default_rng(seed + 1)
+    facts = RowFacts(passes=np.ones(n, bool), width=rng.integers(200, 2000, n).astype(float),
+                     height=rng.integers(200, 2000, n).astype(float), sharpness=rng.random(n), nflags=np.zeros(n))
+    checked = [0]
+    cfg = NearConfig()
+
+    def check(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        checked[0] += len(a)
+        d = near_distance(thumbs, a, b, cfg, keypoints, counts)
+        return np.where(d <= cfg.thumb_threshold, 1, -1)
+
+    p.kind = "near"
+    groups = assign_groups(n, [p], facts, check)
+    t4, c4 = time.perf_counter(), time.process_time()
     m = len(src)
     found = float(np.mean(label[n - m :] == label[src]))
     truth = np.arange(n)
     truth[n - m :] = src
     false = int((truth[p.i] != truth[p.j]).sum())  # pairs that are not planted copies
+    in_group = groups.group[n - m :] >= 0
     return {"rows": n, "generate_s": round(t1 - t0, 1), "near_pairs_s": round(t2 - t1, 1), "cpu_s": round(c3 - c1, 1),
             "components_s": round(t3 - t2, 2), "grouping_s": round(t3 - t1, 1), "pairs": len(p),
+            "assign_s": round(t4 - t3, 1), "assign_cpu_s": round(c4 - c3, 1), "with_assign_cpu_s": round(c4 - c1, 1),
+            "members_checked": checked[0], "planted_grouped_after_check": round(float(np.mean(in_group)), 4),
             "planted_found": round(found, 4), "false_pairs": false, "inputs_gb": round(inputs_gb, 2),
             "grouping_peak_gb": round(inputs_gb + grouping_peak, 2), "peak_rss_gb": round(_peak_gb(), 2)}
 
