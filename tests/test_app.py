@@ -220,6 +220,7 @@ for i in range(n):
 """
 
 
+@pytest.mark.slow  # subprocess launches: in the fuller run (.ci/run), to keep the default run short
 def test_two_processes_merging_one_log_lose_and_double_nothing(tmp_path):
     """Two real processes append to one log, each merging its own latest files and compacting the whole log while
     the other does the same: every decision of both is in the log exactly once."""

@@ -282,6 +282,7 @@ def _load_recipe():
     return module
 
 
+@pytest.mark.slow  # subprocess launches: in the fuller run (.ci/run), to keep the default run short
 def test_recipe_trains_saves_and_evaluates_a_tiny_model(tmp_path):
     """End to end under ``accelerate launch`` (as documented), then again in-process: same seed, same bytes."""
     import open_clip

@@ -166,6 +166,7 @@ def small_policy():
     return CharattrFusionModel(config).eval()
 
 
+@pytest.mark.slow  # subprocess launches: in the fuller run (.ci/run), to keep the default run short
 def test_annotate_recipe_publishes_with_push_to_hub(hub, tiny_clip_dir, tmp_path):
     """The user's path: `recipes/annotate.py --push_to_hub`, a subprocess pointed at the double by HF_ENDPOINT."""
     import os
