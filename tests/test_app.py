@@ -269,6 +269,25 @@ def load_recipe(name: str):
     return recipe
 
 
+def at_once(call, timeout: float) -> list:
+    """``call()`` from two threads released together: what each returned, or the UserError it raised."""
+    barrier, results = threading.Barrier(2), []
+
+    def run():
+        barrier.wait()
+        try:
+            results.append(call())
+        except UserError as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return results
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """The app as ``python recipes/app.py --dataset ... --cache_dir ...`` starts it: the recipe's flags and defaults
@@ -404,20 +423,7 @@ def test_one_policy_round_at_a_time(served, tmp_path):
     state = served["state"]
     for item in state.next_items(3):  # the log has events whichever tests ran before
         state.decide(item.token, "accept")
-    barrier, results = threading.Barrier(2), []
-
-    def ask():
-        barrier.wait()
-        try:
-            results.append(state.retrain())
-        except UserError as exc:
-            results.append(exc)
-
-    threads = [threading.Thread(target=ask) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    results = at_once(state.retrain, timeout=120)
     done = [r for r in results if isinstance(r, dict)]
     refused = [r for r in results if isinstance(r, UserError)]
     assert len(done) + len(refused) == 2 and done
@@ -624,20 +630,7 @@ def test_a_review_item_is_decided_once(served):
     before = len(state.log)
     with pytest.raises(UserError, match="needs the right label"):
         state.decide(item.token, "correct")
-    barrier, results = threading.Barrier(2), []
-
-    def press():
-        barrier.wait()
-        try:
-            results.append(state.decide(item.token, "accept"))
-        except UserError as exc:
-            results.append(exc)
-
-    threads = [threading.Thread(target=press) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    results = at_once(lambda: state.decide(item.token, "accept"), timeout=60)
     assert sorted(type(r).__name__ for r in results) == ["UserError", "dict"]
     assert "stale" in str(next(r for r in results if isinstance(r, UserError)))
     with pytest.raises(UserError, match="unknown or stale review item"):
