@@ -321,7 +321,7 @@ def build_ui(state: AppState) -> gr.Blocks:
                         except UserError as exc:
                             raise gr.Error(str(exc)) from exc
                         return (f"logged **{out['verdict']}** of {attribute} = `{out['shown']}` "
-                                f"({out['events']} events in the log)")
+                                f"({_count(out['events'], 'event')} in the log)")
                     return fn
 
                 def on_accept_all(upload_id):
@@ -334,7 +334,8 @@ def build_ui(state: AppState) -> gr.Blocks:
                             n += 1
                         except UserError:
                             continue
-                    return f"logged **accept** for {n} attributes ({len(state.log)} events in the log)"
+                    return (f"logged **accept** for {_count(n, 'attribute')} ({_count(len(state.log), 'event')} in the "
+                            "log)")
 
                 run_btn.click(_guard(on_annotate), [files, tags_in], [results, up_image], api_name=False)
                 files.upload(_guard(on_annotate), [files, tags_in], [results, up_image], api_name=False)
@@ -571,3 +572,6 @@ def launch(state: AppState, port: int = 7860, host: str = "127.0.0.1", block: bo
                             footer_links=["api"], auth=auth, auth_message="charattr-hf review app" if auth else None)
     return demo, url
 
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
