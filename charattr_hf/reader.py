@@ -59,15 +59,26 @@ class LinkOutsideError(UserError, ValueError):
     """A folder whose tables or metadata files are links to files outside it."""
 
 
-def _tables_linked_outside(root: Path) -> list[str]:
+def _tables_linked_outside(root: Path, images_only: bool = False) -> list[str]:
     """The table and metadata files ``datasets`` would read from the folder ``root`` (it follows links, to files and
     to folders) that are links, or lie in linked folders, resolving outside ``root``: their rows would come from
     elsewhere. Images in such places are refused row by row (:mod:`charattr_hf.image_access`)."""
     real_root = os.path.realpath(root)
+    roots = [real_root]
+    parts = Path(real_root).parts
+    if "snapshots" in parts:  # a snapshot of the Hub cache: its files are links into the repository's blobs/
+        repo = Path(*parts[: parts.index("snapshots")])
+        if repo.name.startswith(("datasets--", "models--")):
+            roots.append(str(repo))
 
     def outside(p: str) -> bool:
         real = os.path.realpath(p)
-        return os.path.commonpath([real, real_root]) != real_root
+        return all(os.path.commonpath([real, r]) != r for r in roots)
+
+    def read_as_table(name: str) -> bool:
+        suffix = Path(name).suffix.lower()
+        # an image folder reads only its metadata files; any other table among the images is not a row
+        return suffix in TABLE_BUILDERS and (not images_only or Path(name).stem == "metadata")
 
     found: list[str] = []
     for folder, dirs, names in os.walk(root):  # links to folders are listed, not entered
@@ -76,8 +87,8 @@ def _tables_linked_outside(root: Path) -> list[str]:
             if os.path.islink(link) and outside(link):
                 for inner, _, inner_names in os.walk(os.path.realpath(link)):
                     found += [os.path.join(link, os.path.relpath(os.path.join(inner, n), os.path.realpath(link)))
-                              for n in inner_names if Path(n).suffix.lower() in TABLE_BUILDERS]
-        found += [os.path.join(folder, n) for n in names if Path(n).suffix.lower() in TABLE_BUILDERS
+                              for n in inner_names if read_as_table(n)]
+        found += [os.path.join(folder, n) for n in names if read_as_table(n)
                   and os.path.islink(os.path.join(folder, n)) and outside(os.path.join(folder, n))]
     return sorted(found)
 
@@ -165,16 +176,18 @@ def read_dataset(
             loaded = _pick_split(loaded, split, name)
         return _streamed(loaded, streaming)
     if path.is_dir():
-        linked = _tables_linked_outside(path)
-        if linked:
-            more = f" (and {len(linked) - 1} more)" if len(linked) > 1 else ""
-            raise LinkOutsideError(f"{linked[0]} is a link to a file outside {name}{more}: its rows would come from "
-                                   "elsewhere; copy the file into the folder, or give it as --dataset itself")
         files = [p for p in path.rglob("*") if p.is_file()]
         tables = sorted(p for p in files if p.suffix.lower() in TABLE_BUILDERS)
         # a repository layout (README configs, or split names from the file names): tables and no images, or
         # tables beside a README, as in an annotated output whose card has pictures in images/
-        if tables and ((path / "README.md").is_file() or not any(p.suffix.lower() in IMAGE_SUFFIXES for p in files)):
+        as_tables = bool(tables) and ((path / "README.md").is_file() or
+                                      not any(p.suffix.lower() in IMAGE_SUFFIXES for p in files))
+        linked = _tables_linked_outside(path, images_only=not as_tables)
+        if linked:
+            more = f" (and {len(linked) - 1} more)" if len(linked) > 1 else ""
+            raise LinkOutsideError(f"{linked[0]} is a link to a file outside {name}{more}: its rows would come from "
+                                   "elsewhere; copy the file into the folder, or give it as --dataset itself")
+        if as_tables:
             try:
                 return datasets.load_dataset(str(path), config, **kwargs)
             except (ValueError, FileNotFoundError) as exc:

@@ -298,3 +298,44 @@ def test_readers_of_an_output_open_a_path_only_when_it_is_the_annotated_file(tmp
     assert open_thumbnail(str(good), 16, sha) is not None
     assert open_thumbnail(str(good), 16) is None and open_thumbnail({"bytes": None, "path": str(good)}, 16) is None
     assert _open_image(None, str(good), sha) is not None and _open_image(None, str(good), None) is None
+
+
+def test_a_hub_cache_snapshot_and_a_linked_folder_of_images_are_read(tmp_path):
+    """What snapshot_download returns (every file a link into the repository's blobs/) is the input's own storage,
+    and an image folder with a linked sub-folder of images and their per-image .json files (as gallery-dl writes)
+    is no linked table: only metadata files would be read as rows."""
+    from charattr_hf.inputs import InputSpec, image_access, open_dataset
+
+    repo = tmp_path / "hub" / "datasets--org--chars"
+    (repo / "blobs").mkdir(parents=True)
+    snap = repo / "snapshots" / "abc"
+    (snap / "images").mkdir(parents=True)
+    (repo / "blobs" / "b1").write_bytes(_png(5))
+    (snap / "images" / "a.png").symlink_to(repo / "blobs" / "b1")
+    rows = pa.table({"image": pa.array([{"bytes": None, "path": str(snap / "images" / "a.png")}],
+                                       pa.struct([("bytes", pa.binary()), ("path", pa.string())]))})
+    pq.write_table(rows, repo / "blobs" / "b2")
+    (snap / "data").mkdir()
+    (snap / "data" / "train-00000-of-00001.parquet").symlink_to(repo / "blobs" / "b2")
+    from charattr_hf.reader import _tables_linked_outside
+
+    spec = InputSpec(dataset=str(snap))
+    assert _tables_linked_outside(snap) == [] and _tables_linked_outside(snap / "data") == []
+    other = tmp_path / "hub" / "datasets--org--other" / "blobs"
+    other.mkdir(parents=True)
+    (other / "b9").write_bytes(b"x")
+    (snap / "data" / "evil.parquet").symlink_to(other / "b9")  # another repository's file: outside
+    assert [os.path.basename(p) for p in _tables_linked_outside(snap)] == ["evil.parquet"]
+    (snap / "data" / "evil.parquet").unlink()
+    cell = {"bytes": None, "path": str(snap / "images" / "a.png")}
+    assert DecodeStage(access=image_access(spec))({"image": [cell]})["error"] == [None]
+
+    elsewhere = tmp_path / "downloads"
+    elsewhere.mkdir()
+    (elsewhere / "b.png").write_bytes(_png(6))
+    (elsewhere / "b.json").write_text('{"source": "gallery"}')
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(_png(7))
+    (folder / "more").symlink_to(elsewhere)
+    assert len(open_dataset(InputSpec(dataset=str(folder)))) >= 1  # not refused; the linked images are per row

@@ -165,6 +165,23 @@ def assign_groups(n: int, pairs: list[Pairs], facts: RowFacts,
     i = np.concatenate([p.i for p in pairs]).astype(np.int64) if pairs else np.zeros(0, np.int64)
     j = np.concatenate([p.j for p in pairs]).astype(np.int64) if pairs else np.zeros(0, np.int64)
     k = np.concatenate([np.full(len(p), kinds[p.kind], np.int64) for p in pairs]) if pairs else np.zeros(0, np.int64)
+    # the work is on the rows with an edge only, numbered in their order: each round costs the edges left, not the
+    # dataset's size (a long chain takes many rounds)
+    touched = np.unique(np.concatenate([i, j]))
+    compact = _assign(len(touched), np.searchsorted(touched, i), np.searchsorted(touched, j), k,
+                      facts.subset(touched),
+                      None if check is None else (lambda a, b: check(touched[a], touched[b])))
+    out = Groups(*(np.full(n, -1, np.int64) for _ in range(4)))
+    out.group[touched] = compact.group
+    out.rep[touched] = np.where(compact.rep >= 0, touched[np.maximum(compact.rep, 0)], -1)
+    out.kind[touched] = compact.kind
+    out.stage[touched] = compact.stage
+    return out
+
+
+def _assign(n: int, i: np.ndarray, j: np.ndarray, k: np.ndarray, facts: RowFacts,
+            check: Callable[[np.ndarray, np.ndarray], np.ndarray] | None) -> Groups:
+    """:func:`assign_groups` on ``n`` rows that all have an edge (``i``, ``j`` their positions, ``k`` the kinds)."""
     exact_label = connected_components(n, i[k == 0], j[k == 0])  # rows with one sha256
     code = np.minimum(i, j) * n + np.maximum(i, j)
     order = np.lexsort((k, code))

@@ -25,7 +25,7 @@ its own, e.g. ``near_duplicate: of img-3 (kept: lossless PNG over lossy JPEG)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -68,6 +68,14 @@ class RowFacts:
         known = np.isfinite(cw) & np.isfinite(ch) & (cw > 0) & (ch > 0)
         self.content_width = np.where(known, cw, np.asarray(self.width, np.float64))
         self.content_height = np.where(known, ch, np.asarray(self.height, np.float64))
+
+    def subset(self, rows: np.ndarray) -> "RowFacts":
+        """The facts of ``rows`` only, in that order."""
+        return RowFacts(**{f.name: _take(getattr(self, f.name), rows) for f in fields(self)})
+
+
+def _take(value, rows: np.ndarray):
+    return None if value is None else [value[r] for r in rows] if isinstance(value, list) else np.asarray(value)[rows]
 
 
 #: The criteria, in order (``rank_groups``' ``stage`` indexes this).
