@@ -19,7 +19,7 @@ from datasets import Dataset, Image, IterableDataset, Value
 from .errors import UserError
 from .image_access import ANY, NOTHING, ImageAccess
 from .options import InputSpec
-from .reader import read_dataset
+from .reader import hub_repo_of, read_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +60,9 @@ def image_access(spec: InputSpec) -> ImageAccess:
     name = os.path.expanduser(str(spec.dataset))
     path = Path(name)
     if path.is_dir():
-        return ImageAccess.within([str(path), *_hub_repo_of(path)]).plus(extra)
+        return ImageAccess.within([str(path), *hub_repo_of(path)]).plus(extra)
     if path.is_file():
-        return ImageAccess.within([str(path.parent), *_hub_repo_of(path.parent)]).plus(extra)
+        return ImageAccess.within([str(path.parent), *hub_repo_of(path.parent)]).plus(extra)
     if any(ch in name for ch in "*?["):  # a glob of table files: the folder above its first wildcard
         parts = Path(name).parts
         fixed = next(i for i, part in enumerate(parts) if any(ch in part for ch in "*?["))
@@ -74,17 +74,6 @@ def image_access(spec: InputSpec) -> ImageAccess:
     own_cache = Path(constants.HF_HUB_CACHE) / f"datasets--{repo.replace('/', '--')}"
     return ImageAccess.within([str(own_cache), str(datasets.config.DOWNLOADED_DATASETS_PATH)],
                               [f"hf://datasets/{repo}"]).plus(extra)
-
-
-def _hub_repo_of(folder: Path) -> list[str]:
-    """The Hub cache repository folder (``datasets--org--name``) of a folder inside one of its snapshots, whose files
-    are links into the repository's ``blobs/``; else nothing."""
-    parts = Path(os.path.realpath(folder)).parts
-    if "snapshots" in parts:
-        repo = Path(*parts[: parts.index("snapshots")])
-        if repo.name.startswith(("datasets--", "models--")):
-            return [str(repo)]
-    return []
 
 
 def image_folder_root(spec: InputSpec, ds: AnyDataset) -> str | None:

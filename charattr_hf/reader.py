@@ -59,17 +59,23 @@ class LinkOutsideError(UserError, ValueError):
     """A folder whose tables or metadata files are links to files outside it."""
 
 
+def hub_repo_of(folder: "str | os.PathLike") -> list[str]:
+    """The Hub cache repository folder (``datasets--org--name``) of a folder inside one of its snapshots, whose files
+    are links into the repository's ``blobs/``; else nothing."""
+    parts = Path(os.path.realpath(folder)).parts
+    if "snapshots" in parts:
+        repo = Path(*parts[: parts.index("snapshots")])
+        if repo.name.startswith(("datasets--", "models--")):
+            return [str(repo)]
+    return []
+
+
 def _tables_linked_outside(root: Path, images_only: bool = False) -> list[str]:
     """The table and metadata files ``datasets`` would read from the folder ``root`` (it follows links, to files and
     to folders) that are links, or lie in linked folders, resolving outside ``root``: their rows would come from
     elsewhere. Images in such places are refused row by row (:mod:`charattr_hf.image_access`)."""
     real_root = os.path.realpath(root)
-    roots = [real_root]
-    parts = Path(real_root).parts
-    if "snapshots" in parts:  # a snapshot of the Hub cache: its files are links into the repository's blobs/
-        repo = Path(*parts[: parts.index("snapshots")])
-        if repo.name.startswith(("datasets--", "models--")):
-            roots.append(str(repo))
+    roots = [real_root, *hub_repo_of(root)]  # a snapshot's files are links into its repository's blobs/
 
     def outside(p: str) -> bool:
         real = os.path.realpath(p)
